@@ -1,0 +1,61 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// Shared by every Swift target: Swift 6 mode with complete checking plus the
+/// upcoming features that keep module surfaces honest.
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+/// Numeric targets drop bounds checks in release; their loops work on
+/// pointers whose extents are checked once at the kernel's entry.
+let numericSettings: [SwiftSetting] = swiftSettings + [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Cohort",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cohort", targets: ["CohortCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Value types shared by every layer: sampling parameters, ids, finish reasons.
+        .target(name: "ExecutorCore", swiftSettings: swiftSettings),
+        // The one C shim: AVX2 integer dot products (Swift cannot emit vpmaddubsw) and futex.
+        .target(
+            name: "CKernels",
+            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
+        ),
+        // CPU ops over raw buffers: quantization formats, mat-vec / mat-mat, norms, rope, thread pool.
+        .target(name: "Kernels", dependencies: ["CKernels"], swiftSettings: numericSettings),
+        // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
+        .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
+        // Drives model runners: today a single in-process worker.
+        .target(name: "Executor", dependencies: ["ExecutorCore", "ModelRunner"], swiftSettings: swiftSettings),
+        // The `cohort` command tree: parses, validates, calls Executor.
+        .executableTarget(
+            name: "CohortCLI",
+            dependencies: [
+                "Executor", "ExecutorCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Tiny GGUF writer and float tolerance helpers for tests.
+        .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels"], swiftSettings: swiftSettings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ExecutorTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ModelRunnerTests",
+            dependencies: ["ModelRunner", "Kernels", "ExecutorCore", "ExecutorTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
+    ]
+)

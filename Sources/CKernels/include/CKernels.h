@@ -1,0 +1,66 @@
+// The one C shim in Cohort. It holds only what Swift cannot express efficiently:
+// AVX2 integer dot products on 8-bit activations (Swift never emits vpmaddubsw /
+// vpmaddwd, measured in shared/NOTES.md at ~60% of this speed) and futex wake-ups
+// for the thread pool. Everything else lives in Swift.
+#ifndef COHORT_CKERNELS_H
+#define COHORT_CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Activations quantized to 8 bits, 32 values per block (ggml's Q8_1 idea):
+/// x[i] ≈ d * qs[i]; s = d * sum(qs), used by formats with a per-block minimum.
+typedef struct {
+    float d;
+    float s;
+    int8_t qs[32];
+} cohort_q8_block;
+
+/// Weight formats the integer kernels understand (values are ggml's type ids).
+enum {
+    COHORT_TYPE_Q4_0 = 2,
+    COHORT_TYPE_Q4_1 = 3,
+    COHORT_TYPE_Q8_0 = 8,
+};
+
+/// 1 when the running CPU has AVX2, FMA and F16C (the fast paths), else 0.
+int cohort_cpu_has_avx2(void);
+
+/// Quantizes `n` floats (a multiple of 32) into n/32 blocks.
+void cohort_quantize_row_q8(const float *x, cohort_q8_block *y, int n);
+
+/// Dot product of one weight row (`n` values, n % 32 == 0, in ggml block layout
+/// of `type`) with quantized activations.
+float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block *a);
+
+/// Y[t * ldy + r] = dot(W row r, A token t) for r in [rowBegin, rowEnd), t in [0, tokens).
+/// W rows are `rowBytes` apart; A holds `tokens` rows of k/32 blocks each.
+void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, int rowEnd,
+                      int k, const cohort_q8_block *a, int tokens, float *y, int ldy);
+
+/// Converts IEEE half bits to float (exact).
+float cohort_f16_to_f32(uint16_t h);
+/// Converts float to IEEE half bits, round to nearest even.
+uint16_t cohort_f32_to_f16(float f);
+
+// MARK: - Futex-backed words for the thread pool
+
+uint32_t cohort_atomic_load(const uint32_t *p);
+void cohort_atomic_store(uint32_t *p, uint32_t v);
+/// Returns the value before the add.
+uint32_t cohort_atomic_fetch_add(uint32_t *p, uint32_t v);
+/// Sleeps while *p == expected (returns at once otherwise, or on a spurious wake).
+void cohort_futex_wait(uint32_t *p, uint32_t expected);
+/// Wakes every waiter on p.
+void cohort_futex_wake_all(uint32_t *p);
+/// A CPU pause hint for short spins.
+void cohort_cpu_relax(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,17 @@
+import ArgumentParser
+
+@main
+struct Cohort: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cohort",
+        abstract: "A distributed executor for LLM inference.",
+        subcommands: [Generate.self, Bench.self]
+    )
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks that print their figures as JSON.",
+        subcommands: [BenchGenerate.self]
+    )
+}

@@ -1,0 +1,174 @@
+import ArgumentParser
+import Executor
+import ExecutorCore
+import Foundation
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate a completion for one prompt.")
+
+    enum OutputFormat: String, ExpressibleByArgument, CaseIterable { case text, json }
+
+    @OptionGroup var modelArguments: ModelArguments
+
+    @Option(help: "The user message (the model's chat template is applied).")
+    var prompt: String?
+
+    @Option(help: "A system message for the chat template.")
+    var system: String?
+
+    @Flag(help: "Send --prompt as is, without the chat template.")
+    var raw = false
+
+    @Option(help: "Prompt token ids, comma-separated (instead of --prompt).")
+    var promptTokens: String?
+
+    @OptionGroup var sampling: SamplingArguments
+
+    @Option(help: "text: stream the completion; json: one JSON object.")
+    var output: OutputFormat = .text
+
+    func validate() throws {
+        switch (prompt, promptTokens) {
+        case (nil, nil): throw ValidationError("give --prompt TEXT or --prompt-tokens IDS")
+        case (.some, .some): throw ValidationError("give either --prompt or --prompt-tokens, not both")
+        default: break
+        }
+        if promptTokens != nil && (raw || system != nil) {
+            throw ValidationError("--raw and --system apply to --prompt, not to --prompt-tokens")
+        }
+        if raw && system != nil { throw ValidationError("--system needs the chat template; it cannot be used with --raw") }
+        if let promptTokens { _ = try Self.parseTokenList(promptTokens) }
+    }
+
+    static func parseTokenList(_ text: String) throws -> [Int32] {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+        var ids: [Int32] = []
+        for part in parts {
+            let trimmed = part.trimmingCharacters(in: .whitespaces)
+            guard let id = Int32(trimmed), id >= 0 else {
+                throw ValidationError("--prompt-tokens must be comma-separated token ids ≥ 0, got '\(trimmed)' in '\(text)'")
+            }
+            ids.append(id)
+        }
+        return ids
+    }
+
+    func run() throws {
+        let parameters = try sampling.parameters()
+        let executor = try modelArguments.load()
+        let promptValue: Prompt
+        if let promptTokens {
+            promptValue = .tokens(try Self.parseTokenList(promptTokens))
+        } else if raw {
+            promptValue = .raw(prompt!)
+        } else {
+            promptValue = .chat(user: prompt!, system: system)
+        }
+        do {
+            let tokens = try executor.tokens(for: promptValue)
+            let streaming = output == .text
+            let result = try executor.generate(promptTokens: tokens, parameters: parameters) { piece in
+                if streaming { Output.standardOutput(piece) }
+            }
+            switch output {
+            case .text:
+                Output.standardOutput("\n")
+            case .json:
+                Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n")
+            }
+        } catch let error as GenerationError {
+            throw CLIError(error.description)
+        }
+    }
+}
+
+/// Sampling flags, validated into `SamplingParameters`.
+struct SamplingArguments: ParsableArguments {
+    @Option(help: "Most tokens to generate.")
+    var maxTokens = 128
+
+    @Option(help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0.8
+
+    @Option(help: "Keep the k most likely tokens (0 = off).")
+    var topK = 40
+
+    @Option(help: "Nucleus sampling threshold (1 = off).")
+    var topP: Float = 0.95
+
+    @Option(help: "Drop tokens below min-p × the best probability (0 = off).")
+    var minP: Float = 0.05
+
+    @Option(help: "Repetition penalty (1 = off).")
+    var repetitionPenalty: Float = 1
+
+    @Option(help: "Presence penalty (0 = off).")
+    var presencePenalty: Float = 0
+
+    @Option(help: "Frequency penalty (0 = off).")
+    var frequencyPenalty: Float = 0
+
+    @Option(help: "Random seed (same seed, same tokens).")
+    var seed: UInt64?
+
+    @Option(help: "Stop when this text appears (repeatable).")
+    var stop: [String] = []
+
+    @Option(help: "Report the K most likely tokens per generated token (0…20).")
+    var logprobs = 0
+
+    func validate() throws {
+        do { try parameters().validate() } catch let error as SamplingParametersError {
+            throw ValidationError("--\(error.field) must be \(error.allowed), got \(error.value)")
+        }
+    }
+
+    func parameters() throws -> SamplingParameters {
+        SamplingParameters(
+            temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetitionPenalty,
+            presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty, seed: seed, stopStrings: stop,
+            maxTokens: maxTokens, logprobs: logprobs)
+    }
+}
+
+/// The JSON line of `generate --output json`.
+struct GenerationJSON: Encodable {
+    struct Logprob: Encodable {
+        let token: Int32
+        let logprob: Float
+    }
+
+    struct Timings: Encodable {
+        let load_s: Double
+        let prefill_s: Double
+        let decode_s: Double
+        let prefill_tokens_per_s: Double
+        let decode_tokens_per_s: Double
+    }
+
+    let prompt_tokens: [Int32]
+    let tokens: [Int32]
+    let text: String
+    let finish_reason: String
+    let logprobs: [[Logprob]]?
+    let timings: Timings
+
+    init(_ r: GenerationResult) {
+        prompt_tokens = r.promptTokens
+        tokens = r.tokens
+        text = r.text
+        finish_reason = r.finishReason.rawValue
+        logprobs = r.logprobs.isEmpty ? nil : r.logprobs.map { $0.map { Logprob(token: $0.token, logprob: $0.logprob) } }
+        timings = Timings(
+            load_s: r.timings.loadSeconds, prefill_s: r.timings.prefillSeconds, decode_s: r.timings.decodeSeconds,
+            prefill_tokens_per_s: r.timings.prefillTokensPerSecond, decode_tokens_per_s: r.timings.decodeTokensPerSecond)
+    }
+}
+
+enum JSONOutput {
+    static func line(_ value: some Encodable) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}

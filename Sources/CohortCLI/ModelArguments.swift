@@ -1,0 +1,97 @@
+import ArgumentParser
+import Executor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Flags shared by every command that loads a model.
+struct ModelArguments: ParsableArguments {
+    @Option(help: "Path to a GGUF model (default: the cached reference model).")
+    var model: String?
+
+    @Option(help: "Worker threads.")
+    var threads: Int = ExecutorOptions.defaultThreads
+
+    @Flag(help: "Float32 activations on dequantized weights (slower; matches a float reference).")
+    var precise = false
+
+    @Option(name: .customLong("kv-cache-mb"), help: "KV cache memory in MiB.")
+    var kvCacheMiB = 256
+
+    func validate() throws {
+        guard threads >= 1 && threads <= 256 else {
+            throw ValidationError("--threads must be between 1 and 256, got \(threads)")
+        }
+        guard kvCacheMiB >= 1 && kvCacheMiB <= 1 << 20 else {
+            throw ValidationError("--kv-cache-mb must be between 1 and 1048576, got \(kvCacheMiB)")
+        }
+        if model == nil, access(ReferenceModel.defaultPath, R_OK) != 0 {
+            throw ValidationError(
+                "no --model given and the reference model is missing at \(ReferenceModel.defaultPath); "
+                    + "fetch it with `\(ReferenceModel.fetchCommand)` (or `make setup`)")
+        }
+    }
+
+    var path: String { model ?? ReferenceModel.defaultPath }
+
+    var options: ExecutorOptions { ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB) }
+
+    /// Loads the model, drawing a progress bar on stderr when it is a terminal.
+    func load() throws -> LocalExecutor {
+        let bar = ProgressBar(title: "Loading model")
+        defer { bar.finish() }
+        do {
+            return try LocalExecutor(modelPath: path, options: options) { bar.update($0) }
+        } catch {
+            throw CLIError("\(error)")
+        }
+    }
+}
+
+/// An error printed as is, with exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+final class ProgressBar {
+    let title: String
+    let enabled = isatty(2) != 0
+    private var lastPercent = -1
+
+    init(title: String) { self.title = title }
+
+    func update(_ fraction: Double) {
+        guard enabled else { return }
+        let percent = Int(fraction * 100)
+        guard percent != lastPercent else { return }
+        lastPercent = percent
+        let width = 30
+        let filled = width * percent / 100
+        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
+        Output.standardError("\r\(title) [\(bar)] \(percent)%")
+    }
+
+    func finish() {
+        if enabled && lastPercent >= 0 { Output.standardError("\r\u{1B}[K") }
+    }
+}
+
+/// Unbuffered writes to the standard streams (streamed tokens appear at once).
+enum Output {
+    static func standardOutput(_ s: String) { write(to: 1, s) }
+    static func standardError(_ s: String) { write(to: 2, s) }
+
+    private static func write(to fd: Int32, _ s: String) {
+        var s = s
+        s.withUTF8 { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let n = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n <= 0 { return }
+                offset += n
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+public import ModelRunner
+import Kernels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to run a model: the knobs the command line exposes.
+public struct ExecutorOptions: Sendable, Equatable {
+    /// Threads of the worker (the caller's thread included).
+    public var threads: Int
+    /// Float32 activations on dequantized weights instead of 8-bit activations.
+    public var precise: Bool
+    /// Memory for the KV cache, in MiB.
+    public var kvCacheMiB: Int
+    /// Most tokens per forward pass.
+    public var maxBatchTokens: Int
+
+    public init(threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512) {
+        self.threads = threads
+        self.precise = precise
+        self.kvCacheMiB = kvCacheMiB
+        self.maxBatchTokens = maxBatchTokens
+    }
+
+    /// One thread per online CPU.
+    public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    var modelOptions: ModelOptions {
+        ModelOptions(threads: threads, mode: precise ? .precise : .fast, kvCacheBytes: kvCacheMiB << 20, maxBatchTokens: maxBatchTokens)
+    }
+}
+
+/// Where the reference model (SmolLM2-135M-Instruct, Q4_1) is cached.
+public enum ReferenceModel {
+    public static let fileName = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    public static let byteCount = 98_362_432
+    public static let sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+    /// `$COHORT_CACHE`, or `~/.cache/cohort`.
+    public static var cacheDirectory: String {
+        if let dir = getenv("COHORT_CACHE"), !String(cString: dir).isEmpty { return String(cString: dir) }
+        let home = getenv("HOME").map { String(cString: $0) } ?? "."
+        return home + "/.cache/cohort"
+    }
+
+    public static var defaultPath: String { cacheDirectory + "/" + fileName }
+
+    /// The command that fetches the model into the cache.
+    public static let fetchCommand = "scripts/fetch-model.sh"
+}

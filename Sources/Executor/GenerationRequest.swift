@@ -1,0 +1,40 @@
+public import ExecutorCore
+
+/// What to generate from.
+public enum Prompt: Sendable, Equatable {
+    /// A user message, wrapped in the model's chat template (with an optional system message).
+    case chat(user: String, system: String?)
+    /// Text sent as is; special-token text such as `<|im_start|>` becomes that token.
+    case raw(String)
+    /// Token ids sent as is.
+    case tokens([Int32])
+}
+
+/// The result of one request.
+public struct GenerationResult: Sendable, Equatable {
+    public var promptTokens: [Int32]
+    /// Generated ids, including a final end-of-generation token when one was produced.
+    public var tokens: [Int32]
+    public var text: String
+    public var finishReason: FinishReason
+    /// Per generated token, the best alternatives (empty unless asked for).
+    public var logprobs: [[TokenLogprob]]
+    public var timings: Timings
+
+    public struct Timings: Sendable, Equatable {
+        public var loadSeconds: Double
+        public var prefillSeconds: Double
+        public var decodeSeconds: Double
+        public var prefillTokens: Int
+        /// Forward passes after the prefill (one per generated token but the first).
+        public var decodeTokens: Int
+        public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(prefillTokens) / prefillSeconds : 0 }
+        public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeTokens) / decodeSeconds : 0 }
+    }
+}
+
+/// A request that cannot run; the message says what was expected and found.
+public struct GenerationError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,213 @@
+public import ExecutorCore
+public import ModelRunner
+import Kernels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs requests on one in-process worker that owns the whole model (TP = PP = 1).
+///
+/// It turns prompts into tokens, prefills them in chunks of at most `maxBatchTokens`,
+/// then decodes one token per step, sampling with the request's parameters and stopping
+/// on end-of-generation tokens, stop tokens, stop strings, `maxTokens` or a full context.
+public final class LocalExecutor {
+    public let loaded: LoadedModel
+    public let loadSeconds: Double
+    private var batch = ForwardBatch()
+    private var allocator: BlockAllocator
+    private let logits: UnsafeMutablePointer<Float>
+
+    public init(modelPath: String, options: ExecutorOptions, progress: (Double) -> Void = { _ in }) throws(GGUFError) {
+        let start = Clock.now()
+        loaded = try LoadedModel(path: modelPath, options: options.modelOptions, progress: progress)
+        loadSeconds = Clock.now() - start
+        allocator = BlockAllocator(blockCount: loaded.model.cache.blockCount, blockSize: loaded.model.cache.blockSize)
+        logits = .allocate(capacity: loaded.configuration.vocabularySize * loaded.model.maxBatchTokens)
+    }
+
+    deinit { logits.deallocate() }
+
+    public var tokenizer: Tokenizer { loaded.tokenizer }
+
+    /// Token ids of a prompt.
+    public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] {
+        switch prompt {
+        case let .tokens(ids):
+            for id in ids where id < 0 || Int(id) >= tokenizer.vocabularySize {
+                throw GenerationError("prompt token \(id) is outside the vocabulary 0..<\(tokenizer.vocabularySize)")
+            }
+            return ids
+        case let .raw(text):
+            return tokenizer.encode(text, parseSpecial: true)
+        case let .chat(user, system):
+            guard let template = loaded.chatTemplate else {
+                throw GenerationError("the model file has no chat template (tokenizer.chat_template); use --raw")
+            }
+            switch template {
+            case let .failure(error):
+                throw GenerationError(error.description)
+            case let .success(template):
+                var messages: [ChatMessage] = []
+                if let system { messages.append(ChatMessage(role: "system", content: system)) }
+                messages.append(ChatMessage(role: "user", content: user))
+                return tokenizer.encode(template.render(messages), parseSpecial: true)
+            }
+        }
+    }
+
+    /// Generates for `promptTokens`, calling `onText` with each piece of text as soon as it
+    /// is final (never inside a UTF-8 character or a possible stop string).
+    public func generate(
+        promptTokens: [Int32], parameters: SamplingParameters, onText: (String) -> Void = { _ in }
+    ) throws(GenerationError) -> GenerationResult {
+        do { try parameters.validate() } catch { throw GenerationError(error.description) }
+        let model = loaded.model
+        let vocabulary = loaded.configuration.vocabularySize
+        guard !promptTokens.isEmpty else { throw GenerationError("the prompt is empty: expected at least one token") }
+        for id in promptTokens where id < 0 || Int(id) >= vocabulary {
+            throw GenerationError("prompt token \(id) is outside the vocabulary 0..<\(vocabulary)")
+        }
+        guard promptTokens.count < model.maxContext else {
+            throw GenerationError(
+                "the prompt has \(promptTokens.count) tokens; this model instance holds at most \(model.maxContext - 1) prompt tokens "
+                    + "(context \(loaded.configuration.contextLength), KV cache \(model.cache.capacityTokens) tokens)")
+        }
+
+        var table: [Int32] = []
+        defer { allocator.release(&table) }
+        var history = PenaltyHistory(prompt: promptTokens)
+        var sampler = Sampler(vocabularySize: vocabulary)
+        var random = RandomStream(seed: parameters.seed ?? UInt64.random(in: 0...UInt64.max))
+        let stopIDs = Set(parameters.stopTokenIDs).union(parameters.ignoreEndOfGeneration ? [] : tokenizer.endOfGenerationIDs)
+        var text = TextAccumulator(stopStrings: parameters.stopStrings, tokenizer: tokenizer)
+
+        // Prefill.
+        let prefillStart = Clock.now()
+        var position = 0
+        while position < promptTokens.count {
+            let end = min(promptTokens.count, position + model.maxBatchTokens)
+            try forward(promptTokens[position..<end], at: position, table: &table, wantLogits: end == promptTokens.count)
+            position = end
+        }
+        let prefillSeconds = Clock.now() - prefillStart
+
+        var generated: [Int32] = []
+        var logprobs: [[TokenLogprob]] = []
+        var finish = FinishReason.length
+        let decodeStart = Clock.now()
+        var decodeSteps = 0
+        while true {
+            let sampled = sampler.sample(logits: logits, parameters: parameters, history: history, random: &random)
+            generated.append(sampled.token)
+            if parameters.logprobs > 0 { logprobs.append(sampled.top) }
+            history.record(sampled.token)
+            if stopIDs.contains(sampled.token) {
+                finish = .stop
+                break
+            }
+            if text.append(sampled.token, emit: onText) {
+                finish = .stop
+                break
+            }
+            if generated.count >= parameters.maxTokens || position + 1 >= model.maxContext { break }
+            try forward(CollectionOfOne(sampled.token), at: position, table: &table, wantLogits: true)
+            position += 1
+            decodeSteps += 1
+        }
+        let decodeSeconds = Clock.now() - decodeStart
+        text.finish(emit: onText)
+        return GenerationResult(
+            promptTokens: promptTokens, tokens: generated, text: text.text, finishReason: finish, logprobs: logprobs,
+            timings: .init(
+                loadSeconds: loadSeconds, prefillSeconds: prefillSeconds, decodeSeconds: decodeSeconds,
+                prefillTokens: promptTokens.count, decodeTokens: decodeSteps))
+    }
+
+    private func forward(
+        _ chunk: some Collection<Int32>, at position: Int, table: inout [Int32], wantLogits: Bool
+    ) throws(GenerationError) {
+        guard allocator.reserve(&table, tokens: position + chunk.count) else {
+            throw GenerationError(
+                "the KV cache is full: \(position + chunk.count) tokens need \(allocator.blocks(forTokens: position + chunk.count)) blocks, "
+                    + "\(allocator.blockCount) exist; raise --kv-cache-mb")
+        }
+        batch.removeAll()
+        batch.append(chunk, startPosition: position, blockTable: table, wantLogits: wantLogits)
+        loaded.model.forward(batch, logits: logits)
+    }
+}
+
+/// Generated text with stop strings: holds back text that might still become a stop string.
+struct TextAccumulator {
+    let stopStrings: [String]
+    private(set) var text = ""
+    private var decoder: StreamingDecoder
+    /// UTF-8 length of the text already handed to the caller.
+    private var emitted = 0
+    /// Characters that may still be the start of a stop string.
+    private let holdBack: Int
+
+    init(stopStrings: [String], tokenizer: Tokenizer) {
+        self.stopStrings = stopStrings
+        decoder = StreamingDecoder(tokenizer: tokenizer)
+        holdBack = max(0, (stopStrings.map(\.count).max() ?? 0) - 1)
+    }
+
+    /// Adds a token's text; returns true when a stop string matched (text is cut before it).
+    mutating func append(_ token: Int32, emit: (String) -> Void) -> Bool {
+        let piece = decoder.append(token)
+        guard !piece.isEmpty else { return false }
+        // A match can start at most `holdBack` characters before the new piece.
+        let searchFromOffset = text.utf8.distance(
+            from: text.startIndex, to: text.index(text.endIndex, offsetBy: -min(text.count, holdBack)))
+        text += piece
+        let searchFrom = text.utf8.index(text.startIndex, offsetBy: searchFromOffset)
+        for stop in stopStrings {
+            if let match = text.firstRange(of: stop, from: searchFrom) {
+                text = String(text[..<match.lowerBound])
+                flush(upTo: text.utf8.count, emit: emit)
+                return true
+            }
+        }
+        let safe = text.index(text.endIndex, offsetBy: -min(text.count, holdBack))
+        flush(upTo: text.utf8.distance(from: text.startIndex, to: safe), emit: emit)
+        return false
+    }
+
+    mutating func finish(emit: (String) -> Void) {
+        text += decoder.finish()
+        flush(upTo: text.utf8.count, emit: emit)
+    }
+
+    private mutating func flush(upTo end: Int, emit: (String) -> Void) {
+        guard end > emitted else { return }
+        let utf8 = text.utf8
+        emit(String(text[utf8.index(utf8.startIndex, offsetBy: emitted)..<utf8.index(utf8.startIndex, offsetBy: end)]))
+        emitted = end
+    }
+}
+
+/// Monotonic seconds.
+enum Clock {
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}
+
+extension String {
+    /// First occurrence of `needle` at or after `start` (character-wise).
+    func firstRange(of needle: String, from start: String.Index) -> Range<String.Index>? {
+        let haystack = self[start...]
+        guard let first = needle.first else { return nil }
+        var i = haystack.startIndex
+        while i < haystack.endIndex {
+            if haystack[i] == first && haystack[i...].hasPrefix(needle) {
+                return i..<haystack.index(i, offsetBy: needle.count)
+            }
+            i = haystack.index(after: i)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,114 @@
+internal import CKernels
+
+/// One weight matrix and where its products go: `output[t * outputStride + r]` for token
+/// `t` and row `r`.
+public struct Projection {
+    public var weight: WeightMatrix
+    public var output: UnsafeMutablePointer<Float>
+    public var outputStride: Int
+
+    public init(_ weight: WeightMatrix, into output: UnsafeMutablePointer<Float>, stride: Int? = nil) {
+        self.weight = weight
+        self.output = output
+        self.outputStride = stride ?? weight.rows
+    }
+}
+
+/// Matrix products `Y = X · Wᵀ` for a batch of tokens, over a thread pool.
+///
+/// Up to three projections that read the same input (Q/K/V, gate/up) run as one parallel
+/// job: the input is quantized once and the threads split the rows of all of them, which
+/// halves the number of wake-ups per layer. Scratch for the quantized input is allocated
+/// once, for `maxTokens × maxColumns`; a call never allocates.
+public final class MatMul {
+    public let maxTokens: Int
+    public let maxColumns: Int
+    private let quantized: UnsafeMutablePointer<cohort_q8_block>
+
+    public init(maxTokens: Int, maxColumns: Int) {
+        precondition(maxTokens > 0 && maxColumns > 0 && maxColumns % 32 == 0,
+                     "matmul scratch needs positive sizes with columns a multiple of 32")
+        self.maxTokens = maxTokens
+        self.maxColumns = maxColumns
+        self.quantized = .allocate(capacity: maxTokens * maxColumns / 32)
+    }
+
+    deinit { quantized.deallocate() }
+
+    /// Computes every projection for `tokens` input rows of `columns` floats, `inputStride` apart.
+    /// - Precondition: all weights have `columns` columns; `tokens ≤ maxTokens`, `columns ≤ maxColumns`.
+    public func run(
+        input: UnsafePointer<Float>, inputStride: Int, tokens: Int,
+        _ first: Projection, _ second: Projection? = nil, _ third: Projection? = nil,
+        mode: NumericMode, pool: ThreadPool
+    ) {
+        let columns = first.weight.columns
+        precondition(tokens <= maxTokens && columns <= maxColumns, "matmul of \(tokens)×\(columns) exceeds scratch")
+        precondition(second.map { $0.weight.columns == columns } ?? true, "projections disagree on input size")
+        precondition(third.map { $0.weight.columns == columns } ?? true, "projections disagree on input size")
+
+        let useIntegerPath = mode == .fast && first.weight.type.isQuantized
+        if useIntegerPath {
+            for t in 0..<tokens {
+                cohort_quantize_row_q8(input + t * inputStride, quantized + t * (columns / 32), Int32(columns))
+            }
+        }
+        let rows0 = first.weight.rows
+        let rows1 = second?.weight.rows ?? 0
+        let total = rows0 + rows1 + (third?.weight.rows ?? 0)
+        let quantized = self.quantized
+        pool.run { thread, threads in
+            let mine = ThreadPool.slice(of: total, thread: thread, threads: threads, granule: 4)
+            func part(_ projection: Projection, offset: Int) {
+                let lower = max(mine.lowerBound - offset, 0)
+                let upper = min(mine.upperBound - offset, projection.weight.rows)
+                guard lower < upper else { return }
+                if useIntegerPath && projection.weight.type.isQuantized {
+                    Self.integerRows(projection, lower..<upper, quantized: quantized, tokens: tokens)
+                } else {
+                    Self.floatRows(projection, lower..<upper, input: input, inputStride: inputStride, tokens: tokens)
+                }
+            }
+            part(first, offset: 0)
+            if let second { part(second, offset: rows0) }
+            if let third { part(third, offset: rows0 + rows1) }
+        }
+    }
+
+    /// Rows of a quantized weight against 8-bit activations (the C kernels).
+    @inline(__always)
+    static func integerRows(
+        _ p: Projection, _ rows: Range<Int>, quantized: UnsafePointer<cohort_q8_block>, tokens: Int
+    ) {
+        cohort_matmul_q8(
+            Int32(p.weight.type.rawValue), p.weight.base, p.weight.rowBytes,
+            Int32(rows.lowerBound), Int32(rows.upperBound), Int32(p.weight.columns),
+            quantized, Int32(tokens), p.output, Int32(p.outputStride))
+    }
+
+    /// Rows of any weight against float activations: each row is decoded once to float32
+    /// (on the stack) and reused for every token.
+    static func floatRows(
+        _ p: Projection, _ rows: Range<Int>, input: UnsafePointer<Float>, inputStride: Int, tokens: Int
+    ) {
+        let k = p.weight.columns
+        if p.weight.type == .f32 {
+            for r in rows {
+                let w = p.weight.row(r).assumingMemoryBound(to: Float.self)
+                for t in 0..<tokens {
+                    p.output[t * p.outputStride + r] = VectorMath.dot(w, input + t * inputStride, count: k)
+                }
+            }
+            return
+        }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { scratch in
+            let w = scratch.baseAddress!
+            for r in rows {
+                Dequantize.row(p.weight.type, from: p.weight.row(r), into: w, count: k)
+                for t in 0..<tokens {
+                    p.output[t * p.outputStride + r] = VectorMath.dot(w, input + t * inputStride, count: k)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Small float vector operations used by the forward pass: dot products, scaled adds,
+/// RMS normalisation, softmax, SwiGLU. Each works on raw pointers with `SIMD8<Float>`
+/// lanes and a scalar tail.
+public enum VectorMath {
+    /// Σ a[i]·b[i] over `count` floats, accumulated in four 8-lane float32 sums.
+    @inlinable
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), s2 = SIMD8<Float>(), s3 = SIMD8<Float>()
+        var i = 0
+        while i + 32 <= count {
+            let o = i * 4
+            s0.addProduct(ra.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self),
+                          rb.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
+            s1.addProduct(ra.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self),
+                          rb.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+            s2.addProduct(ra.loadUnaligned(fromByteOffset: o + 64, as: SIMD8<Float>.self),
+                          rb.loadUnaligned(fromByteOffset: o + 64, as: SIMD8<Float>.self))
+            s3.addProduct(ra.loadUnaligned(fromByteOffset: o + 96, as: SIMD8<Float>.self),
+                          rb.loadUnaligned(fromByteOffset: o + 96, as: SIMD8<Float>.self))
+            i += 32
+        }
+        while i + 8 <= count {
+            s0.addProduct(ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self),
+                          rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+            i += 8
+        }
+        var sum = ((s0 + s1) + (s2 + s3)).sum()
+        while i < count {
+            sum += a[i] * b[i]
+            i += 1
+        }
+        return sum
+    }
+
+    /// y[i] += alpha · x[i].
+    @inlinable
+    public static func addScaled(_ x: UnsafePointer<Float>, _ alpha: Float, into y: UnsafeMutablePointer<Float>, count: Int) {
+        let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
+        let a = SIMD8<Float>(repeating: alpha)
+        var i = 0
+        while i + 8 <= count {
+            var v = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            v.addProduct(a, rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+            ry.storeBytes(of: v, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < count {
+            y[i] += alpha * x[i]
+            i += 1
+        }
+    }
+
+    /// y[i] += x[i].
+    @inlinable
+    public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+        addScaled(x, 1, into: y, count: count)
+    }
+
+    /// out[i] = x[i] / sqrt(mean(x²) + epsilon) · weight[i] (RMSNorm).
+    public static func rmsNorm(
+        _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, epsilon: Float,
+        into out: UnsafeMutablePointer<Float>, count: Int
+    ) {
+        // Accumulate in Double: the sum of squares of a few thousand activations loses
+        // digits in float32, and this runs once per row.
+        var sum = 0.0
+        for i in 0..<count { sum += Double(x[i]) * Double(x[i]) }
+        let scale = Float(1 / (sum / Double(count) + Double(epsilon)).squareRoot())
+        for i in 0..<count { out[i] = x[i] * scale * weight[i] }
+    }
+
+    /// In-place softmax over `count` floats; returns nothing, leaves probabilities.
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        var maxValue = -Float.infinity
+        for i in 0..<count { maxValue = max(maxValue, x[i]) }
+        var sum: Float = 0
+        for i in 0..<count {
+            let e = expf(x[i] - maxValue)
+            x[i] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for i in 0..<count { x[i] *= inv }
+    }
+
+    /// gate[i] = silu(gate[i]) · up[i] (SwiGLU), in place in `gate`.
+    public static func swiglu(_ gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let g = gate[i]
+            gate[i] = g / (1 + expf(-g)) * up[i]
+        }
+    }
+}

@@ -1,0 +1,46 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A whole file mapped read-only into memory. Tensors are views into this mapping; the
+/// mapping lives as long as any owner holds this object.
+public final class MappedFile: @unchecked Sendable {
+    // @unchecked: the mapping is PROT_READ and never remapped, so concurrent reads are safe.
+
+    public let path: String
+    public let bytes: UnsafeRawBufferPointer
+
+    /// Maps `path`.
+    /// - Throws: `GGUFError.unreadable` naming the path and the system's reason.
+    public init(path: String) throws(GGUFError) {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .unreadable(path: path, reason: "not a regular file") }
+        let size = Int(info.st_size)
+        if size == 0 {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            return
+        }
+        let address = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let address, address != MAP_FAILED else {
+            throw .unreadable(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
+        }
+        bytes = UnsafeRawBufferPointer(start: address, count: size)
+    }
+
+    deinit {
+        if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
+    }
+
+    /// Asks the kernel to read the file ahead (used while loading with a progress bar).
+    public func prefetch(_ range: Range<Int>) {
+        guard let base = bytes.baseAddress, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, MADV_WILLNEED)
+    }
+}

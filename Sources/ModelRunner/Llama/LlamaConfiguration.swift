@@ -1,0 +1,92 @@
+/// Hyperparameters of a Llama-family model, read from GGUF metadata.
+public struct LlamaConfiguration: Sendable, Equatable {
+    public var layers: Int
+    public var hiddenSize: Int
+    public var feedForwardSize: Int
+    public var attentionHeads: Int
+    public var kvHeads: Int
+    public var headDimensions: Int
+    /// Dimensions of each head that rotate (GGUF `rope.dimension_count`; usually all).
+    public var rotaryDimensions: Int
+    public var ropeTheta: Float
+    public var rmsNormEpsilon: Float
+    public var vocabularySize: Int
+    public var contextLength: Int
+
+    /// GGUF keys, relative to the architecture prefix (`llama.`), in one table.
+    enum Key: String {
+        case layers = "block_count"
+        case hiddenSize = "embedding_length"
+        case feedForwardSize = "feed_forward_length"
+        case attentionHeads = "attention.head_count"
+        case kvHeads = "attention.head_count_kv"
+        case rotaryDimensions = "rope.dimension_count"
+        case ropeTheta = "rope.freq_base"
+        case rmsNormEpsilon = "attention.layer_norm_rms_epsilon"
+        case vocabularySize = "vocab_size"
+        case contextLength = "context_length"
+    }
+
+    public init(
+        layers: Int, hiddenSize: Int, feedForwardSize: Int, attentionHeads: Int, kvHeads: Int,
+        ropeTheta: Float = 10_000, rmsNormEpsilon: Float = 1e-5, vocabularySize: Int, contextLength: Int = 2048
+    ) {
+        self.layers = layers
+        self.hiddenSize = hiddenSize
+        self.feedForwardSize = feedForwardSize
+        self.attentionHeads = attentionHeads
+        self.kvHeads = kvHeads
+        self.headDimensions = hiddenSize / attentionHeads
+        self.rotaryDimensions = headDimensions
+        self.ropeTheta = ropeTheta
+        self.rmsNormEpsilon = rmsNormEpsilon
+        self.vocabularySize = vocabularySize
+        self.contextLength = contextLength
+    }
+
+    /// Reads and validates the configuration of `architecture` from `file`.
+    public init(file: GGUFFile, architecture: String) throws(GGUFError) {
+        func key(_ k: Key) -> String { "\(architecture).\(k.rawValue)" }
+        func positive(_ k: Key, default value: Int? = nil) throws(GGUFError) -> Int {
+            let found = try file.optionalInteger(key(k)) ?? value
+            guard let found else { throw .missingKey(key(k)) }
+            guard found > 0, found < 1 << 24 else {
+                throw .invalidValue(key: key(k), expected: "a positive count below 2^24", found: "\(found)")
+            }
+            return found
+        }
+        layers = try positive(.layers)
+        hiddenSize = try positive(.hiddenSize)
+        feedForwardSize = try positive(.feedForwardSize)
+        attentionHeads = try positive(.attentionHeads)
+        kvHeads = try positive(.kvHeads, default: attentionHeads)
+        guard hiddenSize % attentionHeads == 0 else {
+            throw .invalidValue(key: key(.hiddenSize), expected: "a multiple of the head count \(attentionHeads)", found: "\(hiddenSize)")
+        }
+        guard attentionHeads % kvHeads == 0 else {
+            throw .invalidValue(key: key(.kvHeads), expected: "a divisor of the head count \(attentionHeads)", found: "\(kvHeads)")
+        }
+        headDimensions = hiddenSize / attentionHeads
+        rotaryDimensions = try positive(.rotaryDimensions, default: headDimensions)
+        guard rotaryDimensions <= headDimensions, rotaryDimensions % 2 == 0 else {
+            throw .invalidValue(key: key(.rotaryDimensions), expected: "an even number ≤ \(headDimensions)", found: "\(rotaryDimensions)")
+        }
+        let theta = try file.optionalReal(key(.ropeTheta)) ?? 10_000
+        guard theta > 0, theta.isFinite else {
+            throw .invalidValue(key: key(.ropeTheta), expected: "a positive number", found: "\(theta)")
+        }
+        ropeTheta = Float(theta)
+        let epsilon = try file.optionalReal(key(.rmsNormEpsilon)) ?? 1e-5
+        guard epsilon > 0, epsilon < 1 else {
+            throw .invalidValue(key: key(.rmsNormEpsilon), expected: "a small positive number", found: "\(epsilon)")
+        }
+        rmsNormEpsilon = Float(epsilon)
+        contextLength = try positive(.contextLength, default: 2048)
+        // The vocabulary size comes from the embedding tensor when the key is absent.
+        vocabularySize = try file.optionalInteger(key(.vocabularySize)) ?? 0
+    }
+
+    /// Floats of K (or V) per token per layer.
+    public var kvDimensions: Int { kvHeads * headDimensions }
+    public var queryDimensions: Int { attentionHeads * headDimensions }
+}

@@ -1,0 +1,220 @@
+public import Kernels
+
+/// The Llama forward pass on the CPU: embedding, `layers` × (RMSNorm, GQA attention with
+/// RoPE over the paged KV cache, RMSNorm, SwiGLU MLP), final norm, output head.
+///
+/// A model owns its scratch, cache and thread pool and runs on one thread at a time (its
+/// worker's); nothing in `forward` allocates. Shapes per step, T = batch tokens:
+/// x, xn: [T, hidden]; q: [T, heads·hd]; k, v: [T, kvHeads·hd]; gate, up: [T, ffn].
+public final class LlamaModel {
+    public let configuration: LlamaConfiguration
+    public let weights: LlamaWeights
+    public let cache: PagedKVCache
+    public let mode: NumericMode
+    public let maxBatchTokens: Int
+    /// Longest sequence (prompt + output) this model instance can attend over.
+    public let maxContext: Int
+    public let pool: ThreadPool
+    private let matmul: MatMul
+    private let scratch: Scratch
+
+    public init(
+        weights: LlamaWeights, configuration: LlamaConfiguration, cacheBlocks: Int, blockSize: Int,
+        maxBatchTokens: Int, mode: NumericMode, threads: Int
+    ) {
+        self.configuration = configuration
+        self.weights = weights
+        self.mode = mode
+        self.maxBatchTokens = maxBatchTokens
+        self.maxContext = min(configuration.contextLength, cacheBlocks * blockSize)
+        cache = PagedKVCache(
+            layers: configuration.layers, blockCount: cacheBlocks, blockSize: blockSize,
+            kvDimensions: configuration.kvDimensions)
+        pool = ThreadPool(threads: threads)
+        let c = configuration
+        matmul = MatMul(
+            maxTokens: maxBatchTokens,
+            maxColumns: max(c.hiddenSize, c.feedForwardSize, c.queryDimensions).roundedUp(to: 32))
+        scratch = Scratch(configuration: c, maxTokens: maxBatchTokens, maxContext: maxContext, threads: threads)
+    }
+
+    // MARK: - Forward
+
+    /// Runs one batched step and writes `batch.logitTokens.count` rows of
+    /// `vocabularySize` logits into `logits`.
+    /// - Precondition: the batch fits `maxBatchTokens`, positions fit `maxContext`, token ids
+    ///   are in the vocabulary and block tables cover every position (checked by the caller).
+    public func forward(_ batch: ForwardBatch, logits: UnsafeMutablePointer<Float>) {
+        let c = configuration
+        let T = batch.tokens.count
+        precondition(T > 0 && T <= maxBatchTokens, "batch of \(T) tokens exceeds \(maxBatchTokens)")
+        let D = c.hiddenSize, hd = c.headDimensions, H = c.attentionHeads, KVH = c.kvHeads
+        let qDim = c.queryDimensions, kvDim = c.kvDimensions, F = c.feedForwardSize
+        let s = scratch
+        let bs = cache.blockSize
+        let pairs = c.rotaryDimensions / 2
+
+        batch.tokens.withUnsafeBufferPointer { tokens in
+            batch.positions.withUnsafeBufferPointer { positions in
+                for t in 0..<T {
+                    let token = Int(tokens[t])
+                    precondition(token >= 0 && token < c.vocabularySize, "token \(token) outside the vocabulary")
+                    Dequantize.row(weights.tokenEmbedding.type, from: weights.tokenEmbedding.row(token), into: s.x + t * D, count: D)
+                    RoPE.table(position: Int(positions[t]), rotaryDimensions: c.rotaryDimensions, base: c.ropeTheta,
+                               cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                }
+            }
+        }
+        // Cache slot of every token of the batch.
+        batch.positions.withUnsafeBufferPointer { positions in
+            batch.sequenceOfToken.withUnsafeBufferPointer { sequenceOf in
+                batch.blockTables.withUnsafeBufferPointer { tables in
+                    batch.tableStart.withUnsafeBufferPointer { tableStart in
+                        for t in 0..<T {
+                            let p = Int(positions[t])
+                            precondition(p < maxContext, "position \(p) exceeds the context of \(maxContext)")
+                            let table = Int(tableStart[Int(sequenceOf[t])])
+                            s.slots[t] = tables[table + p / bs] * Int32(bs) + Int32(p % bs)
+                        }
+                    }
+                }
+            }
+        }
+
+        for (layerIndex, layer) in weights.layers.enumerated() {
+            // Attention block.
+            layer.attentionNorm.withUnsafeBufferPointer { norm in
+                for t in 0..<T {
+                    VectorMath.rmsNorm(s.x + t * D, weight: norm.baseAddress!, epsilon: c.rmsNormEpsilon, into: s.xn + t * D, count: D)
+                }
+            }
+            matmul.run(
+                input: s.xn, inputStride: D, tokens: T,
+                Projection(layer.query, into: s.q), Projection(layer.key, into: s.k), Projection(layer.value, into: s.v),
+                mode: mode, pool: pool)
+            for t in 0..<T {
+                RoPE.apply(s.q + t * qDim, heads: H, headDimensions: hd, pairs: pairs, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                RoPE.apply(s.k + t * kvDim, heads: KVH, headDimensions: hd, pairs: pairs, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                let slot = Int(s.slots[t])
+                cache.key(layer: layerIndex, slot: slot).update(from: s.k + t * kvDim, count: kvDim)
+                cache.value(layer: layerIndex, slot: slot).update(from: s.v + t * kvDim, count: kvDim)
+            }
+            attention(layer: layerIndex, batch: batch)
+            matmul.run(input: s.attention, inputStride: qDim, tokens: T, Projection(layer.attentionOutput, into: s.xn),
+                       mode: mode, pool: pool)
+            VectorMath.add(s.xn, into: s.x, count: T * D)
+
+            // Feed-forward block.
+            layer.feedForwardNorm.withUnsafeBufferPointer { norm in
+                for t in 0..<T {
+                    VectorMath.rmsNorm(s.x + t * D, weight: norm.baseAddress!, epsilon: c.rmsNormEpsilon, into: s.xn + t * D, count: D)
+                }
+            }
+            matmul.run(input: s.xn, inputStride: D, tokens: T, Projection(layer.gate, into: s.gate), Projection(layer.up, into: s.up),
+                       mode: mode, pool: pool)
+            VectorMath.swiglu(s.gate, up: s.up, count: T * F)
+            matmul.run(input: s.gate, inputStride: F, tokens: T, Projection(layer.down, into: s.xn), mode: mode, pool: pool)
+            VectorMath.add(s.xn, into: s.x, count: T * D)
+        }
+
+        // Final norm and output head, only for the tokens whose logits are wanted.
+        let wanted = batch.logitTokens.count
+        guard wanted > 0 else { return }
+        weights.outputNorm.withUnsafeBufferPointer { norm in
+            batch.logitTokens.withUnsafeBufferPointer { rows in
+                for (i, t) in rows.enumerated() {
+                    VectorMath.rmsNorm(s.x + Int(t) * D, weight: norm.baseAddress!, epsilon: c.rmsNormEpsilon, into: s.xn + i * D, count: D)
+                }
+            }
+        }
+        matmul.run(input: s.xn, inputStride: D, tokens: wanted, Projection(weights.output, into: logits), mode: mode, pool: pool)
+    }
+
+    /// Causal grouped-query attention of every batch token over its sequence's cached keys
+    /// and values (positions 0…its own), split over the pool by (token, head).
+    private func attention(layer: Int, batch: ForwardBatch) {
+        let c = configuration
+        let T = batch.tokens.count
+        let hd = c.headDimensions, H = c.attentionHeads, kvDim = c.kvDimensions, qDim = c.queryDimensions
+        let group = H / c.kvHeads
+        let bs = cache.blockSize
+        let scale = 1 / Float(hd).squareRoot()
+        let s = scratch
+        let cache = self.cache
+        batch.positions.withUnsafeBufferPointer { positions in
+            batch.sequenceOfToken.withUnsafeBufferPointer { sequenceOf in
+                batch.blockTables.withUnsafeBufferPointer { tables in
+                    batch.tableStart.withUnsafeBufferPointer { tableStart in
+                        pool.run { thread, threads in
+                            let scores = s.scores + thread * s.maxContext
+                            for item in ThreadPool.slice(of: T * H, thread: thread, threads: threads) {
+                                let t = item / H, h = item % H
+                                let kvOffset = (h / group) * hd
+                                let q = s.q + t * qDim + h * hd
+                                let length = Int(positions[t]) + 1
+                                let table = tables.baseAddress! + Int(tableStart[Int(sequenceOf[t])])
+                                for j in 0..<length {
+                                    let slot = Int(table[j / bs]) * bs + j % bs
+                                    scores[j] = VectorMath.dot(q, cache.key(layer: layer, slot: slot) + kvOffset, count: hd) * scale
+                                }
+                                VectorMath.softmax(scores, count: length)
+                                let out = s.attention + t * qDim + h * hd
+                                out.update(repeating: 0, count: hd)
+                                for j in 0..<length {
+                                    let slot = Int(table[j / bs]) * bs + j % bs
+                                    VectorMath.addScaled(cache.value(layer: layer, slot: slot) + kvOffset, scores[j], into: out, count: hd)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        _ = kvDim
+    }
+}
+
+// MARK: - Scratch
+
+extension LlamaModel {
+    /// Every buffer a step needs, allocated once for the largest batch.
+    final class Scratch {
+        let x, xn, q, k, v, attention, gate, up, cos, sin, scores: UnsafeMutablePointer<Float>
+        let slots: UnsafeMutablePointer<Int32>
+        let maxContext: Int
+        private var owned: [UnsafeMutablePointer<Float>] = []
+
+        init(configuration c: LlamaConfiguration, maxTokens T: Int, maxContext: Int, threads: Int) {
+            self.maxContext = maxContext
+            var owned: [UnsafeMutablePointer<Float>] = []
+            func buffer(_ count: Int) -> UnsafeMutablePointer<Float> {
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+                p.initialize(repeating: 0, count: max(count, 1))
+                owned.append(p)
+                return p
+            }
+            x = buffer(T * c.hiddenSize)
+            xn = buffer(T * max(c.hiddenSize, c.queryDimensions))
+            q = buffer(T * c.queryDimensions)
+            k = buffer(T * c.kvDimensions)
+            v = buffer(T * c.kvDimensions)
+            attention = buffer(T * c.queryDimensions)
+            gate = buffer(T * c.feedForwardSize)
+            up = buffer(T * c.feedForwardSize)
+            cos = buffer(T * c.rotaryDimensions / 2)
+            sin = buffer(T * c.rotaryDimensions / 2)
+            scores = buffer(threads * maxContext)
+            slots = .allocate(capacity: T)
+            self.owned = owned
+        }
+
+        deinit {
+            for p in owned { p.deallocate() }
+            slots.deallocate()
+        }
+    }
+}
+
+extension Int {
+    func roundedUp(to multiple: Int) -> Int { (self + multiple - 1) / multiple * multiple }
+}

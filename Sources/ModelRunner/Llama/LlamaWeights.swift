@@ -1,0 +1,95 @@
+public import Kernels
+
+/// Views of a Llama model's tensors inside the mapped GGUF file, checked for shape.
+///
+/// Matrices stay in the mapping (no copy); only the small norm vectors are decoded into
+/// owned float arrays.
+public struct LlamaWeights: @unchecked Sendable {
+    // @unchecked: matrices are views of the read-only mapping held by `file`.
+
+    public struct Layer: Sendable {
+        public var attentionNorm: [Float]
+        public var query: WeightMatrix
+        public var key: WeightMatrix
+        public var value: WeightMatrix
+        public var attentionOutput: WeightMatrix
+        public var feedForwardNorm: [Float]
+        public var gate: WeightMatrix
+        public var up: WeightMatrix
+        public var down: WeightMatrix
+    }
+
+    public let file: GGUFFile
+    public var tokenEmbedding: WeightMatrix
+    public var layers: [Layer]
+    public var outputNorm: [Float]
+    /// The output head; the token embedding itself when the file has no `output.weight`.
+    public var output: WeightMatrix
+    public var tiedOutput: Bool
+
+    /// GGUF tensor names, in one table.
+    enum Name {
+        static let tokenEmbedding = "token_embd.weight"
+        static let outputNorm = "output_norm.weight"
+        static let output = "output.weight"
+        static func layer(_ i: Int, _ part: String) -> String { "blk.\(i).\(part).weight" }
+        static let attentionNorm = "attn_norm"
+        static let query = "attn_q"
+        static let key = "attn_k"
+        static let value = "attn_v"
+        static let attentionOutput = "attn_output"
+        static let feedForwardNorm = "ffn_norm"
+        static let gate = "ffn_gate"
+        static let up = "ffn_up"
+        static let down = "ffn_down"
+    }
+
+    /// Finds and checks every tensor. `configuration.vocabularySize` is filled from the
+    /// embedding when the metadata lacked it.
+    public init(file: GGUFFile, configuration: inout LlamaConfiguration) throws(GGUFError) {
+        self.file = file
+        let c = configuration
+        func matrix(_ name: String, rows: Int?, columns: Int) throws(GGUFError) -> WeightMatrix {
+            guard let info = file.tensorInfo(name) else { throw .missingTensor(name) }
+            let found = "\(info.dimensions) \(info.type)"
+            guard info.dimensions.count == 2, info.dimensions[0] == columns, rows.map({ $0 == info.dimensions[1] }) ?? true else {
+                throw .tensorMismatch(tensor: name, expected: "dimensions [\(columns), \(rows.map(String.init) ?? "n")]", found: found)
+            }
+            return WeightMatrix(
+                type: info.type, rows: info.dimensions[1], columns: columns, base: file.data(of: info).baseAddress!)
+        }
+        func vector(_ name: String, count: Int) throws(GGUFError) -> [Float] {
+            guard let info = file.tensorInfo(name) else { throw .missingTensor(name) }
+            guard info.dimensions == [count] else {
+                throw .tensorMismatch(tensor: name, expected: "dimensions [\(count)]", found: "\(info.dimensions)")
+            }
+            return Dequantize.array(info.type, bytes: file.data(of: info), count: count)
+        }
+
+        tokenEmbedding = try matrix(Name.tokenEmbedding, rows: c.vocabularySize > 0 ? c.vocabularySize : nil, columns: c.hiddenSize)
+        configuration.vocabularySize = tokenEmbedding.rows
+        let vocabulary = tokenEmbedding.rows
+        outputNorm = try vector(Name.outputNorm, count: c.hiddenSize)
+        if file.tensorInfo(Name.output) != nil {
+            output = try matrix(Name.output, rows: vocabulary, columns: c.hiddenSize)
+            tiedOutput = false
+        } else {
+            output = tokenEmbedding
+            tiedOutput = true
+        }
+        var layers: [Layer] = []
+        for i in 0..<c.layers {
+            layers.append(Layer(
+                attentionNorm: try vector(Name.layer(i, Name.attentionNorm), count: c.hiddenSize),
+                query: try matrix(Name.layer(i, Name.query), rows: c.queryDimensions, columns: c.hiddenSize),
+                key: try matrix(Name.layer(i, Name.key), rows: c.kvDimensions, columns: c.hiddenSize),
+                value: try matrix(Name.layer(i, Name.value), rows: c.kvDimensions, columns: c.hiddenSize),
+                attentionOutput: try matrix(Name.layer(i, Name.attentionOutput), rows: c.hiddenSize, columns: c.queryDimensions),
+                feedForwardNorm: try vector(Name.layer(i, Name.feedForwardNorm), count: c.hiddenSize),
+                gate: try matrix(Name.layer(i, Name.gate), rows: c.feedForwardSize, columns: c.hiddenSize),
+                up: try matrix(Name.layer(i, Name.up), rows: c.feedForwardSize, columns: c.hiddenSize),
+                down: try matrix(Name.layer(i, Name.down), rows: c.hiddenSize, columns: c.feedForwardSize)))
+        }
+        self.layers = layers
+    }
+}

@@ -1,0 +1,99 @@
+public import Kernels
+
+/// Options for loading a model into one worker.
+public struct ModelOptions: Sendable, Equatable {
+    public var threads: Int
+    public var mode: NumericMode
+    /// Memory for the KV cache; the number of blocks follows from it.
+    public var kvCacheBytes: Int
+    /// Tokens per KV block.
+    public var blockSize: Int
+    /// Most tokens in one forward pass (longer prompts are split into chunks).
+    public var maxBatchTokens: Int
+
+    public init(threads: Int = 1, mode: NumericMode = .fast, kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxBatchTokens: Int = 512) {
+        self.threads = threads
+        self.mode = mode
+        self.kvCacheBytes = kvCacheBytes
+        self.blockSize = blockSize
+        self.maxBatchTokens = maxBatchTokens
+    }
+}
+
+/// Architectures Cohort runs: one line per architecture, keyed by `general.architecture`.
+enum ModelRegistry {
+    static let architectures: [String: @Sendable (GGUFFile, String) throws(GGUFError) -> LlamaConfiguration] = [
+        "llama": { file, architecture throws(GGUFError) in try LlamaConfiguration(file: file, architecture: architecture) },
+    ]
+}
+
+/// A model file loaded for inference: configuration, tokenizer, chat template and the
+/// forward pass with its KV cache.
+public final class LoadedModel {
+    public let file: GGUFFile
+    public let configuration: LlamaConfiguration
+    public let tokenizer: Tokenizer
+    /// nil when the file has no template; the error when it has one Cohort cannot render.
+    public let chatTemplate: Result<ChatTemplate, ChatTemplate.UnsupportedTemplate>?
+    public let model: LlamaModel
+    public let options: ModelOptions
+
+    /// Opens and checks `path`, then touches every weight page (reporting progress from 0
+    /// to 1) so that the first step does not pay for page faults.
+    public init(path: String, options: ModelOptions, progress: (Double) -> Void = { _ in }) throws(GGUFError) {
+        let file = try GGUFFile(path: path)
+        let architecture = try file.string("general.architecture")
+        guard let makeConfiguration = ModelRegistry.architectures[architecture] else {
+            throw .unsupportedArchitecture(found: architecture, supported: ModelRegistry.architectures.keys.sorted())
+        }
+        var configuration = try makeConfiguration(file, architecture)
+        let weights = try LlamaWeights(file: file, configuration: &configuration)
+        let tokenizer = try Tokenizer(file: file)
+        guard tokenizer.vocabularySize == configuration.vocabularySize else {
+            throw .invalidValue(
+                key: "tokenizer.ggml.tokens", expected: "\(configuration.vocabularySize) tokens (the embedding's rows)",
+                found: "\(tokenizer.vocabularySize)")
+        }
+        if let source = try file.optionalString(ChatTemplate.key) {
+            do throws(ChatTemplate.UnsupportedTemplate) {
+                chatTemplate = .success(try ChatTemplate(source: source))
+            } catch {
+                chatTemplate = .failure(error)
+            }
+        } else {
+            chatTemplate = nil
+        }
+        let blockBytes = PagedKVCache.bytesPerBlock(
+            layers: configuration.layers, blockSize: options.blockSize, kvDimensions: configuration.kvDimensions)
+        let blocks = max(1, options.kvCacheBytes / blockBytes)
+
+        Self.touchPages(file, progress: progress)
+        self.file = file
+        self.configuration = configuration
+        self.tokenizer = tokenizer
+        self.options = options
+        self.model = LlamaModel(
+            weights: weights, configuration: configuration, cacheBlocks: blocks, blockSize: options.blockSize,
+            maxBatchTokens: options.maxBatchTokens, mode: options.mode, threads: options.threads)
+    }
+
+    private static func touchPages(_ file: GGUFFile, progress: (Double) -> Void) {
+        let bytes = file.mappedFile.bytes
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        file.mappedFile.prefetch(0..<bytes.count)
+        let chunk = 4 << 20
+        var sink: UInt8 = 0
+        var offset = 0
+        while offset < bytes.count {
+            let end = min(bytes.count, offset + chunk)
+            var page = offset
+            while page < end {
+                sink &+= base.load(fromByteOffset: page, as: UInt8.self)
+                page += 4096
+            }
+            offset = end
+            progress(Double(offset) / Double(bytes.count))
+        }
+        withExtendedLifetime(sink) {}
+    }
+}

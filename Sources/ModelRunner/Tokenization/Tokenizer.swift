@@ -1,0 +1,218 @@
+/// Byte-level BPE from GGUF `tokenizer.ggml.*` metadata (model `gpt2`), matching
+/// llama.cpp's token ids for the same text.
+///
+/// Encoding: special-token text (control and user-defined tokens) is cut out first when
+/// `parseSpecial` is set; the rest is split into words by the pre-tokenizer, each word is
+/// mapped to byte-level scalars and merged pairwise by rank.
+public final class Tokenizer: Sendable {
+    /// GGUF token types (llama.cpp's `llama_token_type`).
+    public enum TokenType: Int, Sendable {
+        case undefined = 0, normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6
+    }
+
+    /// GGUF tokenizer keys, in one table.
+    enum Key {
+        static let model = "tokenizer.ggml.model"
+        static let pre = "tokenizer.ggml.pre"
+        static let tokens = "tokenizer.ggml.tokens"
+        static let tokenTypes = "tokenizer.ggml.token_type"
+        static let merges = "tokenizer.ggml.merges"
+        static let bos = "tokenizer.ggml.bos_token_id"
+        static let eos = "tokenizer.ggml.eos_token_id"
+        static let eot = "tokenizer.ggml.eot_token_id"
+        static let eom = "tokenizer.ggml.eom_token_id"
+        static let addBOS = "tokenizer.ggml.add_bos_token"
+        static let addEOS = "tokenizer.ggml.add_eos_token"
+    }
+
+    public let tokens: [String]
+    public let types: [TokenType]
+    public let preTokenizer: PreTokenizer
+    public let bosID: Int32?
+    public let eosID: Int32?
+    public let addBOS: Bool
+    /// Ids that end generation (llama.cpp's end-of-generation set: EOS, EOT, EOM and
+    /// control tokens whose text marks an end, such as `<|im_end|>`).
+    public let endOfGenerationIDs: Set<Int32>
+    private let ids: [String: Int32]
+    /// (left id << 32 | right id) → (rank, merged id).
+    private let merges: [UInt64: (rank: Int32, merged: Int32)]
+    /// Special tokens by decreasing length, for splitting raw text.
+    private let specialTokens: [(text: [Unicode.Scalar], id: Int32)]
+    /// Token id of each byte-level single scalar, for the initial BPE symbols.
+    private let byteTokenID: [Int32]
+
+    public init(file: GGUFFile) throws(GGUFError) {
+        let model = try file.string(Key.model)
+        guard model == "gpt2" else {
+            throw .invalidValue(key: Key.model, expected: "\"gpt2\" (byte-level BPE)", found: "\"\(model)\"")
+        }
+        let pre = try file.optionalString(Key.pre) ?? "default"
+        guard let preTokenizer = PreTokenizer.aliases[pre] else {
+            throw .invalidValue(
+                key: Key.pre, expected: "one of \(PreTokenizer.aliases.keys.sorted().joined(separator: ", "))", found: "\"\(pre)\"")
+        }
+        let tokens = try file.stringArray(Key.tokens)
+        guard !tokens.isEmpty, tokens.count < Int(Int32.max) else {
+            throw .invalidValue(key: Key.tokens, expected: "a non-empty token list", found: "\(tokens.count) tokens")
+        }
+        var types = [TokenType](repeating: .normal, count: tokens.count)
+        if file.metadata[Key.tokenTypes] != nil {
+            let raw = try file.integerArray(Key.tokenTypes)
+            guard raw.count == tokens.count else {
+                throw .invalidValue(key: Key.tokenTypes, expected: "\(tokens.count) entries", found: "\(raw.count)")
+            }
+            for (i, t) in raw.enumerated() { types[i] = TokenType(rawValue: t) ?? .undefined }
+        }
+        var ids: [String: Int32] = [:]
+        ids.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
+
+        var merges: [UInt64: (rank: Int32, merged: Int32)] = [:]
+        let mergeList = try file.stringArray(Key.merges)
+        merges.reserveCapacity(mergeList.count)
+        for (rank, merge) in mergeList.enumerated() {
+            // "left right": the first space separates (tokens never start with a plain space).
+            guard let space = merge.firstIndex(of: " ") else {
+                throw .invalidValue(key: Key.merges, expected: "\"left right\" pairs", found: "\"\(merge)\" at index \(rank)")
+            }
+            let left = String(merge[..<space]), right = String(merge[merge.index(after: space)...])
+            guard let l = ids[left], let r = ids[right], let m = ids[left + right] else { continue }
+            let key = UInt64(UInt32(l)) << 32 | UInt64(UInt32(r))
+            if merges[key] == nil { merges[key] = (Int32(rank), m) }
+        }
+
+        func optionalID(_ key: String) throws(GGUFError) -> Int32? {
+            guard let id = try file.optionalInteger(key) else { return nil }
+            guard id >= 0, id < tokens.count else {
+                throw .invalidValue(key: key, expected: "a token id below \(tokens.count)", found: "\(id)")
+            }
+            return Int32(id)
+        }
+        let bos = try optionalID(Key.bos)
+        let eos = try optionalID(Key.eos)
+        var endIDs = Set<Int32>()
+        for key in [Key.eos, Key.eot, Key.eom] { if let id = try optionalID(key) { endIDs.insert(id) } }
+        // llama.cpp also treats these control tokens as end-of-generation when present.
+        let endTexts: Set<String> = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "<|end_of_text|>"]
+        for (i, t) in tokens.enumerated() where types[i] == .control && endTexts.contains(t) { endIDs.insert(Int32(i)) }
+
+        var special: [(text: [Unicode.Scalar], id: Int32)] = []
+        for (i, t) in tokens.enumerated() where types[i] == .control || types[i] == .userDefined {
+            if !t.isEmpty { special.append((Array(t.unicodeScalars), Int32(i))) }
+        }
+        special.sort { $0.text.count > $1.text.count }
+
+        var byteTokenID = [Int32](repeating: -1, count: 256)
+        for b in 0..<256 {
+            if let id = ids[String(Character(ByteLevel.scalarOfByte[b]))] { byteTokenID[b] = id }
+        }
+
+        self.tokens = tokens
+        self.types = types
+        self.preTokenizer = preTokenizer
+        self.bosID = bos
+        self.eosID = eos
+        self.addBOS = try file.optionalBool(Key.addBOS) ?? false
+        self.endOfGenerationIDs = endIDs
+        self.ids = ids
+        self.merges = merges
+        self.specialTokens = special
+        self.byteTokenID = byteTokenID
+    }
+
+    public var vocabularySize: Int { tokens.count }
+
+    // MARK: - Encoding
+
+    /// Token ids of `text`. With `parseSpecial`, special-token text becomes that token;
+    /// with `addBOS` (default: the file's `add_bos_token`), BOS is prepended.
+    public func encode(_ text: String, parseSpecial: Bool, addBOS: Bool? = nil) -> [Int32] {
+        var out: [Int32] = []
+        if addBOS ?? self.addBOS, let bosID { out.append(bosID) }
+        let scalars = Array(text.unicodeScalars)
+        var start = 0
+        var i = 0
+        if parseSpecial {
+            while i < scalars.count {
+                if let match = specialToken(at: i, in: scalars) {
+                    encodeOrdinary(scalars[start..<i], into: &out)
+                    out.append(match.id)
+                    i += match.length
+                    start = i
+                } else {
+                    i += 1
+                }
+            }
+        }
+        encodeOrdinary(scalars[start..<scalars.count], into: &out)
+        return out
+    }
+
+    private func specialToken(at i: Int, in scalars: [Unicode.Scalar]) -> (id: Int32, length: Int)? {
+        for (text, id) in specialTokens where text.count <= scalars.count - i {
+            if text[0] == scalars[i] && scalars[i..<(i + text.count)].elementsEqual(text) { return (id, text.count) }
+        }
+        return nil
+    }
+
+    private func encodeOrdinary(_ scalars: ArraySlice<Unicode.Scalar>, into out: inout [Int32]) {
+        guard !scalars.isEmpty else { return }
+        let piece = Array(scalars)
+        var utf8: [UInt8] = []
+        for word in preTokenizer.split(piece) {
+            utf8.removeAll(keepingCapacity: true)
+            for s in piece[word] { utf8.append(contentsOf: UTF8.encode(s)!) }
+            bpe(utf8, into: &out)
+        }
+    }
+
+    /// Merges the bytes of one word by rank, lowest first (leftmost on ties).
+    private func bpe(_ bytes: [UInt8], into out: inout [Int32]) {
+        var symbols = bytes.map { byteTokenID[Int($0)] }
+        if symbols.contains(-1) {
+            // A vocabulary without a token for some byte: emit what exists (llama.cpp skips it too).
+            out.append(contentsOf: symbols.filter { $0 >= 0 })
+            return
+        }
+        while symbols.count > 1 {
+            var bestRank = Int32.max, bestIndex = -1, bestMerged: Int32 = 0
+            for j in 0..<(symbols.count - 1) {
+                let key = UInt64(UInt32(symbols[j])) << 32 | UInt64(UInt32(symbols[j + 1]))
+                if let m = merges[key], m.rank < bestRank {
+                    bestRank = m.rank
+                    bestIndex = j
+                    bestMerged = m.merged
+                }
+            }
+            guard bestIndex >= 0 else { break }
+            symbols[bestIndex] = bestMerged
+            symbols.remove(at: bestIndex + 1)
+        }
+        out.append(contentsOf: symbols)
+    }
+
+    // MARK: - Decoding
+
+    /// The raw bytes a token stands for. Control tokens give their text only when
+    /// `renderSpecial` is set.
+    public func bytes(of id: Int32, renderSpecial: Bool = false) -> [UInt8] {
+        guard id >= 0, Int(id) < tokens.count else { return [] }
+        let text = tokens[Int(id)]
+        switch types[Int(id)] {
+        case .control, .unknown, .unused:
+            return renderSpecial ? Array(text.utf8) : []
+        case .userDefined:
+            return Array(text.utf8)
+        default:
+            return ByteLevel.decode(text) ?? Array(text.utf8)
+        }
+    }
+
+    /// Text of a whole token sequence (invalid UTF-8 is replaced).
+    public func decode(_ ids: some Sequence<Int32>, renderSpecial: Bool = false) -> String {
+        var bytes: [UInt8] = []
+        for id in ids { bytes.append(contentsOf: self.bytes(of: id, renderSpecial: renderSpecial)) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
