@@ -16,7 +16,8 @@ public struct PenaltyHistory: Sendable {
 /// The chosen token and, when asked for, the distribution it came from.
 public struct SampledToken: Sendable, Equatable {
     public var token: Int32
-    /// Log-probability of `token` under the model (raw logits, before penalties and filters).
+    /// Log-probability of `token` under the model (raw logits, before penalties and filters);
+    /// NaN unless logprobs were asked for.
     public var logprob: Float
     /// The best `logprobs` alternatives, most likely first (empty unless asked for).
     public var top: [TokenLogprob]
@@ -43,12 +44,6 @@ public struct Sampler {
         random: inout RandomStream
     ) -> SampledToken {
         let n = vocabularySize
-        // Log-softmax of the raw logits, for reporting.
-        var maxLogit = -Float.infinity
-        for i in 0..<n { maxLogit = max(maxLogit, logits[i]) }
-        var sumExp = 0.0
-        for i in 0..<n { sumExp += Double(expf(logits[i] - maxLogit)) }
-        let logNormalizer = maxLogit + Float(log(sumExp))
 
         working.withUnsafeMutableBufferPointer { w in
             for i in 0..<n { w[i] = logits[i] }
@@ -74,11 +69,15 @@ public struct Sampler {
             token = sampleFiltered(p, random: &random)
         }
 
-        var top: [TokenLogprob] = []
-        if p.logprobs > 0 {
-            top = Self.topK(p.logprobs, of: logits, count: n).map {
-                TokenLogprob(token: $0, logprob: logits[Int($0)] - logNormalizer)
-            }
+        // Log-probabilities of the raw logits, only when asked for (a pass of expf over the vocabulary).
+        guard p.logprobs > 0 else { return SampledToken(token: token, logprob: .nan, top: []) }
+        var maxLogit = -Float.infinity
+        for i in 0..<n { maxLogit = max(maxLogit, logits[i]) }
+        var sumExp = 0.0
+        for i in 0..<n { sumExp += Double(expf(logits[i] - maxLogit)) }
+        let logNormalizer = maxLogit + Float(log(sumExp))
+        let top = Self.topK(p.logprobs, of: logits, count: n).map {
+            TokenLogprob(token: $0, logprob: logits[Int($0)] - logNormalizer)
         }
         return SampledToken(token: token, logprob: logits[Int(token)] - logNormalizer, top: top)
     }
