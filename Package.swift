@@ -50,12 +50,18 @@ let package = Package(
         ),
         // Tiny GGUF writer and float tolerance helpers for tests.
         .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels"], swiftSettings: swiftSettings),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ExecutorTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ModelRunnerTests",
             dependencies: ["ModelRunner", "Kernels", "ExecutorCore", "ExecutorTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
+        // Runs the real reference model: build and run these in release (`make test`).
+        .testTarget(
+            name: "ReferenceModelTests",
+            dependencies: ["Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

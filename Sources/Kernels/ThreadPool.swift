@@ -98,7 +98,8 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     private func workerLoop(index: Int) {
-        var seen = cohort_atomic_load(generation)
+        // Start from the initial generation, not the current one: a job may already be published.
+        var seen: UInt32 = 0
         while true {
             seen = waitForChange(of: generation, from: seen)
             if cohort_atomic_load(stopFlag) != 0 { return }

@@ -1,0 +1,165 @@
+import ExecutorTestSupport
+import Kernels
+import ModelRunner
+import Testing
+
+/// Random floats in [-1, 1) from a seeded stream.
+func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    var r = RandomStream(seed: seed)
+    return (0..<n).map { _ in Float(r.unit() * 2 - 1) * scale }
+}
+
+/// ggml-style 8-bit quantization of one activation row, as a plain scalar reference.
+func quantizeActivations(_ x: [Float]) -> [Float] {
+    var out: [Float] = []
+    for b in stride(from: 0, to: x.count, by: 32) {
+        let block = x[b..<(b + 32)]
+        let amax = block.map { abs($0) }.max()!
+        let d = amax / 127
+        let id: Float = amax != 0 ? 127 / amax : 0
+        for v in block { out.append((v * id).rounded(.toNearestOrEven) * d) }
+    }
+    return out
+}
+
+@Suite struct MatMulTests {
+    static let shapes: [(rows: Int, columns: Int, tokens: Int)] = [(1, 32, 1), (7, 64, 1), (33, 96, 3), (64, 128, 5), (130, 256, 2)]
+
+    /// Y[t][r] = Σ W[r][k]·X[t][k] in Double, from decoded weights.
+    func reference(weights: [Float], rows: Int, columns: Int, input: [Float], tokens: Int) -> [Float] {
+        var y = [Float](repeating: 0, count: rows * tokens)
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var s = 0.0
+                for k in 0..<columns { s += Double(weights[r * columns + k]) * Double(input[t * columns + k]) }
+                y[t * rows + r] = Float(s)
+            }
+        }
+        return y
+    }
+
+    func run(_ type: TensorType, mode: NumericMode, threads: Int, rows: Int, columns: Int, tokens: Int) -> (got: [Float], weights: [Float], input: [Float]) {
+        let encoded = Quantize.bytes(type, randomFloats(rows * columns, seed: UInt64(rows * 31 + columns)))
+        let input = randomFloats(tokens * columns, seed: 99)
+        let decoded = encoded.withUnsafeBytes { Dequantize.array(type, bytes: $0, count: rows * columns) }
+        var out = [Float](repeating: .nan, count: rows * tokens)
+        let pool = ThreadPool(threads: threads)
+        let matmul = MatMul(maxTokens: tokens, maxColumns: columns)
+        encoded.withUnsafeBytes { raw in
+            let w = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            out.withUnsafeMutableBufferPointer { o in
+                input.withUnsafeBufferPointer { x in
+                    matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens, Projection(w, into: o.baseAddress!),
+                               mode: mode, pool: pool)
+                }
+            }
+        }
+        return (out, decoded, input)
+    }
+
+    @Test("precise mode equals decoded weights times float activations", arguments: TensorType.allCases, [1, 3])
+    func preciseMatchesReference(type: TensorType, threads: Int) {
+        for s in Self.shapes {
+            let (got, w, x) = run(type, mode: .precise, threads: threads, rows: s.rows, columns: s.columns, tokens: s.tokens)
+            let want = reference(weights: w, rows: s.rows, columns: s.columns, input: x, tokens: s.tokens)
+            #expect(Tolerance.maxAbsoluteDifference(got, want) < 1e-4, "\(type) \(s)")
+        }
+    }
+
+    @Test("fast mode equals decoded weights times 8-bit activations", arguments: [TensorType.q4_0, .q4_1, .q8_0], [1, 2, 3])
+    func fastMatchesQuantizedReference(type: TensorType, threads: Int) {
+        for s in Self.shapes {
+            let (got, w, x) = run(type, mode: .fast, threads: threads, rows: s.rows, columns: s.columns, tokens: s.tokens)
+            let quantizedInput = quantizeActivations(x)
+            let want = reference(weights: w, rows: s.rows, columns: s.columns, input: quantizedInput, tokens: s.tokens)
+            #expect(Tolerance.maxAbsoluteDifference(got, want) < 1e-3, "\(type) \(s)")
+            // And it stays close to the float product.
+            let exact = reference(weights: w, rows: s.rows, columns: s.columns, input: x, tokens: s.tokens)
+            #expect(Tolerance.relativeL2(got, exact) < 0.02, "\(type) \(s)")
+        }
+    }
+
+    @Test("three projections in one job equal three separate products")
+    func fusedProjections() {
+        let columns = 64, tokens = 3
+        let sizes = [40, 16, 24]
+        let encoded = sizes.enumerated().map { Quantize.bytes(.q4_1, randomFloats($1 * columns, seed: UInt64($0 + 7))) }
+        let input = randomFloats(tokens * columns, seed: 5)
+        let pool = ThreadPool(threads: 2)
+        let matmul = MatMul(maxTokens: tokens, maxColumns: columns)
+        var f0 = [Float](repeating: .nan, count: sizes[0] * tokens)
+        var f1 = [Float](repeating: .nan, count: sizes[1] * tokens)
+        var f2 = [Float](repeating: .nan, count: sizes[2] * tokens)
+        var separate = sizes.map { [Float](repeating: .nan, count: $0 * tokens) }
+        func matrices(_ body: ([WeightMatrix]) -> Void) {
+            encoded[0].withUnsafeBytes { a in encoded[1].withUnsafeBytes { b in encoded[2].withUnsafeBytes { c in
+                body([a, b, c].enumerated().map { WeightMatrix(type: .q4_1, rows: sizes[$0], columns: columns, base: $1.baseAddress!) })
+            } } }
+        }
+        matrices { w in
+            input.withUnsafeBufferPointer { x in
+                f0.withUnsafeMutableBufferPointer { o0 in f1.withUnsafeMutableBufferPointer { o1 in
+                    f2.withUnsafeMutableBufferPointer { o2 in
+                        matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens,
+                                   Projection(w[0], into: o0.baseAddress!), Projection(w[1], into: o1.baseAddress!),
+                                   Projection(w[2], into: o2.baseAddress!), mode: .fast, pool: pool)
+                    }
+                } }
+                for i in 0..<3 {
+                    separate[i].withUnsafeMutableBufferPointer { o in
+                        matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens, Projection(w[i], into: o.baseAddress!),
+                                   mode: .fast, pool: pool)
+                    }
+                }
+            }
+        }
+        let fused = [f0, f1, f2]
+        #expect(fused == separate)
+    }
+}
+
+@Suite struct DequantizeTests {
+    @Test("quantize then dequantize stays within the format's step", arguments: TensorType.allCases)
+    func roundTrip(type: TensorType) {
+        let values = randomFloats(256, seed: 3)
+        let bytes = Quantize.bytes(type, values)
+        #expect(bytes.count == type.byteCount(values: 256))
+        let back = bytes.withUnsafeBytes { Dequantize.array(type, bytes: $0, count: 256) }
+        let limit: Float = switch type {
+        case .f32: 0
+        case .f16: 1e-3
+        case .bf16: 8e-3
+        case .q8_0: 1.0 / 127
+        case .q4_0: 1.0 / 7
+        case .q4_1: 1.0 / 15
+        }
+        #expect(Tolerance.maxAbsoluteDifference(back, values) <= limit)
+    }
+
+    @Test("a hand-built Q4_1 block decodes to nibble times d plus m")
+    func q41Layout() {
+        // d = 0.5 (0x3800), m = -1 (0xBC00); byte j holds value j (low) and 15 - j (high).
+        var block: [UInt8] = [0x00, 0x38, 0x00, 0xBC]
+        for j in 0..<16 { block.append(UInt8(j) | UInt8(15 - j) << 4) }
+        let values = block.withUnsafeBytes { Dequantize.array(.q4_1, bytes: $0, count: 32) }
+        #expect(values[0..<16].elementsEqual((0..<16).map { Float($0) * 0.5 - 1 }))
+        #expect(values[16..<32].elementsEqual((0..<16).map { Float(15 - $0) * 0.5 - 1 }))
+    }
+
+    @Test("a hand-built Q4_0 block centres nibbles on 8")
+    func q40Layout() {
+        var block: [UInt8] = [0x00, 0x40]  // d = 2
+        for j in 0..<16 { block.append(UInt8(j) | UInt8(j) << 4) }
+        let values = block.withUnsafeBytes { Dequantize.array(.q4_0, bytes: $0, count: 32) }
+        #expect(values[0..<16].elementsEqual((0..<16).map { Float($0 - 8) * 2 }))
+        #expect(values[16..<32].elementsEqual((0..<16).map { Float($0 - 8) * 2 }))
+    }
+
+    @Test("half and bfloat16 conversions are exact on representable values")
+    func halfConversions() {
+        for v: Float in [0, 1, -2, 0.5, 65504, 6.1035156e-05, 5.9604645e-08] {
+            #expect(HalfConversion.float(fromHalf: HalfConversion.half(from: v)) == v)
+        }
+        #expect(HalfConversion.float(fromBFloat16: HalfConversion.bfloat16(from: 3.140625)) == 3.140625)
+    }
+}
