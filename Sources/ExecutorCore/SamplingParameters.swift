@@ -56,7 +56,7 @@ public struct SamplingParameters: Sendable, Equatable, Hashable {
     /// Checks every field; the message names the field, the value and what is allowed.
     public func validate() throws(SamplingParametersError) {
         func fail(_ field: String, _ value: String, _ allowed: String) -> SamplingParametersError {
-            SamplingParametersError(field: field, value: value, allowed: allowed)
+            .init(field: field, value: value, allowed: allowed)
         }
         guard temperature >= 0, temperature.isFinite else { throw fail("temperature", "\(temperature)", "a finite number ≥ 0") }
         guard topK >= 0 else { throw fail("top-k", "\(topK)", "an integer ≥ 0 (0 disables it)") }
@@ -82,6 +82,13 @@ public struct SamplingParametersError: Error, Equatable, CustomStringConvertible
     public var field: String
     public var value: String
     public var allowed: String
+
+    public init(field: String, value: String, allowed: String) {
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+    }
+
     public var description: String { "invalid \(field) \(value): expected \(allowed)" }
 }
 

@@ -8,6 +8,13 @@ public struct GGUFWriter {
         public var dimensions: [Int]
         public var type: TensorType
         public var bytes: [UInt8]
+
+        public init(name: String, dimensions: [Int], type: TensorType, bytes: [UInt8]) {
+            self.name = name
+            self.dimensions = dimensions
+            self.type = type
+            self.bytes = bytes
+        }
     }
 
     public var version: UInt32 = 3

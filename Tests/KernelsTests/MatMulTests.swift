@@ -3,12 +3,6 @@ import Kernels
 import ModelRunner
 import Testing
 
-/// Random floats in [-1, 1) from a seeded stream.
-func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
-    var r = RandomStream(seed: seed)
-    return (0..<n).map { _ in Float(r.unit() * 2 - 1) * scale }
-}
-
 /// ggml-style 8-bit quantization of one activation row, as a plain scalar reference.
 func quantizeActivations(_ x: [Float]) -> [Float] {
     var out: [Float] = []

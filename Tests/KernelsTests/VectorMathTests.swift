@@ -1,0 +1,50 @@
+import ExecutorTestSupport
+import Kernels
+import Testing
+
+@Suite struct VectorMathTests {
+    @Test("dot product equals a scalar sum for every length tail")
+    func dot() {
+        for n in [1, 7, 8, 31, 32, 33, 100] {
+            let a = randomFloats(n, seed: 1), b = randomFloats(n, seed: 2)
+            var want = 0.0
+            for i in 0..<n { want += Double(a[i]) * Double(b[i]) }
+            #expect(abs(Double(VectorMath.dot(a, b, count: n)) - want) < 1e-5)
+        }
+    }
+
+    @Test("RMSNorm scales to unit root-mean-square times the weight")
+    func rmsNorm() {
+        let x = randomFloats(64, seed: 4), w = [Float](repeating: 2, count: 64)
+        var out = [Float](repeating: 0, count: 64)
+        VectorMath.rmsNorm(x, weight: w, epsilon: 0, into: &out, count: 64)
+        let rms = (out.map { Double($0 / 2) * Double($0 / 2) }.reduce(0, +) / 64).squareRoot()
+        #expect(abs(rms - 1) < 1e-5)
+    }
+
+    @Test("softmax sums to one and keeps order")
+    func softmax() {
+        var x: [Float] = [1, 3, 2, -1000]
+        VectorMath.softmax(&x, count: 4)
+        #expect(abs(x.reduce(0, +) - 1) < 1e-6)
+        #expect(x[1] > x[2] && x[2] > x[0] && x[3] == 0)
+    }
+
+    @Test("RoPE at position 0 is the identity and rotations keep each pair's length")
+    func rope() {
+        var cos = [Float](repeating: 0, count: 4), sin = cos
+        var v = randomFloats(16, seed: 8)
+        let original = v
+        RoPE.table(position: 0, rotaryDimensions: 8, base: 10_000, cos: &cos, sin: &sin)
+        RoPE.apply(&v, heads: 2, headDimensions: 8, pairs: 4, cos: cos, sin: sin)
+        #expect(v == original)
+        RoPE.table(position: 17, rotaryDimensions: 8, base: 10_000, cos: &cos, sin: &sin)
+        RoPE.apply(&v, heads: 2, headDimensions: 8, pairs: 4, cos: cos, sin: sin)
+        for i in stride(from: 0, to: 16, by: 2) {
+            let before = original[i] * original[i] + original[i + 1] * original[i + 1]
+            let after = v[i] * v[i] + v[i + 1] * v[i + 1]
+            #expect(abs(before - after) < 1e-5)
+        }
+        #expect(v != original)
+    }
+}

@@ -1,0 +1,97 @@
+import ExecutorTestSupport
+import Kernels
+import ModelRunner
+import Testing
+
+@Suite struct LlamaModelTests {
+    /// Loads a tiny model and returns the logits for each (tokens, start) chunk run as one batch per call.
+    final class Harness {
+        let loaded: LoadedModel
+        var allocator: BlockAllocator
+        var logits: [Float]
+
+        init(_ tiny: TinyLlama, mode: NumericMode, threads: Int = 2, maxBatchTokens: Int = 64) throws {
+            let path = try tiny.write()
+            defer { TemporaryFiles.remove(path) }
+            loaded = try LoadedModel(
+                path: path, options: ModelOptions(threads: threads, mode: mode, kvCacheBytes: 4 << 20, blockSize: 4, maxBatchTokens: maxBatchTokens))
+            allocator = BlockAllocator(blockCount: loaded.model.cache.blockCount, blockSize: 4)
+            logits = [Float](repeating: 0, count: tiny.vocabularySize * maxBatchTokens)
+        }
+
+        var vocabulary: Int { loaded.configuration.vocabularySize }
+
+        /// Runs chunks (sequence table, tokens, start) in one step; returns one logits row per chunk.
+        func step(_ chunks: [(table: [Int32], tokens: [Int32], start: Int)]) -> [[Float]] {
+            var batch = ForwardBatch()
+            for c in chunks { batch.append(c.tokens, startPosition: c.start, blockTable: c.table, wantLogits: true) }
+            logits.withUnsafeMutableBufferPointer { loaded.model.forward(batch, logits: $0.baseAddress!) }
+            return (0..<chunks.count).map { Array(logits[($0 * vocabulary)..<(($0 + 1) * vocabulary)]) }
+        }
+
+        func table(tokens: Int) -> [Int32] {
+            var t: [Int32] = []
+            precondition(allocator.reserve(&t, tokens: tokens))
+            return t
+        }
+    }
+
+    static let prompt: [Int32] = [5, 77, 200, 3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46]
+
+    @Test("decoding token by token equals one full prefill", arguments: [TensorType.q4_0, .q4_1, .q8_0, .f16, .bf16, .f32], NumericMode.allCases)
+    func incrementalEqualsFull(type: TensorType, mode: NumericMode) throws {
+        var tiny = TinyLlama()
+        tiny.matrixType = type
+        tiny.embeddingType = type
+        tiny.tiedOutput = type != .q4_0
+        let h = try Harness(tiny, mode: mode)
+        let n = Self.prompt.count
+        let full = h.step([(h.table(tokens: n), Self.prompt, 0)])[0]
+        let table = h.table(tokens: n)
+        var last: [Float] = []
+        for i in 0..<n { last = h.step([(table, [Self.prompt[i]], i)])[0] }
+        #expect(Tolerance.relativeL2(last, full) < 1e-5, "\(type) \(mode)")
+        #expect(full.allSatisfy { $0.isFinite })
+    }
+
+    @Test("sequences batched together equal each run alone; chunked prefill equals whole")
+    func batchingAndChunking() throws {
+        let h = try Harness(TinyLlama(), mode: .precise)
+        let a = Array(Self.prompt[0..<9]), b = Array(Self.prompt[3..<14])
+        let aloneA = h.step([(h.table(tokens: 9), a, 0)])[0]
+        let aloneB = h.step([(h.table(tokens: 11), b, 0)])[0]
+        // Sequence A decodes its last token while B prefills, in one step.
+        let tableA = h.table(tokens: 9), tableB = h.table(tokens: 11)
+        _ = h.step([(tableA, Array(a[0..<8]), 0)])
+        let mixed = h.step([(tableA, [a[8]], 8), (tableB, Array(b[0..<5]), 0)])
+        let chunked = h.step([(tableB, Array(b[5..<11]), 5)])[0]
+        #expect(Tolerance.relativeL2(mixed[0], aloneA) < 1e-5)
+        #expect(Tolerance.relativeL2(chunked, aloneB) < 1e-5)
+    }
+
+    @Test("results do not depend on the thread count", arguments: [1, 3])
+    func threadCountInvariant(threads: Int) throws {
+        let one = try Harness(TinyLlama(), mode: .fast, threads: 1)
+        let many = try Harness(TinyLlama(), mode: .fast, threads: threads)
+        let x = one.step([(one.table(tokens: 14), Self.prompt, 0)])[0]
+        let y = many.step([(many.table(tokens: 14), Self.prompt, 0)])[0]
+        #expect(x == y)
+    }
+}
+
+@Suite struct BlockAllocatorTests {
+    @Test("reserving grows tables block by block and release returns every block")
+    func reserveRelease() {
+        var a = BlockAllocator(blockCount: 4, blockSize: 16)
+        var t1: [Int32] = [], t2: [Int32] = []
+        #expect(a.reserve(&t1, tokens: 17) && t1.count == 2)
+        #expect(a.reserve(&t2, tokens: 32) && t2.count == 2)
+        #expect(!a.reserve(&t1, tokens: 33))
+        #expect(t1.count == 2 && a.freeBlocks == 0)
+        a.release(&t1)
+        #expect(a.freeBlocks == 2 && t1.isEmpty)
+        a.share(t2)
+        a.release(&t2)
+        #expect(a.freeBlocks == 2)
+    }
+}
