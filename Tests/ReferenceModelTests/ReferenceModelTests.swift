@@ -1,0 +1,119 @@
+import Executor
+import ExecutorCore
+import ExecutorTestSupport
+import Foundation
+import Kernels
+import ModelRunner
+import Testing
+
+/// Checks on the real reference model (SmolLM2-135M-Instruct Q4_1) against fixtures made by
+/// `scripts/fixtures/`: llama.cpp's token ids and greedy runs, and a float64 numpy model.
+/// Run in release (`make test`); the model is fetched by `make setup`.
+@Suite(.serialized) struct ReferenceModelTests {
+    static let modelPath = ReferenceModel.defaultPath
+
+    func requireModel() throws {
+        try #require(FileManager.default.fileExists(atPath: Self.modelPath),
+                     "reference model missing at \(Self.modelPath): run scripts/fetch-model.sh")
+    }
+
+    @Test("token ids equal llama.cpp's for digits, whitespace, punctuation, scripts and emoji")
+    func tokenizerMatchesLlamaCpp() throws {
+        try requireModel()
+        let tokenizer = try Tokenizer(file: GGUFFile(path: Self.modelPath))
+        let fixture = try #require(try Fixtures.json("llamacpp.json") as? [String: Any])
+        let cases = try #require(fixture["tokenizer"] as? [[String: Any]])
+        #expect(cases.count >= 15)
+        for c in cases {
+            let text = try #require(c["text"] as? String)
+            #expect(tokenizer.encode(text, parseSpecial: true).map(Int.init) == c["special"] as? [Int], "\(text)")
+            #expect(tokenizer.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text)")
+            #expect(tokenizer.decode(tokenizer.encode(text, parseSpecial: false)) == text)
+        }
+    }
+
+    struct GreedyCase {
+        let promptTokens: [Int32]
+        let tokens: [Int32]
+        let margins: [Double]
+    }
+
+    func greedyCases(_ name: String) throws -> [GreedyCase] {
+        let fixture = try #require(try Fixtures.json(name) as? [String: Any])
+        return try #require(fixture["greedy"] as? [[String: Any]]).map {
+            GreedyCase(
+                promptTokens: ($0["prompt_tokens"] as! [Int]).map(Int32.init), tokens: ($0["tokens"] as! [Int]).map(Int32.init),
+                margins: $0["margins"] as! [Double])
+        }
+    }
+
+    func run(_ executor: LocalExecutor, _ prompt: [Int32], steps: Int) throws -> [Int32] {
+        try executor.generate(
+            promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: steps)
+        ).tokens
+    }
+
+    @Test("--precise greedy continuations equal the float64 reference")
+    func preciseMatchesFloatReference() throws {
+        try requireModel()
+        let executor = try LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2, precise: true))
+        let cases = try greedyCases("float_reference.json")
+        #expect(cases.count >= 4)
+        for c in cases {
+            #expect(try run(executor, c.promptTokens, steps: c.tokens.count) == c.tokens)
+        }
+    }
+
+    @Test("--precise logits equal the float64 reference within 1e-3")
+    func preciseLogits() throws {
+        try requireModel()
+        let loaded = try LoadedModel(path: Self.modelPath, options: ModelOptions(threads: 2, mode: .precise))
+        let reference = try Fixtures.data("float_reference_logits.f32")
+        let vocabulary = loaded.configuration.vocabularySize
+        let rows = reference.count / (4 * vocabulary)
+        #expect(rows >= 2)
+        let cases = try greedyCases("float_reference.json")
+        var allocator = BlockAllocator(blockCount: loaded.model.cache.blockCount, blockSize: loaded.model.cache.blockSize)
+        var logits = [Float](repeating: 0, count: vocabulary)
+        for row in 0..<rows {
+            let prompt = cases[row].promptTokens
+            var table: [Int32] = []
+            #expect(allocator.reserve(&table, tokens: prompt.count))
+            var batch = ForwardBatch()
+            batch.append(prompt, startPosition: 0, blockTable: table, wantLogits: true)
+            logits.withUnsafeMutableBufferPointer { loaded.model.forward(batch, logits: $0.baseAddress!) }
+            let want = reference.withUnsafeBytes { raw in
+                (0..<vocabulary).map { raw.loadUnaligned(fromByteOffset: 4 * (row * vocabulary + $0), as: Float.self) }
+            }
+            let difference = Tolerance.maxAbsoluteDifference(logits, want)
+            #expect(difference < 1e-3, "prompt \(row): max |Δlogit| = \(difference)")
+            allocator.release(&table)
+        }
+    }
+
+    @Test("the default mode agrees with llama.cpp up to its first step with a top-two margin below 1.0")
+    func fastAgreesWithLlamaCpp() throws {
+        try requireModel()
+        let executor = try LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
+        let cases = try greedyCases("llamacpp.json")
+        #expect(cases.count >= 4)
+        var comparedSteps = 0
+        for c in cases {
+            let firstLowMargin = c.margins.firstIndex { $0 < 1.0 } ?? c.margins.count
+            let got = try run(executor, c.promptTokens, steps: c.tokens.count)
+            #expect(Array(got.prefix(firstLowMargin)) == Array(c.tokens.prefix(firstLowMargin)))
+            comparedSteps += firstLowMargin
+        }
+        // The fixtures must leave something to compare (the counting prompt alone gives ~10 steps).
+        #expect(comparedSteps >= 8)
+    }
+
+    @Test("the chat prompt renders and tokenizes like llama.cpp's run of the same text")
+    func chatPromptTokens() throws {
+        try requireModel()
+        let executor = try LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 1))
+        let cases = try greedyCases("llamacpp.json")
+        // The first greedy fixture is SmolLM2's chat rendering of this question.
+        #expect(try executor.tokens(for: .chat(user: "What is the capital of France?", system: nil)) == cases[0].promptTokens)
+    }
+}

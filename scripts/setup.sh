@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine of this kind lacks, fetches the reference model and builds
+# the release binary. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v swift >/dev/null; then
+    echo "error: Swift 6 is required (expected 'swift' on PATH, found none)" >&2
+    exit 1
+fi
+missing=()
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v sha256sum >/dev/null || missing+=(coreutils)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+fi
+
+scripts/fetch-model.sh
+swift build -c release --product cohort
