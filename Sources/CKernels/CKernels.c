@@ -310,6 +310,20 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
     const int nb = k / 32;
     const char *base = (const char *)w;
 #if COHORT_X86
+    if (tokens == 1 && cohort_cpu_has_avx2()) {
+        // Decode: one row after another, the type switch hoisted out of the loop.
+        switch (type) {
+        case COHORT_TYPE_Q4_0:
+            for (int r = rowBegin; r < rowEnd; r++) y[r] = dot_q4_0_avx2(nb, (const void *)(base + (size_t)r * rowBytes), a);
+            return;
+        case COHORT_TYPE_Q4_1:
+            for (int r = rowBegin; r < rowEnd; r++) y[r] = dot_q4_1_avx2(nb, (const void *)(base + (size_t)r * rowBytes), a);
+            return;
+        case COHORT_TYPE_Q8_0:
+            for (int r = rowBegin; r < rowEnd; r++) y[r] = dot_q8_0_avx2(nb, (const void *)(base + (size_t)r * rowBytes), a);
+            return;
+        }
+    }
     if (type == COHORT_TYPE_Q4_1 && tokens > 1 && cohort_cpu_has_avx2()) {
         for (int r = rowBegin; r < rowEnd; r++) {
             const block_q4_1 *row = (const block_q4_1 *)(base + (size_t)r * rowBytes);
@@ -329,6 +343,91 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
             y[(size_t)t * ldy + r] = cohort_vec_dot_q8(type, k, row, a + (size_t)t * nb);
         }
     }
+}
+
+// MARK: - Attention
+
+static void attention_scores_scalar(const float *q, int group, int hd, const float *k, int kStride, int count,
+                                    float scale, float *scores, int ldScores) {
+    for (int j = 0; j < count; j++) {
+        for (int i = 0; i < group; i++) {
+            float s = 0;
+            for (int d = 0; d < hd; d++) s += q[i * hd + d] * k[(size_t)j * kStride + d];
+            scores[i * ldScores + j] = s * scale;
+        }
+    }
+}
+
+static void attention_values_scalar(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
+                                    float *out) {
+    for (int j = 0; j < count; j++) {
+        for (int i = 0; i < group; i++) {
+            const float w = p[i * ldP + j];
+            for (int d = 0; d < hd; d++) out[i * hd + d] += w * v[(size_t)j * vStride + d];
+        }
+    }
+}
+
+#if COHORT_X86
+__attribute__((target("avx2,fma,f16c")))
+static void attention_scores_avx2(const float *q, int group, int hd, const float *k, int kStride, int count,
+                                  float scale, float *scores, int ldScores) {
+    for (int j = 0; j < count; j++) {
+        const float *kj = k + (size_t)j * kStride;
+        for (int i = 0; i < group; i++) {
+            const float *qi = q + i * hd;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int d = 0;
+            for (; d + 16 <= hd; d += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kj + d), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d + 8), _mm256_loadu_ps(kj + d + 8), a1);
+            }
+            for (; d + 8 <= hd; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kj + d), a0);
+            float s = hsum_ps(_mm256_add_ps(a0, a1));
+            for (; d < hd; d++) s += qi[d] * kj[d];
+            scores[i * ldScores + j] = s * scale;
+        }
+    }
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void attention_values_avx2(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
+                                  float *out) {
+    for (int j = 0; j < count; j++) {
+        const float *vj = v + (size_t)j * vStride;
+        for (int i = 0; i < group; i++) {
+            const __m256 w = _mm256_set1_ps(p[i * ldP + j]);
+            float *o = out + i * hd;
+            int d = 0;
+            for (; d + 8 <= hd; d += 8) {
+                _mm256_storeu_ps(o + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + d), _mm256_loadu_ps(o + d)));
+            }
+            for (; d < hd; d++) o[d] += p[i * ldP + j] * vj[d];
+        }
+    }
+}
+#endif
+
+void cohort_attention_scores(const float *q, int group, int hd, const float *k, int kStride, int count,
+                             float scale, float *scores, int ldScores) {
+#if COHORT_X86
+    if (cohort_cpu_has_avx2()) {
+        attention_scores_avx2(q, group, hd, k, kStride, count, scale, scores, ldScores);
+        return;
+    }
+#endif
+    attention_scores_scalar(q, group, hd, k, kStride, count, scale, scores, ldScores);
+}
+
+void cohort_attention_values(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
+                             float *out) {
+#if COHORT_X86
+    if (cohort_cpu_has_avx2()) {
+        attention_values_avx2(p, ldP, group, hd, v, vStride, count, out);
+        return;
+    }
+#endif
+    attention_values_scalar(p, ldP, group, hd, v, vStride, count, out);
 }
 
 // MARK: - Futex

@@ -10,7 +10,7 @@ import Glibc
 /// a call to libm's `fmaf` per lane (measured: half of all decode time went there).
 public enum VectorMath {
     /// Σ a[i]·b[i] over `count` floats, accumulated in four 8-lane float32 sums.
-    @inlinable
+    @inlinable @inline(__always)
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
         let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
         var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), s2 = SIMD8<Float>(), s3 = SIMD8<Float>()
@@ -41,7 +41,7 @@ public enum VectorMath {
     }
 
     /// y[i] += alpha · x[i].
-    @inlinable
+    @inlinable @inline(__always)
     public static func addScaled(_ x: UnsafePointer<Float>, _ alpha: Float, into y: UnsafeMutablePointer<Float>, count: Int) {
         let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
         let a = SIMD8<Float>(repeating: alpha)

@@ -1,7 +1,9 @@
 // The one C shim in Cohort. It holds only what Swift cannot express efficiently:
 // AVX2 integer dot products on 8-bit activations (Swift never emits vpmaddubsw /
-// vpmaddwd, measured in shared/NOTES.md at ~60% of this speed) and futex wake-ups
-// for the thread pool. Everything else lives in Swift.
+// vpmaddwd, measured in shared/NOTES.md at ~60% of this speed), the attention inner
+// loops (without -target-cpu Swift emits 4-wide SSE and no FMA: they took 16% of decode
+// time), and futex wake-ups for the thread pool. Everything else lives in Swift. Every
+// AVX2 path is chosen at run time, with a scalar fallback.
 #ifndef COHORT_CKERNELS_H
 #define COHORT_CKERNELS_H
 
@@ -41,6 +43,16 @@ float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block 
 /// W rows are `rowBytes` apart; A holds `tokens` rows of k/32 blocks each.
 void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, int rowEnd,
                       int k, const cohort_q8_block *a, int tokens, float *y, int ldy);
+
+/// Attention scores against `count` cached keys `kStride` floats apart, for `group` query
+/// heads of `hd` floats each: scores[i * ldScores + j] = scale · dot(q_i, k_j).
+void cohort_attention_scores(const float *q, int group, int hd, const float *k, int kStride, int count,
+                             float scale, float *scores, int ldScores);
+
+/// out_i += Σ_j p[i * ldP + j] · v_j over `count` cached values `vStride` floats apart, for
+/// `group` heads of `hd` floats (out_i at out + i · hd).
+void cohort_attention_values(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
+                             float *out);
 
 /// Converts IEEE half bits to float (exact).
 float cohort_f16_to_f32(uint16_t h);

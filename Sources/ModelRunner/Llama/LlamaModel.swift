@@ -131,12 +131,14 @@ public final class LlamaModel {
     }
 
     /// Causal grouped-query attention of every batch token over its sequence's cached keys
-    /// and values (positions 0…its own), split over the pool by (token, head).
+    /// and values (positions 0…its own), split over the pool by (token, KV head). The query
+    /// heads of a group are scored together, so each cached key and value is read once per
+    /// token rather than once per query head.
     private func attention(layer: Int, batch: ForwardBatch) {
         let c = configuration
         let T = batch.tokens.count
-        let hd = c.headDimensions, H = c.attentionHeads, kvDim = c.kvDimensions, qDim = c.queryDimensions
-        let group = H / c.kvHeads
+        let hd = c.headDimensions, KVH = c.kvHeads, qDim = c.queryDimensions
+        let group = c.attentionHeads / KVH
         let bs = cache.blockSize
         let scale = 1 / Float(hd).squareRoot()
         let s = scratch
@@ -146,23 +148,36 @@ public final class LlamaModel {
                 batch.blockTables.withUnsafeBufferPointer { tables in
                     batch.tableStart.withUnsafeBufferPointer { tableStart in
                         pool.run { thread, threads in
-                            let scores = s.scores + thread * s.maxContext
-                            for item in ThreadPool.slice(of: T * H, thread: thread, threads: threads) {
-                                let t = item / H, h = item % H
-                                let kvOffset = (h / group) * hd
-                                let q = s.q + t * qDim + h * hd
+                            let scores = s.scores + thread * s.maxContext * group
+                            for item in ThreadPool.slice(of: T * KVH, thread: thread, threads: threads) {
+                                let t = item / KVH, kvHead = item % KVH
+                                let kvOffset = kvHead * hd
+                                let q = s.q + t * qDim + kvHead * group * hd
+                                let out = s.attention + t * qDim + kvHead * group * hd
                                 let length = Int(positions[t]) + 1
                                 let table = tables.baseAddress! + Int(tableStart[Int(sequenceOf[t])])
-                                for j in 0..<length {
-                                    let slot = Int(table[j / bs]) * bs + j % bs
-                                    scores[j] = VectorMath.dot(q, cache.key(layer: layer, slot: slot) + kvOffset, count: hd) * scale
+                                // Block by block: the slots of one block are contiguous in the cache.
+                                var j = 0
+                                while j < length {
+                                    let run = min(bs, length - j)
+                                    let slot = Int(table[j / bs]) * bs
+                                    Attention.scores(
+                                        queries: q, group: group, headDimensions: hd,
+                                        keys: cache.key(layer: layer, slot: slot) + kvOffset, keyStride: cache.kvDimensions,
+                                        count: run, scale: scale, into: scores + j, stride: s.maxContext)
+                                    j += run
                                 }
-                                VectorMath.softmax(scores, count: length)
-                                let out = s.attention + t * qDim + h * hd
-                                out.update(repeating: 0, count: hd)
-                                for j in 0..<length {
-                                    let slot = Int(table[j / bs]) * bs + j % bs
-                                    VectorMath.addScaled(cache.value(layer: layer, slot: slot) + kvOffset, scores[j], into: out, count: hd)
+                                for i in 0..<group { VectorMath.softmax(scores + i * s.maxContext, count: length) }
+                                out.update(repeating: 0, count: group * hd)
+                                j = 0
+                                while j < length {
+                                    let run = min(bs, length - j)
+                                    let slot = Int(table[j / bs]) * bs
+                                    Attention.accumulateValues(
+                                        weights: scores + j, stride: s.maxContext, group: group, headDimensions: hd,
+                                        values: cache.value(layer: layer, slot: slot) + kvOffset, valueStride: cache.kvDimensions,
+                                        count: run, into: out)
+                                    j += run
                                 }
                             }
                         }
@@ -170,7 +185,6 @@ public final class LlamaModel {
                 }
             }
         }
-        _ = kvDim
     }
 }
 
@@ -203,7 +217,7 @@ extension LlamaModel {
             up = buffer(T * c.feedForwardSize)
             cos = buffer(T * c.rotaryDimensions / 2)
             sin = buffer(T * c.rotaryDimensions / 2)
-            scores = buffer(threads * maxContext)
+            scores = buffer(threads * maxContext * (c.attentionHeads / c.kvHeads))
             slots = .allocate(capacity: T)
             self.owned = owned
         }
