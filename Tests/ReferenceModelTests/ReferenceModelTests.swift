@@ -6,10 +6,18 @@ import Kernels
 import ModelRunner
 import Testing
 
+#if DEBUG
+let isOptimizedBuild = false
+#else
+let isOptimizedBuild = true
+#endif
+
 /// Checks on the real reference model (SmolLM2-135M-Instruct Q4_1) against fixtures made by
 /// `scripts/fixtures/`: llama.cpp's token ids and greedy runs, and a float64 numpy model.
 /// Run in release (`make test`); the model is fetched by `make setup`.
-@Suite(.serialized) struct ReferenceModelTests {
+@Suite(.serialized, .enabled(if: isOptimizedBuild, "runs the real model: use a release build (make test-release)"))
+struct ReferenceModelTests {
+
     static let modelPath = ReferenceModel.defaultPath
 
     func requireModel() throws {

@@ -1,0 +1,133 @@
+import ExecutorTestSupport
+import Foundation
+import Testing
+
+/// Runs the built `cohort` binary (next to the test bundle) end to end on a tiny model.
+struct CLI {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static var binary: URL {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return exe.deletingLastPathComponent().appendingPathComponent("cohort")
+    }
+
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(
+            status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+            stderr: String(decoding: stderr, as: UTF8.self))
+    }
+}
+
+@Suite(.serialized) final class GenerateCommandTests {
+    let model: String
+
+    init() throws { model = try TinyLlama().write() }
+    deinit { TemporaryFiles.remove(model) }
+
+    func json(_ r: CLI.Result) throws -> [String: Any] {
+        let line = try #require(r.stdout.split(separator: "\n").last)
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    @Test("json output has the prompt, tokens, text, finish reason, logprobs and timings")
+    func jsonOutput() throws {
+        let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "1,2,3", "--temperature", "0",
+                             "--max-tokens", "5", "--logprobs", "2", "--output", "json", "--threads", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r)
+        #expect(o["prompt_tokens"] as? [Int] == [1, 2, 3])
+        let tokens = try #require(o["tokens"] as? [Int])
+        let finish = try #require(o["finish_reason"] as? String)
+        #expect(finish == "length" ? tokens.count == 5 : finish == "stop")
+        let logprobs = try #require(o["logprobs"] as? [[[String: Any]]])
+        #expect(logprobs.count == tokens.count && logprobs.allSatisfy { $0.count == 2 })
+        let first = try #require(logprobs.first?.first)
+        #expect(first["token"] as? Int == tokens.first)  // greedy picks the best
+        let timings = try #require(o["timings"] as? [String: Any])
+        for key in ["load_s", "prefill_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+            #expect(timings[key] is Double, "\(key)")
+        }
+        #expect(o["text"] is String)
+    }
+
+    @Test("the same seed gives the same tokens")
+    func seeded() throws {
+        let args = ["generate", "--model", model, "--prompt", "the", "--temperature", "1.5", "--seed", "11",
+                    "--max-tokens", "12", "--output", "json"]
+        let a = try json(CLI.run(args)), b = try json(CLI.run(args))
+        #expect(a["tokens"] as? [Int] == b["tokens"] as? [Int])
+        #expect((a["prompt_tokens"] as? [Int])?.first == 259)  // <|im_start|>: the chat template applied
+    }
+
+    @Test("text mode streams the completion")
+    func textOutput() throws {
+        let r = try CLI.run(["generate", "--model", model, "--raw", "--prompt", " the", "--temperature", "0", "--max-tokens", "4"])
+        #expect(r.status == 0)
+        #expect(r.stdout.hasSuffix("\n"))
+    }
+
+    @Test("bad flags fail in validation naming the flag, the value and what is allowed", arguments: [
+        (["--temperature=-1"], "--temperature must be a finite number ≥ 0, got -1.0"),
+        (["--top-p", "1.5"], "--top-p must be a number in (0, 1], got 1.5"),
+        (["--threads", "0"], "--threads must be between 1 and 256, got 0"),
+        (["--max-tokens", "0"], "--max-tokens must be an integer ≥ 1, got 0"),
+        (["--logprobs", "50"], "--logprobs must be an integer in 0…20, got 50"),
+        (["--prompt-tokens", "1,x"], "'x'"),
+        (["--output", "yaml"], "yaml"),
+    ])
+    func badFlags(flags: [String], message: String) throws {
+        var args = ["generate", "--model", model]
+        if !flags.contains("--prompt-tokens") { args += ["--prompt", "hi"] }
+        let r = try CLI.run(args + flags)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+    }
+
+    @Test("a missing or broken model file is reported by path and reason")
+    func badModel() throws {
+        var r = try CLI.run(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"])
+        #expect(r.status != 0 && r.stderr.contains("/nonexistent/model.gguf") && r.stderr.contains("No such file"))
+        let junk = TemporaryFiles.path("junk.gguf")
+        try TemporaryFiles.write(Array("not a model".utf8), to: junk)
+        defer { TemporaryFiles.remove(junk) }
+        r = try CLI.run(["generate", "--model", junk, "--prompt", "hi"])
+        #expect(r.status != 0 && r.stderr.contains("not a GGUF file"))
+    }
+
+    @Test("without --model and without the cached reference model, the error says how to fetch it")
+    func missingReferenceModel() throws {
+        let r = try CLI.run(["generate", "--prompt", "hi"], environment: ["COHORT_CACHE": "/nonexistent-cache"])
+        #expect(r.status != 0 && r.stderr.contains("scripts/fetch-model.sh") && r.stderr.contains("/nonexistent-cache"))
+    }
+
+    @Test("prompt token ids outside the vocabulary are rejected")
+    func tokenOutOfRange() throws {
+        let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "1,99999"])
+        #expect(r.status != 0 && r.stderr.contains("99999") && r.stderr.contains("vocabulary"))
+    }
+
+    @Test("bench generate prints medians as its last JSON line")
+    func bench() throws {
+        let r = try CLI.run(["bench", "generate", "--model", model, "--prompt-length", "8", "--max-tokens", "4", "--repeat", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r)
+        #expect((o["prefill_tokens_per_s"] as? Double ?? 0) > 0 && (o["decode_tokens_per_s"] as? Double ?? 0) > 0)
+    }
+}
