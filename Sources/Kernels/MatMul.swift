@@ -57,8 +57,9 @@ public final class MatMul {
         let rows1 = second?.weight.rows ?? 0
         let total = rows0 + rows1 + (third?.weight.rows ?? 0)
         let quantized = self.quantized
-        pool.run { thread, threads in
-            let mine = ThreadPool.slice(of: total, thread: thread, threads: threads, granule: 4)
+        let chunks = pool.chunkCount(items: total, minimumItems: 16)
+        pool.run(chunks: chunks) { chunk, _ in
+            let mine = ThreadPool.slice(of: total, part: chunk, parts: chunks, granule: 4)
             func part(_ projection: Projection, offset: Int) {
                 let lower = max(mine.lowerBound - offset, 0)
                 let upper = min(mine.upperBound - offset, projection.weight.rows)

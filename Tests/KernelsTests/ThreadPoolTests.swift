@@ -1,21 +1,41 @@
 import Kernels
 import Synchronization
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct ThreadPoolTests {
-    @Test("every thread index runs once per job, many jobs in a row", arguments: [1, 2, 4])
-    func eachIndexOnce(threads: Int) {
+    @Test("every chunk runs exactly once per job, over many jobs in a row", arguments: [1, 2, 4])
+    func eachChunkOnce(threads: Int) {
         let pool = ThreadPool(threads: threads)
-        let counts = Mutex([Int](repeating: 0, count: threads))
+        let chunks = 13
+        let counts = Mutex([Int](repeating: 0, count: chunks))
+        let threadsSeen = Mutex(Set<Int>())
         for _ in 0..<500 {
-            pool.run { thread, n in
-                #expect(n == threads)
-                counts.withLock { $0[thread] += 1 }
+            pool.run(chunks: chunks) { chunk, thread in
+                #expect(thread >= 0 && thread < threads)
+                counts.withLock { $0[chunk] += 1 }
+                threadsSeen.withLock { _ = $0.insert(thread) }
             }
         }
-        #expect(counts.withLock { $0 } == [Int](repeating: 500, count: threads))
+        #expect(counts.withLock { $0 } == [Int](repeating: 500, count: chunks))
+        #expect(threadsSeen.withLock { $0.contains(0) })
         pool.shutdown()
         pool.shutdown()  // idempotent
+    }
+
+    @Test("a job finishes while one worker is slow: the others take its chunks")
+    func slowWorker() {
+        let pool = ThreadPool(threads: 2)
+        let byThread = Mutex([0, 0])
+        pool.run(chunks: 40) { _, thread in
+            if thread == 1 { usleep(20_000) }  // a descheduled thread
+            byThread.withLock { $0[thread] += 1 }
+        }
+        let counts = byThread.withLock { $0 }
+        #expect(counts[0] + counts[1] == 40)
+        #expect(counts[0] > counts[1])
     }
 
     @Test("slices partition the range on granule boundaries")
@@ -24,7 +44,7 @@ import Testing
             for threads in 1...5 {
                 var covered: [Int] = []
                 for t in 0..<threads {
-                    let s = ThreadPool.slice(of: count, thread: t, threads: threads, granule: 4)
+                    let s = ThreadPool.slice(of: count, part: t, parts: threads, granule: 4)
                     if s.lowerBound < count { #expect(s.lowerBound % 4 == 0) }
                     covered += Array(s)
                 }

@@ -61,10 +61,16 @@ uint16_t cohort_f32_to_f16(float f);
 
 // MARK: - Futex-backed words for the thread pool
 
+// Sequentially consistent, so that "publish, then check for sleepers" on one side and
+// "announce sleeping, then re-check" on the other never both miss.
 uint32_t cohort_atomic_load(const uint32_t *p);
 void cohort_atomic_store(uint32_t *p, uint32_t v);
 /// Returns the value before the add.
 uint32_t cohort_atomic_fetch_add(uint32_t *p, uint32_t v);
+uint64_t cohort_atomic_load64(const uint64_t *p);
+void cohort_atomic_store64(uint64_t *p, uint64_t v);
+/// Replaces *p with `desired` if it equals `expected`; returns 1 on success.
+int cohort_atomic_compare_exchange64(uint64_t *p, uint64_t expected, uint64_t desired);
 /// Sleeps while *p == expected (returns at once otherwise, or on a spurious wake).
 void cohort_futex_wait(uint32_t *p, uint32_t expected);
 /// Wakes every waiter on p.

@@ -147,9 +147,10 @@ public final class LlamaModel {
             batch.sequenceOfToken.withUnsafeBufferPointer { sequenceOf in
                 batch.blockTables.withUnsafeBufferPointer { tables in
                     batch.tableStart.withUnsafeBufferPointer { tableStart in
-                        pool.run { thread, threads in
+                        let chunks = pool.chunkCount(items: T * KVH)
+                        pool.run(chunks: chunks) { chunk, thread in
                             let scores = s.scores + thread * s.maxContext * group
-                            for item in ThreadPool.slice(of: T * KVH, thread: thread, threads: threads) {
+                            for item in ThreadPool.slice(of: T * KVH, part: chunk, parts: chunks) {
                                 let t = item / KVH, kvHead = item % KVH
                                 let kvOffset = kvHead * hd
                                 let q = s.q + t * qDim + kvHead * group * hd
