@@ -117,6 +117,21 @@ struct CLI {
         #expect(r.status != 0 && r.stderr.contains("scripts/fetch-model.sh") && r.stderr.contains("/nonexistent-cache"))
     }
 
+    @Test("a stop string ends the text before it with finish reason stop")
+    func stopString() throws {
+        let base = ["generate", "--model", model, "--raw", "--prompt", " the", "--temperature", "0", "--max-tokens", "24",
+                    "--output", "json"]
+        let full = try #require(try json(CLI.run(base))["text"] as? String)
+        // Stop at a piece of the greedy text that does not occur at its very start.
+        let start = full.index(full.startIndex, offsetBy: min(6, full.count / 2))
+        let stop = String(full[start...].prefix(2))
+        try #require(!stop.isEmpty)
+        let cut = try json(CLI.run(base + ["--stop", stop]))
+        let expected = String(full[..<(full.range(of: stop)!.lowerBound)])
+        #expect(cut["text"] as? String == expected)
+        #expect(cut["finish_reason"] as? String == "stop")
+    }
+
     @Test("prompt token ids outside the vocabulary are rejected")
     func tokenOutOfRange() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "1,99999"])
