@@ -50,6 +50,7 @@ let package = Package(
         ),
         // Tiny GGUF writer and float tolerance helpers for tests.
         .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels"], swiftSettings: swiftSettings),
+        .testTarget(name: "ExecutorCoreTests", dependencies: ["ExecutorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ModelRunnerTests",

@@ -1,0 +1,174 @@
+/// Where workers go and who they are: the seed's `_init_workers_ray` placement rules as a
+/// pure function, shared by every launcher (in-process, local processes, MPI, Ray).
+///
+/// Before launch, `Placement.plan` decides how many workers each machine gets (the driver's
+/// machine must host rank 0). After launch, `Placement.assign` orders the workers the
+/// launcher reports: the driver's machine first, then machines with fewer workers, then by
+/// address; global ranks follow that order and a local rank is the index among the
+/// machine's workers. Each worker's environment carries its machine's device list
+/// (`CUDA_VISIBLE_DEVICES`, sorted numerically) and the instance id shared by all.
+public enum Placement {
+    /// What one machine offers.
+    public struct Machine: Sendable, Hashable {
+        public var id: String
+        public var address: String
+        /// GPU ids, or CPU ids for CPU workers.
+        public var deviceIDs: [Int]
+        public init(id: String, address: String, deviceIDs: [Int]) {
+            self.id = id
+            self.address = address
+            self.deviceIDs = deviceIDs
+        }
+    }
+
+    /// A worker as a launcher reports it.
+    public struct LaunchedWorker: Sendable, Hashable {
+        public var machineID: String
+        public var address: String
+        public var processID: Int32?
+        /// The devices the launcher gave this worker.
+        public var deviceIDs: [Int]
+        public init(machineID: String, address: String, processID: Int32? = nil, deviceIDs: [Int]) {
+            self.machineID = machineID
+            self.address = address
+            self.processID = processID
+            self.deviceIDs = deviceIDs
+        }
+    }
+
+    /// Everything a worker needs to know about its place.
+    public struct Assignment: Sendable, Hashable {
+        public var rank: Int
+        public var localRank: Int
+        public var worldSize: Int
+        /// Index of this worker in the launcher's list.
+        public var launchIndex: Int
+        public var machineID: String
+        public var address: String
+        /// Device ids of all workers on this machine, sorted numerically; the worker uses
+        /// the one at its local rank.
+        public var machineDeviceIDs: [Int]
+        public var environment: [String: String]
+    }
+
+    public struct Plan: Sendable, Hashable {
+        /// Assignments by global rank.
+        public var assignments: [Assignment]
+        /// Loopback when every worker shares one machine, else the driver's address.
+        public var rendezvousHost: String
+        public var machineCount: Int
+    }
+
+    /// Environment variable names, in one table.
+    public enum Environment {
+        public static let visibleDevices = "CUDA_VISIBLE_DEVICES"
+        public static let instanceID = "COHORT_INSTANCE_ID"
+    }
+
+    // MARK: - Before launch
+
+    /// Workers per machine for `worldSize` workers, one per device: the driver's machine
+    /// first (it must host rank 0), then the others in the order given.
+    /// - Throws: naming the missing resource when the driver's machine has no device or the
+    ///   machines together have too few.
+    public static func plan(worldSize: Int, machines: [Machine], driverMachineID: String) throws(PlacementError) -> [String: Int] {
+        guard let driver = machines.first(where: { $0.id == driverMachineID }) else {
+            throw PlacementError("the driver's machine '\(driverMachineID)' is not among the machines offered (\(machines.map(\.id).joined(separator: ", ")))")
+        }
+        guard !driver.deviceIDs.isEmpty else {
+            throw PlacementError("the driver's machine '\(driverMachineID)' offers no device, but rank 0 must run there: add a device on it or run the driver on a machine with one")
+        }
+        let total = machines.reduce(0) { $0 + $1.deviceIDs.count }
+        guard total >= worldSize else {
+            let offered = machines.map { "\($0.id): \($0.deviceIDs.count)" }.joined(separator: ", ")
+            throw PlacementError("\(worldSize) workers need \(worldSize) devices, the machines offer \(total) (\(offered))")
+        }
+        var counts: [String: Int] = [:]
+        var left = worldSize
+        for machine in [driver] + machines.filter({ $0.id != driverMachineID }) where left > 0 {
+            let n = min(left, machine.deviceIDs.count)
+            counts[machine.id] = n
+            left -= n
+        }
+        return counts
+    }
+
+    // MARK: - After launch
+
+    /// Orders launched workers into ranks and builds each one's environment.
+    /// - Throws: when no worker runs on the driver's machine.
+    public static func assign(
+        workers: [LaunchedWorker], driverMachineID: String, instanceID: String
+    ) throws(PlacementError) -> Plan {
+        guard let driverIndex = workers.firstIndex(where: { $0.machineID == driverMachineID }) else {
+            let found = Set(workers.map(\.machineID)).sorted().joined(separator: ", ")
+            throw PlacementError("no worker runs on the driver's machine '\(driverMachineID)' (workers are on: \(found)); rank 0 must run there")
+        }
+        // The driver's worker is rank 0; the rest sort by (not driver's machine, workers on
+        // that machine, address), as the seed does, with addresses compared numerically.
+        var others = Array(workers.indices.filter { $0 != driverIndex })
+        var perMachine: [String: Int] = [:]
+        for i in others { perMachine[workers[i].machineID, default: 0] += 1 }
+        others.sort { a, b in
+            let wa = workers[a], wb = workers[b]
+            let ka = (wa.machineID != driverMachineID, perMachine[wa.machineID]!), kb = (wb.machineID != driverMachineID, perMachine[wb.machineID]!)
+            if ka != kb { return !ka.0 && kb.0 || (ka.0 == kb.0 && ka.1 < kb.1) }
+            if wa.address != wb.address { return AddressOrder.less(wa.address, wb.address) }
+            if wa.machineID != wb.machineID { return wa.machineID < wb.machineID }
+            return a < b
+        }
+        let order = [driverIndex] + others
+
+        var ranksOnMachine: [String: [Int]] = [:]
+        var devicesOnMachine: [String: [Int]] = [:]
+        for (rank, index) in order.enumerated() {
+            ranksOnMachine[workers[index].machineID, default: []].append(rank)
+            devicesOnMachine[workers[index].machineID, default: []].append(contentsOf: workers[index].deviceIDs)
+        }
+        let assignments = order.enumerated().map { rank, index in
+            let w = workers[index]
+            let devices = devicesOnMachine[w.machineID]!.sorted()
+            return Assignment(
+                rank: rank, localRank: ranksOnMachine[w.machineID]!.firstIndex(of: rank)!, worldSize: workers.count,
+                launchIndex: index, machineID: w.machineID, address: w.address, machineDeviceIDs: devices,
+                environment: [
+                    Environment.visibleDevices: devices.map(String.init).joined(separator: ","),
+                    Environment.instanceID: instanceID,
+                ])
+        }
+        let machines = Set(workers.map(\.machineID)).count
+        return Plan(
+            assignments: assignments, rendezvousHost: machines == 1 ? "127.0.0.1" : workers[driverIndex].address,
+            machineCount: machines)
+    }
+}
+
+/// A placement that cannot be made; the message names the missing resource.
+public struct PlacementError: Error, Equatable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Orders network addresses numerically where they parse (so 10.0.0.9 < 10.0.0.10), else
+/// as text.
+enum AddressOrder {
+    static func less(_ a: String, _ b: String) -> Bool {
+        switch (ipv4(a), ipv4(b)) {
+        case let (x?, y?): return x < y
+        case (_?, nil): return true
+        case (nil, _?): return false
+        case (nil, nil): return a < b
+        }
+    }
+
+    static func ipv4(_ s: String) -> UInt32? {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var value: UInt32 = 0
+        for p in parts {
+            guard let octet = UInt8(p) else { return nil }
+            value = value << 8 | UInt32(octet)
+        }
+        return value
+    }
+}
