@@ -1,0 +1,141 @@
+/// The control plane's binary encoding: little-endian integers and floats, arrays as a
+/// u32 count then the elements, strings as a u32 byte count then UTF-8. Every message
+/// starts with a 4-byte tag and a u16 version; a reader rejects any other version by name.
+///
+/// No JSON and no reflection: a step request is written field by field into a reused
+/// buffer, and read back with bounds checks that fail with an error, never a crash.
+public enum Wire {
+    /// The encoding version this build speaks. Bump on any change to a message layout.
+    public static let version: UInt16 = 1
+}
+
+/// Why a control-plane message could not be read.
+public enum WireError: Error, Equatable, CustomStringConvertible {
+    /// A message of another kind (its 4-byte tag).
+    case wrongMessage(expected: String, found: String)
+    /// A message from a build that speaks another encoding version.
+    case versionMismatch(expected: UInt16, found: UInt16)
+    /// The message ends inside a field.
+    case truncated(offset: Int, needed: Int, size: Int, reading: String)
+    /// A count or value outside what the field allows.
+    case invalidValue(offset: Int, reading: String, found: String)
+    /// Bytes left over after the message.
+    case trailingBytes(count: Int)
+
+    public var description: String {
+        switch self {
+        case let .wrongMessage(expected, found): "control-plane message: expected a \(expected) message, found tag '\(found)'"
+        case let .versionMismatch(expected, found):
+            "control-plane message version \(found) is not supported: this build speaks version \(expected) (mixed Cohort versions?)"
+        case let .truncated(offset, needed, size, reading):
+            "truncated control-plane message: reading \(reading) at offset \(offset) needs \(needed) bytes, the message has \(size)"
+        case let .invalidValue(offset, reading, found): "invalid \(reading) at offset \(offset) of a control-plane message: \(found)"
+        case let .trailingBytes(count): "control-plane message has \(count) unexpected trailing bytes"
+        }
+    }
+}
+
+/// Appends values to a byte buffer that is reused across messages.
+public struct WireWriter: Sendable {
+    public private(set) var bytes: [UInt8] = []
+
+    public init(capacity: Int = 4096) { bytes.reserveCapacity(capacity) }
+
+    public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+
+    public mutating func header(tag: StaticString) {
+        precondition(tag.utf8CodeUnitCount == 4, "message tags have 4 bytes")
+        tag.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        integer(Wire.version)
+    }
+
+    public mutating func integer<T: FixedWidthInteger>(_ value: T) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    public mutating func float(_ value: Float) { integer(value.bitPattern) }
+
+    public mutating func bool(_ value: Bool) { integer(UInt8(value ? 1 : 0)) }
+
+    public mutating func count(_ n: Int) { integer(UInt32(n)) }
+
+    public mutating func integers<T: FixedWidthInteger>(_ values: [T]) {
+        count(values.count)
+        for v in values { integer(v) }
+    }
+
+    public mutating func string(_ s: String) {
+        count(s.utf8.count)
+        bytes.append(contentsOf: s.utf8)
+    }
+}
+
+/// Reads values back with bounds checks.
+public struct WireReader {
+    public let bytes: UnsafeRawBufferPointer
+    public private(set) var offset = 0
+
+    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    public var remaining: Int { bytes.count - offset }
+
+    public mutating func header(tag: String) throws(WireError) {
+        let found = try take(4, reading: "message tag")
+        let text = String(decoding: found, as: UTF8.self)
+        guard text == tag else { throw .wrongMessage(expected: tag, found: text) }
+        let version = try integer(UInt16.self, reading: "version")
+        guard version == Wire.version else { throw .versionMismatch(expected: Wire.version, found: version) }
+    }
+
+    mutating func take(_ n: Int, reading what: String) throws(WireError) -> UnsafeRawBufferPointer {
+        guard n <= remaining else { throw .truncated(offset: offset, needed: n, size: bytes.count, reading: what) }
+        defer { offset += n }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)])
+    }
+
+    public mutating func integer<T: FixedWidthInteger>(_: T.Type, reading what: String) throws(WireError) -> T {
+        T(littleEndian: try take(MemoryLayout<T>.size, reading: what).loadUnaligned(as: T.self))
+    }
+
+    public mutating func float(reading what: String) throws(WireError) -> Float {
+        Float(bitPattern: try integer(UInt32.self, reading: what))
+    }
+
+    public mutating func bool(reading what: String) throws(WireError) -> Bool {
+        let start = offset
+        let b = try integer(UInt8.self, reading: what)
+        guard b <= 1 else { throw .invalidValue(offset: start, reading: what, found: "\(b), expected 0 or 1") }
+        return b == 1
+    }
+
+    /// A count, checked against the bytes left for elements of at least `elementSize` bytes.
+    public mutating func count(elementSize: Int, reading what: String) throws(WireError) -> Int {
+        let start = offset
+        let n = Int(try integer(UInt32.self, reading: "count of \(what)"))
+        guard n * max(elementSize, 1) <= remaining else {
+            throw .invalidValue(offset: start, reading: "count of \(what)", found: "\(n) elements but \(remaining) bytes remain")
+        }
+        return n
+    }
+
+    public mutating func integers<T: FixedWidthInteger>(_: T.Type, reading what: String) throws(WireError) -> [T] {
+        let n = try count(elementSize: MemoryLayout<T>.size, reading: what)
+        var out: [T] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n { out.append(try integer(T.self, reading: what)) }
+        return out
+    }
+
+    public mutating func string(reading what: String) throws(WireError) -> String {
+        let n = try count(elementSize: 1, reading: what)
+        let start = offset
+        guard let s = String(validating: try take(n, reading: what), as: UTF8.self) else {
+            throw .invalidValue(offset: start, reading: what, found: "bytes that are not UTF-8")
+        }
+        return s
+    }
+
+    public func finish() throws(WireError) {
+        guard remaining == 0 else { throw .trailingBytes(count: remaining) }
+    }
+}

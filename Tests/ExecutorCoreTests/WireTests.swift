@@ -1,0 +1,68 @@
+import ExecutorCore
+import Testing
+
+@Suite struct WireTests {
+    static let request = StepRequest(
+        step: 42, virtualEngine: 1,
+        sequences: [
+            .init(id: 7, tokens: [1, 2, 3], startPosition: 0, blockTable: [4, 9], sample: true,
+                  sampling: SamplingParameters(temperature: 0.7, topK: 40, topP: 0.9, minP: 0.05, repetitionPenalty: 1.1,
+                                               seed: 99, stopTokenIDs: [2], stopStrings: ["\n\n", "é"], maxTokens: 64, logprobs: 3)),
+            .init(id: 8, tokens: [5], startPosition: 130, blockTable: Array(0..<9), sample: false),
+        ],
+        blockCopies: [.init(source: 3, destination: 5)], finishedRequestIDs: [1, 2])
+
+    func encoded(_ r: StepRequest) -> [UInt8] {
+        var w = WireWriter()
+        r.encode(into: &w)
+        return w.bytes
+    }
+
+    @Test("step requests and outputs round-trip")
+    func roundTrip() throws {
+        let bytes = encoded(Self.request)
+        #expect(try bytes.withUnsafeBytes { try StepRequest(decoding: $0) } == Self.request)
+        let output = StepOutput(step: 42, samples: [
+            .init(sequenceID: 7, token: 11, logprob: -0.5, top: [.init(token: 11, logprob: -0.5), .init(token: 3, logprob: -1.25)]),
+            .init(sequenceID: 8, token: 2),
+        ])
+        var w = WireWriter()
+        output.encode(into: &w)
+        #expect(try w.bytes.withUnsafeBytes { try StepOutput(decoding: $0) } == output)
+    }
+
+    @Test("a message from another version is rejected by name")
+    func versionMismatch() {
+        var bytes = encoded(Self.request)
+        bytes[4] = 9
+        #expect(throws: WireError.versionMismatch(expected: Wire.version, found: 9)) {
+            try bytes.withUnsafeBytes { _ = try StepRequest(decoding: $0) }
+        }
+        #expect(WireError.versionMismatch(expected: 1, found: 9).description.contains("version 9"))
+    }
+
+    @Test("an output is not read as a request")
+    func wrongTag() {
+        var w = WireWriter()
+        StepOutput(step: 1, samples: []).encode(into: &w)
+        #expect(throws: WireError.wrongMessage(expected: "CSTP", found: "COUT")) {
+            try w.bytes.withUnsafeBytes { _ = try StepRequest(decoding: $0) }
+        }
+    }
+
+    @Test("every truncation and thousands of mutations fail cleanly")
+    func fuzz() {
+        let bytes = encoded(Self.request)
+        for cut in 0..<bytes.count {
+            #expect(throws: WireError.self) { try bytes[..<cut].withUnsafeBytes { _ = try StepRequest(decoding: $0) } }
+        }
+        var state: UInt64 = 1
+        for _ in 0..<3000 {
+            var b = bytes
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            let i = Int(state >> 33) % b.count
+            b[i] = UInt8(truncatingIfNeeded: state >> 13)
+            _ = try? b.withUnsafeBytes { try StepRequest(decoding: $0) }
+        }
+    }
+}
