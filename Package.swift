@@ -28,13 +28,17 @@ let package = Package(
     targets: [
         // Value types shared by every layer: sampling parameters, ids, finish reasons.
         .target(name: "ExecutorCore", swiftSettings: swiftSettings),
-        // The one C shim: AVX2 integer dot products (Swift cannot emit vpmaddubsw) and futex.
+        // Numeric C shim: AVX2 integer dot products (Swift cannot emit vpmaddubsw) and attention loops.
         .target(
             name: "CKernels",
             cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
         ),
+        // System C shim: atomics and futexes on raw words.
+        .target(name: "CSystem"),
         // CPU ops over raw buffers: quantization formats, mat-vec / mat-mat, norms, rope, thread pool.
-        .target(name: "Kernels", dependencies: ["CKernels"], swiftSettings: numericSettings),
+        .target(name: "Kernels", dependencies: ["CKernels", "CSystem"], swiftSettings: numericSettings),
+        // Moving step messages between processes: shared-memory rings (later TCP).
+        .target(name: "Transports", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
         // Drives model runners: today a single in-process worker.
@@ -51,6 +55,7 @@ let package = Package(
         // Tiny GGUF writer and float tolerance helpers for tests.
         .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels"], swiftSettings: swiftSettings),
         .testTarget(name: "ExecutorCoreTests", dependencies: ["ExecutorCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "TransportsTests", dependencies: ["Transports", "ExecutorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ModelRunnerTests",

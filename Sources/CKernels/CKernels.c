@@ -2,9 +2,6 @@
 
 #include <math.h>
 #include <string.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -430,27 +427,3 @@ void cohort_attention_values(const float *p, int ldP, int group, int hd, const f
     attention_values_scalar(p, ldP, group, hd, v, vStride, count, out);
 }
 
-// MARK: - Futex
-
-uint32_t cohort_atomic_load(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
-void cohort_atomic_store(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-uint32_t cohort_atomic_fetch_add(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-uint64_t cohort_atomic_load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
-void cohort_atomic_store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-int cohort_atomic_compare_exchange64(uint64_t *p, uint64_t expected, uint64_t desired) {
-    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-}
-
-void cohort_futex_wait(uint32_t *p, uint32_t expected) {
-    syscall(SYS_futex, p, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
-}
-
-void cohort_futex_wake_all(uint32_t *p) {
-    syscall(SYS_futex, p, FUTEX_WAKE_PRIVATE, 0x7FFFFFFF, NULL, NULL, 0);
-}
-
-void cohort_cpu_relax(void) {
-#if COHORT_X86
-    __builtin_ia32_pause();
-#endif
-}

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CKernels
+internal import CSystem
 
 /// A fixed set of worker threads that run one data-parallel job at a time.
 ///

@@ -1,9 +1,9 @@
-// The one C shim in Cohort. It holds only what Swift cannot express efficiently:
+// Cohort's numeric C shim. It holds only what Swift cannot express efficiently:
 // AVX2 integer dot products on 8-bit activations (Swift never emits vpmaddubsw /
-// vpmaddwd, measured in shared/NOTES.md at ~60% of this speed), the attention inner
+// vpmaddwd, measured in shared/NOTES.md at ~60% of this speed) and the attention inner
 // loops (without -target-cpu Swift emits 4-wide SSE and no FMA: they took 16% of decode
-// time), and futex wake-ups for the thread pool. Everything else lives in Swift. Every
-// AVX2 path is chosen at run time, with a scalar fallback.
+// time). Everything else lives in Swift. Every AVX2 path is chosen at run time, with a
+// scalar fallback. (Futexes and atomics on raw words are in CSystem.)
 #ifndef COHORT_CKERNELS_H
 #define COHORT_CKERNELS_H
 
@@ -58,25 +58,6 @@ void cohort_attention_values(const float *p, int ldP, int group, int hd, const f
 float cohort_f16_to_f32(uint16_t h);
 /// Converts float to IEEE half bits, round to nearest even.
 uint16_t cohort_f32_to_f16(float f);
-
-// MARK: - Futex-backed words for the thread pool
-
-// Sequentially consistent, so that "publish, then check for sleepers" on one side and
-// "announce sleeping, then re-check" on the other never both miss.
-uint32_t cohort_atomic_load(const uint32_t *p);
-void cohort_atomic_store(uint32_t *p, uint32_t v);
-/// Returns the value before the add.
-uint32_t cohort_atomic_fetch_add(uint32_t *p, uint32_t v);
-uint64_t cohort_atomic_load64(const uint64_t *p);
-void cohort_atomic_store64(uint64_t *p, uint64_t v);
-/// Replaces *p with `desired` if it equals `expected`; returns 1 on success.
-int cohort_atomic_compare_exchange64(uint64_t *p, uint64_t expected, uint64_t desired);
-/// Sleeps while *p == expected (returns at once otherwise, or on a spurious wake).
-void cohort_futex_wait(uint32_t *p, uint32_t expected);
-/// Wakes every waiter on p.
-void cohort_futex_wake_all(uint32_t *p);
-/// A CPU pause hint for short spins.
-void cohort_cpu_relax(void);
 
 #ifdef __cplusplus
 }

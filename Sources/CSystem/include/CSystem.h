@@ -1,0 +1,42 @@
+// Atomics and futexes on raw 32- and 64-bit words, for the thread pool (private futexes)
+// and the shared-memory rings (process-shared futexes). Swift's Atomic types cannot give a
+// futex the address of their word, so these few lines live in C.
+#ifndef COHORT_CSYSTEM_H
+#define COHORT_CSYSTEM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Sequentially consistent, so that "publish, then check for sleepers" on one side and
+// "announce sleeping, then re-check" on the other never both miss.
+uint32_t cohort_atomic_load(const uint32_t *p);
+void cohort_atomic_store(uint32_t *p, uint32_t v);
+/// Returns the value before the add.
+uint32_t cohort_atomic_fetch_add(uint32_t *p, uint32_t v);
+uint64_t cohort_atomic_load64(const uint64_t *p);
+void cohort_atomic_store64(uint64_t *p, uint64_t v);
+/// Replaces *p with `desired` if it equals `expected`; returns 1 on success.
+int cohort_atomic_compare_exchange64(uint64_t *p, uint64_t expected, uint64_t desired);
+/// Sleeps while *p == expected (returns at once otherwise, or on a spurious wake).
+void cohort_futex_wait(uint32_t *p, uint32_t expected);
+/// Wakes every waiter on p.
+void cohort_futex_wake_all(uint32_t *p);
+/// Process-shared futex wait (for words in shared memory): sleeps while *p == expected,
+/// at most `timeoutNanoseconds` (negative: no limit). Returns 0 when woken or the value
+/// differed, 1 on timeout.
+int cohort_futex_wait_shared(uint32_t *p, uint32_t expected, int64_t timeoutNanoseconds);
+/// Wakes every waiter on a word in shared memory.
+void cohort_futex_wake_shared(uint32_t *p);
+/// 64-bit atomic fetch-add (sequentially consistent); returns the value before.
+uint64_t cohort_atomic_fetch_add64(uint64_t *p, uint64_t v);
+
+/// A CPU pause hint for short spins.
+void cohort_cpu_relax(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,285 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CSystem
+
+/// A ring of fixed-size message slots in POSIX shared memory: one writer, `readers`
+/// readers, each reader acknowledging every message (vLLM's `shm_broadcast` idea).
+///
+/// The writer may reuse a slot only when every reader has acknowledged the message in it,
+/// so no message is lost or repeated. Waiting spins briefly (a few hundred pauses) and then
+/// sleeps on a process-shared futex: readers on the write epoch, the writer on the
+/// acknowledgement epoch. Each side counts its sleepers so the other wakes it only when
+/// someone sleeps.
+///
+/// Shared memory layout (64-byte lines): header (magic, version, readers, slots, slot
+/// bytes); write sequence + write epoch + sleeping readers; acknowledgement epoch +
+/// sleeping writer; one read sequence per reader; then the slots, each a u32 length and
+/// the payload. Names are `/cohort-` plus 128 random bits, created exclusively with mode
+/// 0600, so only this user can attach and nobody can guess the name.
+public final class SharedMemoryRing: @unchecked Sendable {
+    // @unchecked: every shared word is accessed through sequentially consistent atomics;
+    // slot payloads are handed over by the write/read sequences (a slot is written only
+    // when all readers acknowledged it, and read only after the writer published it).
+    // One thread at a time plays the writer, and one thread at a time each reader.
+
+    public let name: String
+    public let readers: Int
+    public let slots: Int
+    public let slotBytes: Int
+    /// Pause iterations before sleeping.
+    public var spinLimit = 200
+
+    private let base: UnsafeMutableRawPointer
+    private let size: Int
+    private let owner: Bool
+    private var closed = false
+
+    static let magic: UInt32 = 0x474E_5243  // "CRNG"
+    static let layoutVersion: UInt32 = 1
+
+    // MARK: - Life cycle
+
+    /// Creates a new ring (the writer's side) under a fresh unguessable name.
+    public static func create(readers: Int, slots: Int = 8, slotBytes: Int = 64 << 10) throws(RingError) -> SharedMemoryRing {
+        guard readers >= 1, slots >= 2, slotBytes >= 8, slotBytes <= 1 << 30 else {
+            throw .invalidConfiguration("readers ≥ 1, slots ≥ 2, 8 ≤ slot bytes ≤ 1 GiB; got \(readers), \(slots), \(slotBytes)")
+        }
+        var random = SystemRandomNumberGenerator()
+        let name = "/cohort-" + (0..<2).map { _ in String(random.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
+        let size = Layout.size(readers: readers, slots: slots, slotBytes: slotBytes)
+        let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .system(call: "shm_open \(name)", errno: errno) }
+        defer { Glibc.close(fd) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            shm_unlink(name)
+            throw .system(call: "ftruncate \(name) to \(size) bytes", errno: errno)
+        }
+        let base = try map(fd: fd, size: size, name: name, unlinkOnFailure: true)
+        base.storeBytes(of: readers.toUInt32, toByteOffset: Layout.readers, as: UInt32.self)
+        base.storeBytes(of: slots.toUInt32, toByteOffset: Layout.slots, as: UInt32.self)
+        base.storeBytes(of: UInt64(slotBytes), toByteOffset: Layout.slotBytes, as: UInt64.self)
+        base.storeBytes(of: layoutVersion, toByteOffset: Layout.version, as: UInt32.self)
+        cohort_atomic_store(base.advanced(by: Layout.magic).assumingMemoryBound(to: UInt32.self), magic)
+        return SharedMemoryRing(name: name, base: base, size: size, readers: readers, slots: slots, slotBytes: slotBytes, owner: true)
+    }
+
+    /// Attaches to an existing ring by name (a reader's side, or a writer in another process).
+    public static func attach(name: String) throws(RingError) -> SharedMemoryRing {
+        let fd = shm_open(name, O_RDWR | O_CLOEXEC, 0)
+        guard fd >= 0 else { throw .system(call: "shm_open \(name)", errno: errno) }
+        defer { Glibc.close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat \(name)", errno: errno) }
+        let fileSize = Int(info.st_size)
+        guard fileSize >= Layout.headerSize else {
+            throw .layoutMismatch(name: name, expected: "at least \(Layout.headerSize) bytes", found: "\(fileSize) bytes")
+        }
+        let base = try map(fd: fd, size: fileSize, name: name, unlinkOnFailure: false)
+        func fail(_ expected: String, _ found: String) -> RingError {
+            munmap(base, fileSize)
+            return .layoutMismatch(name: name, expected: expected, found: found)
+        }
+        let foundMagic = cohort_atomic_load(base.advanced(by: Layout.magic).assumingMemoryBound(to: UInt32.self))
+        guard foundMagic == magic else { throw fail("magic CRNG", String(foundMagic, radix: 16)) }
+        let version = base.load(fromByteOffset: Layout.version, as: UInt32.self)
+        guard version == layoutVersion else { throw fail("layout version \(layoutVersion)", "\(version)") }
+        let readers = Int(base.load(fromByteOffset: Layout.readers, as: UInt32.self))
+        let slots = Int(base.load(fromByteOffset: Layout.slots, as: UInt32.self))
+        let slotBytes = Int(base.load(fromByteOffset: Layout.slotBytes, as: UInt64.self))
+        guard readers >= 1, slots >= 2, slotBytes >= 8, slotBytes <= 1 << 30,
+              Layout.size(readers: readers, slots: slots, slotBytes: slotBytes) == fileSize
+        else { throw fail("a consistent header", "\(readers) readers, \(slots) slots of \(slotBytes) bytes in \(fileSize) bytes") }
+        return SharedMemoryRing(name: name, base: base, size: fileSize, readers: readers, slots: slots, slotBytes: slotBytes, owner: false)
+    }
+
+    private static func map(fd: Int32, size: Int, name: String, unlinkOnFailure: Bool) throws(RingError) -> UnsafeMutableRawPointer {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            if unlinkOnFailure { shm_unlink(name) }
+            throw .system(call: "mmap \(name)", errno: errno)
+        }
+        return p
+    }
+
+    private init(name: String, base: UnsafeMutableRawPointer, size: Int, readers: Int, slots: Int, slotBytes: Int, owner: Bool) {
+        self.name = name
+        self.base = base
+        self.size = size
+        self.readers = readers
+        self.slots = slots
+        self.slotBytes = slotBytes
+        self.owner = owner
+        writeSequence = cohort_atomic_load64(base.advanced(by: Layout.writeSequence).assumingMemoryBound(to: UInt64.self))
+    }
+
+    /// Unmaps the ring; the creator also removes the name. Idempotent.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        munmap(base, size)
+        if owner { shm_unlink(name) }
+    }
+
+    /// Removes the name now (after every peer attached), so nothing else can attach and
+    /// nothing is left behind if this process dies. The mapping stays valid.
+    public func unlinkName() { shm_unlink(name) }
+
+    deinit { close() }
+
+    // MARK: - Writer
+
+    private var writeSequence: UInt64
+
+    /// Publishes one message: `fill` writes at most `slotBytes` bytes into the slot and
+    /// returns how many it wrote. Waits (up to `timeout` seconds; nil: forever) while the
+    /// oldest slot is still unacknowledged.
+    /// - Returns: the message's sequence number.
+    @discardableResult
+    public func write(timeout: Double? = nil, _ fill: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> UInt64 {
+        let seq = writeSequence
+        try waitUntil(timeout: timeout, epoch: Layout.acknowledgeEpoch, sleepers: Layout.writerSleeping,
+                      waitingFor: { "all \(self.readers) readers to acknowledge message \(seq &- UInt64(self.slots))" }) {
+            (0..<readers).allSatisfy { cohort_atomic_load64(word64(Layout.readSequence($0))) + UInt64(slots) > seq }
+        }
+        let slot = slotAddress(seq)
+        let length = try fill(UnsafeMutableRawBufferPointer(start: slot + 8, count: slotBytes))
+        guard length >= 0, length <= slotBytes else { throw RingError.messageTooLarge(bytes: length, slotBytes: slotBytes) }
+        slot.storeBytes(of: UInt32(length), as: UInt32.self)
+        writeSequence = seq + 1
+        cohort_atomic_store64(word64(Layout.writeSequence), seq + 1)
+        _ = cohort_atomic_fetch_add(word32(Layout.writeEpoch), 1)
+        if cohort_atomic_load(word32(Layout.readersSleeping)) > 0 { cohort_futex_wake_shared(word32(Layout.writeEpoch)) }
+        return seq
+    }
+
+    /// Publishes a copy of `bytes`.
+    @discardableResult
+    public func write(_ bytes: UnsafeRawBufferPointer, timeout: Double? = nil) throws -> UInt64 {
+        guard bytes.count <= slotBytes else { throw RingError.messageTooLarge(bytes: bytes.count, slotBytes: slotBytes) }
+        return try write(timeout: timeout) { slot in
+            if let source = bytes.baseAddress { slot.baseAddress!.copyMemory(from: source, byteCount: bytes.count) }
+            return bytes.count
+        }
+    }
+
+    // MARK: - Readers
+
+    /// Reads reader `reader`'s next message: waits (up to `timeout` seconds; nil: forever)
+    /// until it is published, passes it to `consume`, then acknowledges it.
+    public func read<T>(reader: Int, timeout: Double? = nil, _ consume: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        precondition(reader >= 0 && reader < readers, "reader \(reader) outside 0..<\(readers)")
+        let sequenceWord = word64(Layout.readSequence(reader))
+        let seq = cohort_atomic_load64(sequenceWord)
+        try waitUntil(timeout: timeout, epoch: Layout.writeEpoch, sleepers: Layout.readersSleeping,
+                      waitingFor: { "message \(seq) for reader \(reader)" }) {
+            cohort_atomic_load64(word64(Layout.writeSequence)) > seq
+        }
+        let slot = slotAddress(seq)
+        let length = Int(slot.load(as: UInt32.self))
+        let result = try consume(UnsafeRawBufferPointer(start: slot + 8, count: min(length, slotBytes)))
+        cohort_atomic_store64(sequenceWord, seq + 1)
+        _ = cohort_atomic_fetch_add(word32(Layout.acknowledgeEpoch), 1)
+        if cohort_atomic_load(word32(Layout.writerSleeping)) > 0 { cohort_futex_wake_shared(word32(Layout.acknowledgeEpoch)) }
+        return result
+    }
+
+    /// Messages published so far.
+    public var published: UInt64 { cohort_atomic_load64(word64(Layout.writeSequence)) }
+
+    // MARK: - Waiting
+
+    private func waitUntil(
+        timeout: Double?, epoch: Int, sleepers: Int, waitingFor: () -> String, _ ready: () -> Bool
+    ) throws(RingError) {
+        if ready() { return }
+        for _ in 0..<spinLimit {
+            cohort_cpu_relax()
+            if ready() { return }
+        }
+        let deadline = timeout.map { MonotonicClock.now() + $0 }
+        let epochWord = word32(epoch), sleepersWord = word32(sleepers)
+        while true {
+            _ = cohort_atomic_fetch_add(sleepersWord, 1)
+            let seen = cohort_atomic_load(epochWord)
+            if ready() {
+                _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
+                return
+            }
+            var remaining: Int64 = -1
+            if let deadline {
+                let left = deadline - MonotonicClock.now()
+                guard left > 0 else {
+                    _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
+                    throw .timedOut(waitingFor: waitingFor(), seconds: timeout!)
+                }
+                remaining = Int64(left * 1e9)
+            }
+            _ = cohort_futex_wait_shared(epochWord, seen, remaining)
+            _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
+            if ready() { return }
+        }
+    }
+
+    // MARK: - Layout
+
+    enum Layout {
+        static let magic = 0, version = 4, readers = 8, slots = 12, slotBytes = 16
+        static let writeSequence = 64, writeEpoch = 72, readersSleeping = 76
+        static let acknowledgeEpoch = 128, writerSleeping = 132
+        static let headerSize = 192
+        static func readSequence(_ reader: Int) -> Int { headerSize + 64 * reader }
+        static func dataStart(readers: Int) -> Int { headerSize + 64 * readers }
+        static func slotStride(_ slotBytes: Int) -> Int { (8 + slotBytes + 63) / 64 * 64 }
+        static func size(readers: Int, slots: Int, slotBytes: Int) -> Int {
+            dataStart(readers: readers) + slots * slotStride(slotBytes)
+        }
+    }
+
+    private func word32(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
+        base.advanced(by: offset).assumingMemoryBound(to: UInt32.self)
+    }
+
+    private func word64(_ offset: Int) -> UnsafeMutablePointer<UInt64> {
+        base.advanced(by: offset).assumingMemoryBound(to: UInt64.self)
+    }
+
+    private func slotAddress(_ seq: UInt64) -> UnsafeMutableRawPointer {
+        base + Layout.dataStart(readers: readers) + Int(seq % UInt64(slots)) * Layout.slotStride(slotBytes)
+    }
+}
+
+/// Why a ring operation failed.
+public enum RingError: Error, Equatable, CustomStringConvertible {
+    case invalidConfiguration(String)
+    case system(call: String, errno: Int32)
+    case layoutMismatch(name: String, expected: String, found: String)
+    case messageTooLarge(bytes: Int, slotBytes: Int)
+    case timedOut(waitingFor: String, seconds: Double)
+
+    public var description: String {
+        switch self {
+        case let .invalidConfiguration(s): "invalid shared-memory ring configuration: expected \(s)"
+        case let .system(call, e): "\(call) failed: \(String(cString: strerror(e)))"
+        case let .layoutMismatch(name, expected, found): "shared-memory ring \(name): expected \(expected), found \(found)"
+        case let .messageTooLarge(bytes, slotBytes): "a message of \(bytes) bytes does not fit the ring's \(slotBytes)-byte slots"
+        case let .timedOut(waitingFor, seconds): "timed out after \(seconds) s waiting for \(waitingFor)"
+        }
+    }
+}
+
+enum MonotonicClock {
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}
+
+extension Int {
+    var toUInt32: UInt32 { UInt32(self) }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String { String(repeating: "0", count: Swift.max(0, width - count)) + self }
+}
