@@ -41,8 +41,12 @@ let package = Package(
         .target(name: "Transports", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
-        // Drives model runners: today a single in-process worker.
-        .target(name: "Executor", dependencies: ["ExecutorCore", "ModelRunner"], swiftSettings: swiftSettings),
+        // Start workers and hand back their processes: local processes now, MPI and Ray next.
+        .target(name: "Launchers", dependencies: ["CSystem"], swiftSettings: swiftSettings),
+        // The driver: worker groups, the control plane, model execution.
+        .target(
+            name: "Executor", dependencies: ["ExecutorCore", "ModelRunner", "Transports", "Launchers", "CSystem"],
+            swiftSettings: swiftSettings),
         // The `cohort` command tree: parses, validates, calls Executor.
         .executableTarget(
             name: "CohortCLI",
@@ -63,6 +67,10 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
+        // Real worker processes: kill -9, SIGSTOP, driver death, shutdown.
+        .testTarget(
+            name: "MultiProcessTests", dependencies: ["Executor", "ExecutorCore", "Launchers", "Transports", "ExecutorTestSupport"],
+            swiftSettings: swiftSettings),
         // Runs the real reference model: build and run these in release (`make test`).
         .testTarget(
             name: "ReferenceModelTests",

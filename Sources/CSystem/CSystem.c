@@ -1,10 +1,14 @@
+#define _GNU_SOURCE
 #include "CSystem.h"
+
+#include <fcntl.h>
 
 #include <errno.h>
 #include <time.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 
 // MARK: - Futex
 
@@ -47,3 +51,7 @@ void cohort_cpu_relax(void) {
     __builtin_ia32_pause();
 #endif
 }
+
+int cohort_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
+
+int cohort_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

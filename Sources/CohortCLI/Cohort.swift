@@ -5,13 +5,13 @@ struct Cohort: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cohort",
         abstract: "A distributed executor for LLM inference.",
-        subcommands: [Generate.self, Bench.self]
+        subcommands: [Generate.self, Bench.self, Worker.self]
     )
 }
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print their figures as JSON.",
-        subcommands: [BenchGenerate.self]
+        subcommands: [BenchGenerate.self, BenchControlPlane.self]
     )
 }

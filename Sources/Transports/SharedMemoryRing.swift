@@ -125,6 +125,12 @@ public final class SharedMemoryRing: @unchecked Sendable {
     /// nothing is left behind if this process dies. The mapping stays valid.
     public func unlinkName() { shm_unlink(name) }
 
+    /// Counts this process as attached; the peer that completes `expected` attachments
+    /// removes the name, so it disappears as soon as everyone is in, whoever dies later.
+    public func markAttached(expected: Int) {
+        if Int(cohort_atomic_fetch_add(word32(Layout.attached), 1)) + 1 == expected { unlinkName() }
+    }
+
     deinit { close() }
 
     // MARK: - Writer
@@ -136,9 +142,11 @@ public final class SharedMemoryRing: @unchecked Sendable {
     /// oldest slot is still unacknowledged.
     /// - Returns: the message's sequence number.
     @discardableResult
-    public func write(timeout: Double? = nil, _ fill: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> UInt64 {
+    public func write(
+        timeout: Double? = nil, check: () throws -> Void = {}, _ fill: (UnsafeMutableRawBufferPointer) throws -> Int
+    ) throws -> UInt64 {
         let seq = writeSequence
-        try waitUntil(timeout: timeout, epoch: Layout.acknowledgeEpoch, sleepers: Layout.writerSleeping,
+        try waitUntil(timeout: timeout, epoch: Layout.acknowledgeEpoch, sleepers: Layout.writerSleeping, check: check,
                       waitingFor: { "all \(self.readers) readers to acknowledge message \(seq &- UInt64(self.slots))" }) {
             (0..<readers).allSatisfy { cohort_atomic_load64(word64(Layout.readSequence($0))) + UInt64(slots) > seq }
         }
@@ -155,9 +163,9 @@ public final class SharedMemoryRing: @unchecked Sendable {
 
     /// Publishes a copy of `bytes`.
     @discardableResult
-    public func write(_ bytes: UnsafeRawBufferPointer, timeout: Double? = nil) throws -> UInt64 {
+    public func write(_ bytes: UnsafeRawBufferPointer, timeout: Double? = nil, check: () throws -> Void = {}) throws -> UInt64 {
         guard bytes.count <= slotBytes else { throw RingError.messageTooLarge(bytes: bytes.count, slotBytes: slotBytes) }
-        return try write(timeout: timeout) { slot in
+        return try write(timeout: timeout, check: check) { slot in
             if let source = bytes.baseAddress { slot.baseAddress!.copyMemory(from: source, byteCount: bytes.count) }
             return bytes.count
         }
@@ -167,11 +175,16 @@ public final class SharedMemoryRing: @unchecked Sendable {
 
     /// Reads reader `reader`'s next message: waits (up to `timeout` seconds; nil: forever)
     /// until it is published, passes it to `consume`, then acknowledges it.
-    public func read<T>(reader: Int, timeout: Double? = nil, _ consume: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+    ///
+    /// While it sleeps it calls `check` every `checkInterval` seconds; an error thrown
+    /// there (a peer found dead) ends the wait.
+    public func read<T>(
+        reader: Int, timeout: Double? = nil, check: () throws -> Void = {}, _ consume: (UnsafeRawBufferPointer) throws -> T
+    ) throws -> T {
         precondition(reader >= 0 && reader < readers, "reader \(reader) outside 0..<\(readers)")
         let sequenceWord = word64(Layout.readSequence(reader))
         let seq = cohort_atomic_load64(sequenceWord)
-        try waitUntil(timeout: timeout, epoch: Layout.writeEpoch, sleepers: Layout.readersSleeping,
+        try waitUntil(timeout: timeout, epoch: Layout.writeEpoch, sleepers: Layout.readersSleeping, check: check,
                       waitingFor: { "message \(seq) for reader \(reader)" }) {
             cohort_atomic_load64(word64(Layout.writeSequence)) > seq
         }
@@ -189,9 +202,12 @@ public final class SharedMemoryRing: @unchecked Sendable {
 
     // MARK: - Waiting
 
+    /// How often a sleeping wait wakes to run its `check`.
+    public var checkInterval = 0.05
+
     private func waitUntil(
-        timeout: Double?, epoch: Int, sleepers: Int, waitingFor: () -> String, _ ready: () -> Bool
-    ) throws(RingError) {
+        timeout: Double?, epoch: Int, sleepers: Int, check: () throws -> Void, waitingFor: () -> String, _ ready: () -> Bool
+    ) throws {
         if ready() { return }
         for _ in 0..<spinLimit {
             cohort_cpu_relax()
@@ -206,18 +222,19 @@ public final class SharedMemoryRing: @unchecked Sendable {
                 _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
                 return
             }
-            var remaining: Int64 = -1
+            var sleep = checkInterval
             if let deadline {
                 let left = deadline - MonotonicClock.now()
                 guard left > 0 else {
                     _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
-                    throw .timedOut(waitingFor: waitingFor(), seconds: timeout!)
+                    throw RingError.timedOut(waitingFor: waitingFor(), seconds: timeout!)
                 }
-                remaining = Int64(left * 1e9)
+                sleep = Swift.min(sleep, left)
             }
-            _ = cohort_futex_wait_shared(epochWord, seen, remaining)
+            _ = cohort_futex_wait_shared(epochWord, seen, Int64(sleep * 1e9))
             _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
             if ready() { return }
+            try check()
         }
     }
 
@@ -226,7 +243,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
     enum Layout {
         static let magic = 0, version = 4, readers = 8, slots = 12, slotBytes = 16
         static let writeSequence = 64, writeEpoch = 72, readersSleeping = 76
-        static let acknowledgeEpoch = 128, writerSleeping = 132
+        static let acknowledgeEpoch = 128, writerSleeping = 132, attached = 136
         static let headerSize = 192
         static func readSequence(_ reader: Int) -> Int { headerSize + 64 * reader }
         static func dataStart(readers: Int) -> Int { headerSize + 64 * readers }

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Executor
+import ExecutorCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct BenchControlPlane: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "control-plane",
+        abstract: "Per-step broadcast + gather latency through real worker processes that do no model work; the last line is JSON.")
+
+    @Option(help: "Worker processes.")
+    var workers = 4
+
+    @Option(help: "Approximate size of each encoded step request.")
+    var payloadBytes = 4400
+
+    @Option(help: "Measured steps (after 200 warm-up steps).")
+    var steps = 5000
+
+    @Option(help: "text or json.")
+    var output: Generate.OutputFormat = .json
+
+    func validate() throws {
+        guard workers >= 1 && workers <= 64 else { throw ValidationError("--workers must be between 1 and 64, got \(workers)") }
+        guard payloadBytes >= 64 && payloadBytes <= 1 << 20 else {
+            throw ValidationError("--payload-bytes must be between 64 and 1048576, got \(payloadBytes)")
+        }
+        guard steps >= 10 else { throw ValidationError("--steps must be ≥ 10, got \(steps)") }
+    }
+
+    struct Report: Encodable {
+        let workers: Int
+        let payload_bytes: Int
+        let steps: Int
+        let median_us: Double
+        let p90_us: Double
+        let p99_us: Double
+    }
+
+    func run() throws {
+        let group = try WorkerGroup(workers: workers)
+        defer { group.shutdown() }
+        // A decode-like step: sequences of one token with block tables, padded to the size asked.
+        var sequences: [StepRequest.Sequence] = []
+        var writer = WireWriter()
+        repeat {
+            let n = sequences.count
+            sequences.append(.init(id: UInt64(n), tokens: [Int32(n)], startPosition: 100, blockTable: Array(0..<8)))
+            StepRequest(step: 0, sequences: sequences).encode(into: &writer)
+        } while writer.bytes.count < payloadBytes
+        var latencies: [Double] = []
+        latencies.reserveCapacity(steps)
+        for step in 0..<(steps + 200) {
+            let request = StepRequest(step: UInt64(step), sequences: sequences)
+            let start = now()
+            _ = try group.step(request)
+            if step >= 200 { latencies.append((now() - start) * 1e6) }
+        }
+        latencies.sort()
+        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        let report = Report(
+            workers: workers, payload_bytes: writer.bytes.count, steps: steps,
+            median_us: percentile(0.5), p90_us: percentile(0.9), p99_us: percentile(0.99))
+        if output == .text {
+            Output.standardOutput("\(workers) workers, \(writer.bytes.count)-byte steps: median \(Int(report.median_us)) µs, p90 \(Int(report.p90_us)) µs, p99 \(Int(report.p99_us)) µs\n")
+        }
+        Output.standardOutput(try JSONOutput.line(report) + "\n")
+    }
+
+    func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}

@@ -1,0 +1,27 @@
+import ArgumentParser
+import Executor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs one worker process; started by the driver, not by hand.
+struct Worker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a worker process (started by the driver).", shouldDisplay: false)
+
+    @Option var rank: Int
+    @Option var broadcast: String
+    @Option var reply: String
+    @Option var lifelineFd: Int32
+    @Option var parentPid: Int32
+
+    func validate() throws {
+        guard rank >= 1 else { throw ValidationError("--rank must be ≥ 1 for a worker process, got \(rank)") }
+    }
+
+    func run() throws {
+        let status = WorkerProcess.run(.init(
+            rank: rank, broadcast: broadcast, reply: reply, lifelineDescriptor: lifelineFd, parentPID: parentPid))
+        if status != 0 { throw ExitCode(status) }
+    }
+}

@@ -1,0 +1,208 @@
+public import ExecutorCore
+public import Launchers
+import Transports
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The driver's side of the worker processes on this machine: it starts them, broadcasts
+/// every command through one shared-memory ring, gathers their replies from one ring each,
+/// watches them, and shuts them down.
+///
+///     let group = try WorkerGroup(workers: 4, configuration: .init(executable: path))
+///     let outputs = try group.step(request)    // one StepOutput per worker, in rank order
+///     group.shutdown()                          // idempotent; also after any failure
+///
+/// Worker ranks are 1…workers (rank 0 is the driver's own worker). A worker that exits or
+/// is killed fails the pending call within `checkInterval` seconds, naming its rank, pid
+/// and exit status or signal; one that does not answer within `stepTimeout` is reported
+/// as stuck. Either way the group then shuts every worker down.
+public final class WorkerGroup: @unchecked Sendable {
+    // @unchecked: all state is driven by one caller thread at a time (the executor's step
+    // loop); `shutdown` is idempotent and guarded by `isShutDown`.
+
+    public struct Configuration: Sendable {
+        /// The binary whose `worker` subcommand runs a worker.
+        public var executable: String?
+        /// Longest wait for any reply before a worker counts as stuck.
+        public var stepTimeout: Double
+        /// How often waits check that workers are alive.
+        public var checkInterval: Double
+        /// Largest message in either direction.
+        public var slotBytes: Int
+
+        public init(executable: String? = nil, stepTimeout: Double = 30, checkInterval: Double = 0.05, slotBytes: Int = 1 << 20) {
+            self.executable = executable
+            self.stepTimeout = stepTimeout
+            self.checkInterval = checkInterval
+            self.slotBytes = slotBytes
+        }
+    }
+
+    public let workerCount: Int
+    public let configuration: Configuration
+    public let processes: [ChildProcess]
+    /// Names the shared-memory rings had (removed once every worker attached).
+    public var ringNames: [String] { [broadcast.name] + replies.map(\.name) }
+    private let launcher: LocalProcessLauncher
+    private let broadcast: SharedMemoryRing
+    private let replies: [SharedMemoryRing]
+    private var writer = WireWriter()
+    private var stepNumber: UInt64 = 0
+    private var isShutDown = false
+    /// Set when a worker failed; every later call fails with it.
+    public private(set) var failure: WorkerFailure?
+
+    /// Starts `workers` worker processes and waits until each has attached and answered a
+    /// health check.
+    public init(workers: Int, configuration: Configuration = Configuration()) throws {
+        precondition(workers >= 1, "a worker group needs at least one worker, got \(workers)")
+        self.workerCount = workers
+        self.configuration = configuration
+        broadcast = try SharedMemoryRing.create(readers: workers, slots: 4, slotBytes: configuration.slotBytes)
+        var replies: [SharedMemoryRing] = []
+        do {
+            for _ in 0..<workers { replies.append(try SharedMemoryRing.create(readers: 1, slots: 4, slotBytes: configuration.slotBytes)) }
+        } catch {
+            broadcast.close()
+            replies.forEach { $0.close() }
+            throw error
+        }
+        self.replies = replies
+        for ring in [broadcast] + replies { ring.checkInterval = configuration.checkInterval }
+        launcher = LocalProcessLauncher(executable: configuration.executable)
+        let parent = getpid()
+        let broadcastName = broadcast.name
+        do {
+            processes = try launcher.launch(
+                ranks: Array(1...workers),
+                arguments: { rank in
+                    ["worker", "--rank", "\(rank)", "--broadcast", broadcastName, "--reply", replies[rank - 1].name,
+                     "--lifeline-fd", "\(LocalProcessLauncher.lifelineDescriptor)", "--parent-pid", "\(parent)"]
+                },
+                environment: { _ in [:] })
+        } catch {
+            broadcast.close()
+            replies.forEach { $0.close() }
+            throw error
+        }
+        do {
+            try healthCheck()
+        } catch {
+            shutdown()
+            throw error
+        }
+        // Workers remove the names once all are attached (`markAttached`); make sure.
+        broadcast.unlinkName()
+        replies.forEach { $0.unlinkName() }
+    }
+
+    // MARK: - Calls
+
+    /// Sends a step to every worker and returns their outputs in rank order.
+    public func step(_ request: StepRequest) throws -> [StepOutput] {
+        try send(.step(request))
+        return try gather(what: "step \(request.step)") { rank, bytes throws(WireError) in
+            let output = try StepOutput(decoding: bytes)
+            guard output.step == request.step else {
+                throw WireError.invalidValue(offset: 6, reading: "step number from rank \(rank)", found: "\(output.step), expected \(request.step)")
+            }
+            return output
+        }
+    }
+
+    /// Asks every worker whether it can work.
+    public func healthCheck() throws {
+        try send(.healthCheck)
+        let answers = try gather(what: "a health check") { _, bytes throws(WireError) in try WorkerReply(decoding: bytes) }
+        for (i, answer) in answers.enumerated() {
+            if case let .failed(rank, message) = answer {
+                throw fail(.unhealthy(rank: Int(rank), pid: processes[i].pid, message: message))
+            }
+        }
+    }
+
+    private func send(_ command: WorkerCommand) throws {
+        if let failure { throw failure }
+        guard !isShutDown else { throw WorkerFailure.shutDown }
+        command.encode(into: &writer)
+        try writer.bytes.withUnsafeBytes { bytes in
+            try broadcast.write(bytes, timeout: configuration.stepTimeout, check: checkAlive)
+        }
+    }
+
+    private func gather<T>(what: String, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T) throws -> [T] {
+        var results: [T] = []
+        results.reserveCapacity(workerCount)
+        for (i, ring) in replies.enumerated() {
+            let rank = i + 1
+            do {
+                results.append(try ring.read(reader: 0, timeout: configuration.stepTimeout, check: checkAlive) { bytes in
+                    try decode(rank, bytes)
+                })
+            } catch let error as RingError {
+                if case .timedOut = error {
+                    throw fail(.stuck(rank: rank, pid: processes[i].pid, waitingFor: what, seconds: configuration.stepTimeout))
+                }
+                throw fail(.transport(error.description))
+            } catch let error as WireError {
+                throw fail(.badReply(rank: rank, error))
+            }
+        }
+        return results
+    }
+
+    /// Throws (and shuts the group down) if any worker has ended.
+    private func checkAlive() throws {
+        for p in processes {
+            if let t = p.termination() { throw fail(.died(rank: p.rank, pid: p.pid, termination: t)) }
+        }
+    }
+
+    private func fail(_ f: WorkerFailure) -> WorkerFailure {
+        if failure == nil { failure = f }
+        shutdown()
+        return failure!
+    }
+
+    // MARK: - Shutdown
+
+    /// Stops every worker: a stop message, then the lifeline, then SIGKILL for any that
+    /// is still running after `grace` seconds; reaps all. Idempotent; safe from any state.
+    public func shutdown(grace: Double = 1) {
+        guard !isShutDown else { return }
+        isShutDown = true
+        if failure == nil {
+            WorkerCommand.stop.encode(into: &writer)
+            _ = try? writer.bytes.withUnsafeBytes { try broadcast.write($0, timeout: 0.2) }
+        }
+        launcher.releaseLifeline()
+        for p in processes where p.wait(timeout: grace) == nil { p.kill() }
+        broadcast.close()
+        replies.forEach { $0.close() }
+    }
+
+    deinit { shutdown() }
+}
+
+/// A worker that failed; the message names the rank and pid.
+public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
+    case died(rank: Int, pid: Int32, termination: ChildProcess.Termination)
+    case stuck(rank: Int, pid: Int32, waitingFor: String, seconds: Double)
+    case unhealthy(rank: Int, pid: Int32, message: String)
+    case badReply(rank: Int, WireError)
+    case transport(String)
+    /// A call after `shutdown()`.
+    case shutDown
+
+    public var description: String {
+        switch self {
+        case let .died(rank, pid, termination): "worker rank \(rank) (pid \(pid)) \(termination)"
+        case let .stuck(rank, pid, what, seconds): "worker rank \(rank) (pid \(pid)) is stuck: no answer to \(what) within \(seconds) s"
+        case let .unhealthy(rank, pid, message): "worker rank \(rank) (pid \(pid)) is unhealthy: \(message)"
+        case let .badReply(rank, error): "worker rank \(rank) sent a bad reply: \(error)"
+        case let .transport(message): "control plane failed: \(message)"
+        case .shutDown: "the worker group is shut down"
+        }
+    }
+}

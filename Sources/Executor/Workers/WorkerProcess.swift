@@ -1,0 +1,100 @@
+public import ExecutorCore
+import CSystem
+import Transports
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The main loop of a worker process (`cohort worker …`, started by `WorkerGroup`).
+///
+/// It dies with its driver (parent-death signal, and end-of-file on the lifeline), attaches
+/// to the rings, then answers commands until `stop`: it waits for each step without any
+/// per-step call from the driver.
+public enum WorkerProcess {
+    public struct Arguments: Sendable {
+        public var rank: Int
+        public var broadcast: String
+        public var reply: String
+        public var lifelineDescriptor: Int32
+        public var parentPID: Int32
+
+        public init(rank: Int, broadcast: String, reply: String, lifelineDescriptor: Int32, parentPID: Int32) {
+            self.rank = rank
+            self.broadcast = broadcast
+            self.reply = reply
+            self.lifelineDescriptor = lifelineDescriptor
+            self.parentPID = parentPID
+        }
+    }
+
+    /// Runs the worker; returns its exit status.
+    public static func run(_ arguments: Arguments) -> Int32 {
+        _ = cohort_set_parent_death_signal(SIGKILL)
+        // The parent may have died before the signal was armed: then clean up its rings.
+        guard getppid() == arguments.parentPID else {
+            for name in [arguments.broadcast, arguments.reply] { shm_unlink(name) }
+            return 3
+        }
+        orphanedNames = [arguments.broadcast, arguments.reply]
+        watchLifeline(arguments.lifelineDescriptor)
+        do {
+            let commands = try SharedMemoryRing.attach(name: arguments.broadcast)
+            let replies = try SharedMemoryRing.attach(name: arguments.reply)
+            // Names go as soon as every peer is in: nothing else can attach, nothing is left behind.
+            commands.markAttached(expected: commands.readers)
+            replies.markAttached(expected: 1)
+            try serve(rank: arguments.rank, commands: commands, replies: replies)
+            return 0
+        } catch {
+            let message = "cohort worker rank \(arguments.rank): \(error)\n"
+            _ = message.withCString { write(2, $0, strlen($0)) }
+            return 1
+        }
+    }
+
+    static func serve(rank: Int, commands: SharedMemoryRing, replies: SharedMemoryRing) throws {
+        var writer = WireWriter()
+        var lastStep: UInt64?
+        while true {
+            let command = try commands.read(reader: rank - 1) { bytes in try WorkerCommand(decoding: bytes) }
+            switch command {
+            case .stop:
+                return
+            case .healthCheck:
+                WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
+            case let .step(request):
+                if let lastStep, request.step != lastStep + 1 {
+                    WorkerReply.failed(rank: Int32(rank), message: "expected step \(lastStep + 1), got \(request.step)").encode(into: &writer)
+                } else {
+                    lastStep = request.step
+                    // No model yet: one placeholder sample per sequence that asked for one.
+                    let samples = request.sequences.filter(\.sample).map { StepOutput.Sample(sequenceID: $0.id, token: 0) }
+                    StepOutput(step: request.step, samples: samples).encode(into: &writer)
+                }
+            }
+            try writer.bytes.withUnsafeBytes { try replies.write($0) }
+        }
+    }
+
+    /// Ring names to remove if the driver dies before every worker attached (set once,
+    /// before the lifeline thread starts).
+    nonisolated(unsafe) static var orphanedNames: [String] = []
+
+    /// A thread that exits the process as soon as the driver's end of the lifeline closes,
+    /// removing the rings' names first (the driver can no longer do it).
+    static func watchLifeline(_ fd: Int32) {
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { raw in
+            let fd = Int32(Int(bitPattern: raw))
+            var byte: UInt8 = 0
+            while true {
+                let n = read(fd, &byte, 1)
+                if n == 0 || (n < 0 && errno != EINTR) {
+                    for name in WorkerProcess.orphanedNames { shm_unlink(name) }
+                    _exit(0)
+                }
+            }
+        }, UnsafeMutableRawPointer(bitPattern: Int(fd)))
+        pthread_detach(thread)
+    }
+}

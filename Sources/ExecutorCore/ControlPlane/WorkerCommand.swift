@@ -1,0 +1,75 @@
+/// What the driver broadcasts to its worker processes. Steps travel as `StepRequest`
+/// (tag CSTP); the rest as small control messages (tag CCTL).
+public enum WorkerCommand: Sendable, Equatable {
+    /// Run one step; every worker answers with a `StepOutput`.
+    case step(StepRequest)
+    /// Answer `WorkerReply.ok` if able to work.
+    case healthCheck
+    /// Leave the execution loop and exit cleanly.
+    case stop
+
+    static let controlTag: StaticString = "CCTL"
+
+    public func encode(into w: inout WireWriter) {
+        switch self {
+        case let .step(request):
+            request.encode(into: &w)
+        case .healthCheck, .stop:
+            w.reset()
+            w.header(tag: Self.controlTag)
+            w.integer(UInt8(self == .healthCheck ? 1 : 2))
+        }
+    }
+
+    public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
+        guard bytes.count >= 4 else { throw .truncated(offset: 0, needed: 4, size: bytes.count, reading: "message tag") }
+        if bytes.prefix(4).elementsEqual("CSTP".utf8) {
+            self = .step(try StepRequest(decoding: bytes))
+            return
+        }
+        var r = WireReader(bytes)
+        try r.header(tag: "CCTL")
+        let kind = try r.integer(UInt8.self, reading: "command kind")
+        try r.finish()
+        switch kind {
+        case 1: self = .healthCheck
+        case 2: self = .stop
+        default: throw .invalidValue(offset: 6, reading: "command kind", found: "\(kind), expected 1 or 2")
+        }
+    }
+}
+
+/// A worker's answer to a control message (steps are answered with `StepOutput`).
+public enum WorkerReply: Sendable, Equatable {
+    case ok(rank: Int32)
+    case failed(rank: Int32, message: String)
+
+    static let tag: StaticString = "CRPL"
+
+    public func encode(into w: inout WireWriter) {
+        w.reset()
+        w.header(tag: Self.tag)
+        switch self {
+        case let .ok(rank):
+            w.integer(rank)
+            w.integer(UInt8(0))
+        case let .failed(rank, message):
+            w.integer(rank)
+            w.integer(UInt8(1))
+            w.string(message)
+        }
+    }
+
+    public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
+        var r = WireReader(bytes)
+        try r.header(tag: "CRPL")
+        let rank = try r.integer(Int32.self, reading: "rank")
+        let kind = try r.integer(UInt8.self, reading: "reply kind")
+        switch kind {
+        case 0: self = .ok(rank: rank)
+        case 1: self = .failed(rank: rank, message: try r.string(reading: "error message"))
+        default: throw .invalidValue(offset: 10, reading: "reply kind", found: "\(kind), expected 0 or 1")
+        }
+        try r.finish()
+    }
+}

@@ -1,0 +1,120 @@
+import Executor
+import ExecutorCore
+import Foundation
+import Launchers
+import Transports
+import Testing
+
+/// Real worker processes (`cohort worker`), started from the built binary next to the tests.
+@Suite(.serialized) struct WorkerGroupTests {
+    static var cohort: String {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("cohort").path
+    }
+
+    func group(_ workers: Int, stepTimeout: Double = 5) throws -> WorkerGroup {
+        try WorkerGroup(workers: workers, configuration: .init(executable: Self.cohort, stepTimeout: stepTimeout))
+    }
+
+    static func request(_ step: UInt64) -> StepRequest {
+        StepRequest(step: step, sequences: [.init(id: 1, tokens: [5], startPosition: 3, blockTable: [0]), .init(id: 2, tokens: [6, 7], startPosition: 0, blockTable: [1], sample: false)])
+    }
+
+    func isRunning(_ pid: Int32) -> Bool {
+        // kill(pid, 0) succeeds for zombies too; /proc/PID/stat's state tells them apart.
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+        let state = stat.split(separator: ")").last?.split(separator: " ").first
+        return state != "Z" && state != "X"
+    }
+
+    @Test("steps reach every worker and come back in rank order; shutdown twice is safe")
+    func stepsAndShutdown() throws {
+        let g = try group(3)
+        for step in 0..<100 {
+            let outputs = try g.step(Self.request(UInt64(step)))
+            #expect(outputs.count == 3)
+            #expect(outputs.allSatisfy { $0.step == UInt64(step) && $0.samples.map(\.sequenceID) == [1] })
+        }
+        try g.healthCheck()
+        let pids = g.processes.map(\.pid)
+        g.shutdown()
+        g.shutdown()
+        #expect(pids.allSatisfy { !isRunning($0) })
+        #expect(throws: WorkerFailure.shutDown) { try g.step(Self.request(100)) }
+    }
+
+    @Test("a worker killed with SIGKILL fails the pending step within 1 s, naming rank, pid and signal; no process remains")
+    func killedWorker() throws {
+        let g = try group(3)
+        _ = try g.step(Self.request(0))
+        let victim = g.processes[1]
+        kill(victim.pid, SIGKILL)
+        let start = Date()
+        var failure: WorkerFailure?
+        do {
+            for step in 1..<100_000 { _ = try g.step(Self.request(UInt64(step))) }
+        } catch let error as WorkerFailure {
+            failure = error
+        }
+        #expect(Date().timeIntervalSince(start) < 1)
+        #expect(failure == .died(rank: 2, pid: victim.pid, termination: .signaled(signal: SIGKILL)))
+        #expect(failure?.description == "worker rank 2 (pid \(victim.pid)) was killed by signal 9 (SIGKILL)")
+        #expect(g.processes.allSatisfy { !isRunning($0.pid) })
+    }
+
+    @Test("a stopped worker is reported as stuck, naming rank and step, soon after the deadline")
+    func stuckWorker() throws {
+        let g = try group(2, stepTimeout: 0.5)
+        _ = try g.step(Self.request(0))
+        let victim = g.processes[0]
+        kill(victim.pid, SIGSTOP)
+        let start = Date()
+        #expect(throws: WorkerFailure.stuck(rank: 1, pid: victim.pid, waitingFor: "step 1", seconds: 0.5)) {
+            _ = try g.step(Self.request(1))
+        }
+        #expect(Date().timeIntervalSince(start) < 0.5 + 2)
+        #expect(g.processes.allSatisfy { !isRunning($0.pid) })
+    }
+
+    @Test("the rings' names are gone once workers attached: nothing else can attach")
+    func foreignAttachRefused() throws {
+        let g = try group(1)
+        defer { g.shutdown() }
+        #expect(g.ringNames.count == 2)
+        for name in g.ringNames {
+            #expect(throws: RingError.self) { try SharedMemoryRing.attach(name: name) }
+        }
+        try g.healthCheck()
+    }
+
+    @Test("when the driver dies by SIGKILL, its workers exit within 1 s")
+    func driverDeath() throws {
+        // A driver process: `cohort bench control-plane` with many steps, killed mid-run.
+        let driver = Process()
+        driver.executableURL = URL(fileURLWithPath: Self.cohort)
+        driver.arguments = ["bench", "control-plane", "--workers", "2", "--steps", "100000000"]
+        driver.standardOutput = FileHandle.nullDevice
+        try driver.run()
+        var children: [Int32] = []
+        for _ in 0..<200 where children.count < 2 {
+            usleep(20_000)
+            children = childPIDs(of: driver.processIdentifier)
+        }
+        try #require(children.count == 2, "the driver started \(children.count) workers")
+        kill(driver.processIdentifier, SIGKILL)
+        driver.waitUntilExit()
+        let start = Date()
+        while children.contains(where: isRunning) && Date().timeIntervalSince(start) < 3 { usleep(10_000) }
+        #expect(Date().timeIntervalSince(start) < 1)
+        #expect(!children.contains(where: isRunning))
+    }
+
+    func childPIDs(of parent: Int32) -> [Int32] {
+        let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return all.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let afterName = stat.split(separator: ")").last else { return false }
+            let fields = afterName.split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == parent && isRunning(pid)
+        }
+    }
+}
