@@ -42,7 +42,7 @@ let package = Package(
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
         // Start workers and hand back their processes: local processes now, MPI and Ray next.
-        .target(name: "Launchers", dependencies: ["CSystem"], swiftSettings: swiftSettings),
+        .target(name: "Launchers", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // The driver: worker groups, the control plane, model execution.
         .target(
             name: "Executor", dependencies: ["ExecutorCore", "ModelRunner", "Transports", "Launchers", "CSystem"],

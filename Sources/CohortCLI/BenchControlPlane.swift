@@ -54,9 +54,9 @@ struct BenchControlPlane: ParsableCommand {
         latencies.reserveCapacity(steps)
         for step in 0..<(steps + 200) {
             let request = StepRequest(step: UInt64(step), sequences: sequences)
-            let start = now()
+            let start = MonotonicClock.now()
             _ = try group.step(request)
-            if step >= 200 { latencies.append((now() - start) * 1e6) }
+            if step >= 200 { latencies.append((MonotonicClock.now() - start) * 1e6) }
         }
         latencies.sort()
         func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
@@ -67,11 +67,5 @@ struct BenchControlPlane: ParsableCommand {
             Output.standardOutput("\(workers) workers, \(writer.bytes.count)-byte steps: median \(Int(report.median_us)) µs, p90 \(Int(report.p90_us)) µs, p99 \(Int(report.p99_us)) µs\n")
         }
         Output.standardOutput(try JSONOutput.line(report) + "\n")
-    }
-
-    func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 }

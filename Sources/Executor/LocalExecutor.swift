@@ -18,9 +18,9 @@ public final class LocalExecutor {
     private let logits: UnsafeMutablePointer<Float>
 
     public init(modelPath: String, options: ExecutorOptions, progress: (Double) -> Void = { _ in }) throws(GGUFError) {
-        let start = Clock.now()
+        let start = MonotonicClock.now()
         loaded = try LoadedModel(path: modelPath, options: options.modelOptions, progress: progress)
-        loadSeconds = Clock.now() - start
+        loadSeconds = MonotonicClock.now() - start
         allocator = BlockAllocator(blockCount: loaded.model.cache.blockCount, blockSize: loaded.model.cache.blockSize)
         logits = .allocate(capacity: loaded.configuration.vocabularySize * loaded.model.maxBatchTokens)
     }
@@ -82,19 +82,19 @@ public final class LocalExecutor {
         var text = TextAccumulator(stopStrings: parameters.stopStrings, tokenizer: tokenizer)
 
         // Prefill.
-        let prefillStart = Clock.now()
+        let prefillStart = MonotonicClock.now()
         var position = 0
         while position < promptTokens.count {
             let end = min(promptTokens.count, position + model.maxBatchTokens)
             try forward(promptTokens[position..<end], at: position, table: &table, wantLogits: end == promptTokens.count)
             position = end
         }
-        let prefillSeconds = Clock.now() - prefillStart
+        let prefillSeconds = MonotonicClock.now() - prefillStart
 
         var generated: [Int32] = []
         var logprobs: [[TokenLogprob]] = []
         var finish = FinishReason.length
-        let decodeStart = Clock.now()
+        let decodeStart = MonotonicClock.now()
         var decodeSteps = 0
         while true {
             let sampled = sampler.sample(logits: logits, parameters: parameters, history: history, random: &random)
@@ -114,7 +114,7 @@ public final class LocalExecutor {
             position += 1
             decodeSteps += 1
         }
-        let decodeSeconds = Clock.now() - decodeStart
+        let decodeSeconds = MonotonicClock.now() - decodeStart
         text.finish(emit: onText)
         return GenerationResult(
             promptTokens: promptTokens, tokens: generated, text: text.text, finishReason: finish, logprobs: logprobs,
@@ -184,15 +184,6 @@ struct TextAccumulator {
         let utf8 = text.utf8
         emit(String(text[utf8.index(utf8.startIndex, offsetBy: emitted)..<utf8.index(utf8.startIndex, offsetBy: end)]))
         emitted = end
-    }
-}
-
-/// Monotonic seconds.
-enum Clock {
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 }
 

@@ -1,15 +1,15 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ExecutorCore
+import Synchronization
 
 /// A worker process this driver started: its rank and pid, and how it ended.
-public final class ChildProcess: @unchecked Sendable {
-    // @unchecked: `exit` is guarded by `lock`; pid and rank never change.
-
+public final class ChildProcess: Sendable {
     public let rank: Int
     public let pid: Int32
-    private let lock = NSLockLike()
-    private var exit: Termination?
+    /// How it ended, once reaped (waitpid may reap only once).
+    private let exit = Mutex<Termination?>(nil)
 
     /// How a process ended.
     public enum Termination: Equatable, Sendable, CustomStringConvertible {
@@ -44,7 +44,7 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// How the process ended, or nil while it runs (reaps it without blocking).
     public func termination() -> Termination? {
-        lock.withLock {
+        exit.withLock { exit in
             if let exit { return exit }
             var status: Int32 = 0
             let rc = waitpid(pid, &status, WNOHANG)
@@ -58,14 +58,14 @@ public final class ChildProcess: @unchecked Sendable {
     public func kill(timeout: Double = 5) {
         guard termination() == nil else { return }
         Glibc.kill(pid, SIGKILL)
-        let deadline = Self.now() + timeout
-        while termination() == nil && Self.now() < deadline { usleep(1_000) }
+        let deadline = MonotonicClock.now() + timeout
+        while termination() == nil && MonotonicClock.now() < deadline { usleep(1_000) }
     }
 
     /// Waits up to `timeout` seconds for the process to end by itself.
     public func wait(timeout: Double) -> Termination? {
-        let deadline = Self.now() + timeout
-        while Self.now() < deadline {
+        let deadline = MonotonicClock.now() + timeout
+        while MonotonicClock.now() < deadline {
             if let t = termination() { return t }
             usleep(1_000)
         }
@@ -76,33 +76,5 @@ public final class ChildProcess: @unchecked Sendable {
         // WIFSIGNALED / WTERMSIG / WEXITSTATUS are macros Swift cannot import.
         let signal = status & 0x7F
         return signal != 0 && signal != 0x7F ? .signaled(signal: signal) : .exited(status: (status >> 8) & 0xFF)
-    }
-
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
-}
-
-/// A small pthread mutex (Foundation-free).
-final class NSLockLike: @unchecked Sendable {
-    // @unchecked: the mutex itself provides the synchronisation.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
     }
 }

@@ -2,20 +2,18 @@
 import Glibc
 #endif
 internal import CSystem
+import Synchronization
 
 /// Starts workers as child processes on this machine (`cohort worker …`).
 ///
 /// Every child inherits the read end of one lifeline pipe as fd 3; the driver keeps the
 /// only write end. When the driver dies, even by SIGKILL, the kernel closes it and every
 /// worker sees end-of-file and exits at once. Workers also ask for SIGKILL on parent death.
-public final class LocalProcessLauncher: @unchecked Sendable {
-    // @unchecked: `lifelineWriteEnd` is set once in `launch` and closed once in `releaseLifeline`
-    // under `lock`.
-
+public final class LocalProcessLauncher: Sendable {
     /// The executable that runs `worker` (default: this process's own binary).
     public let executable: String
-    private let lock = NSLockLike()
-    private var lifelineWriteEnd: Int32 = -1
+    /// The driver's end of the lifeline, while open.
+    private let lifelineWriteEnd = Mutex<Int32>(-1)
 
     /// The fd number the lifeline has in every worker.
     public static let lifelineDescriptor: Int32 = 3
@@ -37,7 +35,7 @@ public final class LocalProcessLauncher: @unchecked Sendable {
     public func launch(ranks: [Int], arguments: (Int) -> [String], environment: (Int) -> [String: String]) throws(LaunchError) -> [ChildProcess] {
         var fds: [Int32] = [-1, -1]
         guard cohort_pipe_cloexec(&fds) == 0 else { throw LaunchError("cannot create the lifeline pipe: \(String(cString: strerror(errno)))") }
-        lock.withLock { lifelineWriteEnd = fds[1] }
+        lifelineWriteEnd.withLock { $0 = fds[1] }
         defer { Glibc.close(fds[0]) }
         var started: [ChildProcess] = []
         for rank in ranks {
@@ -80,10 +78,10 @@ public final class LocalProcessLauncher: @unchecked Sendable {
 
     /// Closes the lifeline's write end: every worker that is still running exits.
     public func releaseLifeline() {
-        lock.withLock {
-            if lifelineWriteEnd >= 0 {
-                Glibc.close(lifelineWriteEnd)
-                lifelineWriteEnd = -1
+        lifelineWriteEnd.withLock { fd in
+            if fd >= 0 {
+                Glibc.close(fd)
+                fd = -1
             }
         }
     }

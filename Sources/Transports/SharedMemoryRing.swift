@@ -2,6 +2,7 @@
 import Glibc
 #endif
 internal import CSystem
+import ExecutorCore
 
 /// A ring of fixed-size message slots in POSIX shared memory: one writer, `readers`
 /// readers, each reader acknowledging every message (vLLM's `shm_broadcast` idea).
@@ -282,14 +283,6 @@ public enum RingError: Error, Equatable, CustomStringConvertible {
         case let .messageTooLarge(bytes, slotBytes): "a message of \(bytes) bytes does not fit the ring's \(slotBytes)-byte slots"
         case let .timedOut(waitingFor, seconds): "timed out after \(seconds) s waiting for \(waitingFor)"
         }
-    }
-}
-
-enum MonotonicClock {
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 }
 

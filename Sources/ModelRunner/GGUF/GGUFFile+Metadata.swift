@@ -1,69 +1,44 @@
 extension GGUFFile {
-    /// The value of `key` as an integer. - Throws: when missing or not an integer.
-    public func integer(_ key: String) throws(GGUFError) -> Int {
+    /// The value of `key`, converted by `extract`; throws when missing or of another type.
+    private func value<T>(_ key: String, expected: String, _ extract: (GGUFValue) -> T?) throws(GGUFError) -> T {
         guard let value = metadata[key] else { throw .missingKey(key) }
-        guard let i = value.integer else { throw .wrongValueType(key: key, expected: "an integer", found: value.typeName) }
-        return i
+        guard let converted = extract(value) else { throw .wrongValueType(key: key, expected: expected, found: value.typeName) }
+        return converted
     }
 
-    public func optionalInteger(_ key: String) throws(GGUFError) -> Int? {
-        guard metadata[key] != nil else { return nil }
-        return try integer(key)
+    /// The value of an optional key: nil when absent, an error when of another type.
+    private func optional<T>(_ key: String, _ read: (String) throws(GGUFError) -> T) throws(GGUFError) -> T? {
+        metadata[key] == nil ? nil : try read(key)
     }
 
-    public func real(_ key: String) throws(GGUFError) -> Double {
-        guard let value = metadata[key] else { throw .missingKey(key) }
-        guard let r = value.real else { throw .wrongValueType(key: key, expected: "a number", found: value.typeName) }
-        return r
-    }
+    /// The value of `key` as an integer (any integer type that fits).
+    public func integer(_ key: String) throws(GGUFError) -> Int { try value(key, expected: "an integer") { $0.integer } }
+    public func optionalInteger(_ key: String) throws(GGUFError) -> Int? { try optional(key, integer) }
 
-    public func optionalReal(_ key: String) throws(GGUFError) -> Double? {
-        guard metadata[key] != nil else { return nil }
-        return try real(key)
-    }
+    /// The value of `key` as a number (float or integer).
+    public func real(_ key: String) throws(GGUFError) -> Double { try value(key, expected: "a number") { $0.real } }
+    public func optionalReal(_ key: String) throws(GGUFError) -> Double? { try optional(key, real) }
 
-    public func string(_ key: String) throws(GGUFError) -> String {
-        guard let value = metadata[key] else { throw .missingKey(key) }
-        guard let s = value.string else { throw .wrongValueType(key: key, expected: "a string", found: value.typeName) }
-        return s
-    }
+    public func string(_ key: String) throws(GGUFError) -> String { try value(key, expected: "a string") { $0.string } }
+    public func optionalString(_ key: String) throws(GGUFError) -> String? { try optional(key, string) }
 
-    public func optionalString(_ key: String) throws(GGUFError) -> String? {
-        guard metadata[key] != nil else { return nil }
-        return try string(key)
-    }
+    public func bool(_ key: String) throws(GGUFError) -> Bool { try value(key, expected: "a bool") { $0.bool } }
+    public func optionalBool(_ key: String) throws(GGUFError) -> Bool? { try optional(key, bool) }
 
-    public func optionalBool(_ key: String) throws(GGUFError) -> Bool? {
-        guard let value = metadata[key] else { return nil }
-        guard let b = value.bool else { throw .wrongValueType(key: key, expected: "a bool", found: value.typeName) }
-        return b
-    }
-
-    public func stringArray(_ key: String) throws(GGUFError) -> [String] {
-        guard let value = metadata[key] else { throw .missingKey(key) }
-        guard let items = value.array else { throw .wrongValueType(key: key, expected: "an array of strings", found: value.typeName) }
-        var out: [String] = []
+    /// An array whose every element converts; the error names the element type found.
+    private func array<T>(_ key: String, of expected: String, _ extract: (GGUFValue) -> T?) throws(GGUFError) -> [T] {
+        let items = try value(key, expected: "an array of \(expected)") { $0.array }
+        var out: [T] = []
         out.reserveCapacity(items.count)
         for item in items {
-            guard let s = item.string else {
-                throw .wrongValueType(key: key, expected: "an array of strings", found: "an array of \(item.typeName)")
+            guard let converted = extract(item) else {
+                throw .wrongValueType(key: key, expected: "an array of \(expected)", found: "an array of \(item.typeName)")
             }
-            out.append(s)
+            out.append(converted)
         }
         return out
     }
 
-    public func integerArray(_ key: String) throws(GGUFError) -> [Int] {
-        guard let value = metadata[key] else { throw .missingKey(key) }
-        guard let items = value.array else { throw .wrongValueType(key: key, expected: "an array of integers", found: value.typeName) }
-        var out: [Int] = []
-        out.reserveCapacity(items.count)
-        for item in items {
-            guard let i = item.integer else {
-                throw .wrongValueType(key: key, expected: "an array of integers", found: "an array of \(item.typeName)")
-            }
-            out.append(i)
-        }
-        return out
-    }
+    public func stringArray(_ key: String) throws(GGUFError) -> [String] { try array(key, of: "strings") { $0.string } }
+    public func integerArray(_ key: String) throws(GGUFError) -> [Int] { try array(key, of: "integers") { $0.integer } }
 }
