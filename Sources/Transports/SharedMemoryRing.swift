@@ -28,8 +28,10 @@ public final class SharedMemoryRing: @unchecked Sendable {
     public let readers: Int
     public let slots: Int
     public let slotBytes: Int
-    /// Pause iterations before sleeping.
+    /// Pause iterations before yielding.
     public var spinLimit = 200
+    /// Seconds of yielding the core (sched_yield) before sleeping on the futex.
+    public var yieldSeconds = 50e-6
 
     private let base: UnsafeMutableRawPointer
     private let size: Int
@@ -149,7 +151,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
         let seq = writeSequence
         try waitUntil(timeout: timeout, epoch: Layout.acknowledgeEpoch, sleepers: Layout.writerSleeping, check: check,
                       waitingFor: { "all \(self.readers) readers to acknowledge message \(seq &- UInt64(self.slots))" }) {
-            (0..<readers).allSatisfy { cohort_atomic_load64(word64(Layout.readSequence($0))) + UInt64(slots) > seq }
+            oldestUnacknowledged() + UInt64(slots) > seq
         }
         let slot = slotAddress(seq)
         let length = try fill(UnsafeMutableRawBufferPointer(start: slot + 8, count: slotBytes))
@@ -194,8 +196,33 @@ public final class SharedMemoryRing: @unchecked Sendable {
         let result = try consume(UnsafeRawBufferPointer(start: slot + 8, count: min(length, slotBytes)))
         cohort_atomic_store64(sequenceWord, seq + 1)
         _ = cohort_atomic_fetch_add(word32(Layout.acknowledgeEpoch), 1)
-        if cohort_atomic_load(word32(Layout.writerSleeping)) > 0 { cohort_futex_wake_shared(word32(Layout.acknowledgeEpoch)) }
+        // Only the last reader to acknowledge a message wakes the writer: one wake-up per
+        // message, not one per reader.
+        if cohort_atomic_load(word32(Layout.writerSleeping)) > 0 && oldestUnacknowledged() > seq {
+            cohort_futex_wake_shared(word32(Layout.acknowledgeEpoch))
+        }
         return result
+    }
+
+    /// The first message some reader has not acknowledged yet.
+    private func oldestUnacknowledged() -> UInt64 {
+        var oldest = UInt64.max
+        for r in 0..<readers { oldest = Swift.min(oldest, cohort_atomic_load64(word64(Layout.readSequence(r)))) }
+        return oldest
+    }
+
+    /// Readers that have not acknowledged message `seq` yet.
+    public func readersBehind(_ seq: UInt64) -> [Int] {
+        (0..<readers).filter { cohort_atomic_load64(word64(Layout.readSequence($0))) <= seq }
+    }
+
+    /// Waits until every reader has acknowledged message `seq` (readers acknowledge when
+    /// their `consume` returns, so work done inside it is finished too).
+    public func waitForAcknowledgement(of seq: UInt64, timeout: Double? = nil, check: () throws -> Void = {}) throws {
+        try waitUntil(timeout: timeout, epoch: Layout.acknowledgeEpoch, sleepers: Layout.writerSleeping, check: check,
+                      waitingFor: { "readers \(self.readersBehind(seq)) to acknowledge message \(seq)" }) {
+            oldestUnacknowledged() > seq
+        }
     }
 
     /// Messages published so far.
@@ -213,6 +240,15 @@ public final class SharedMemoryRing: @unchecked Sendable {
         for _ in 0..<spinLimit {
             cohort_cpu_relax()
             if ready() { return }
+        }
+        // Then yield the core for a short while: a peer that shares it runs at once, and
+        // nobody burns a core another process needs (processes may outnumber cores).
+        if yieldSeconds > 0 {
+            let yieldUntil = MonotonicClock.now() + yieldSeconds
+            repeat {
+                sched_yield()
+                if ready() { return }
+            } while MonotonicClock.now() < yieldUntil
         }
         let deadline = timeout.map { MonotonicClock.now() + $0 }
         let epochWord = word32(epoch), sleepersWord = word32(sleepers)

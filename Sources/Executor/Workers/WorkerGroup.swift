@@ -122,16 +122,28 @@ public final class WorkerGroup: @unchecked Sendable {
         }
     }
 
+    /// The sequence number of the last command sent.
+    private var lastSent: UInt64 = 0
+
     private func send(_ command: WorkerCommand) throws {
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
         command.encode(into: &writer)
-        try writer.bytes.withUnsafeBytes { bytes in
+        lastSent = try writer.bytes.withUnsafeBytes { bytes in
             try broadcast.write(bytes, timeout: configuration.stepTimeout, check: checkAlive)
         }
     }
 
     private func gather<T>(what: String, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T) throws -> [T] {
+        // Workers acknowledge a command after writing their reply: one wait, one wake-up.
+        do {
+            try broadcast.waitForAcknowledgement(of: lastSent, timeout: configuration.stepTimeout, check: checkAlive)
+        } catch let error as RingError {
+            if case .timedOut = error, let reader = broadcast.readersBehind(lastSent).first {
+                throw fail(.stuck(rank: reader + 1, pid: processes[reader].pid, waitingFor: what, seconds: configuration.stepTimeout))
+            }
+            throw fail(.transport(error.description))
+        }
         var results: [T] = []
         results.reserveCapacity(workerCount)
         for (i, ring) in replies.enumerated() {

@@ -50,7 +50,11 @@ public struct WireWriter: Sendable {
     }
 
     public mutating func integer<T: FixedWidthInteger>(_ value: T) {
-        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+        var v = value.littleEndian
+        for _ in 0..<MemoryLayout<T>.size {
+            bytes.append(UInt8(truncatingIfNeeded: v))
+            v = v >> 8
+        }
     }
 
     public mutating func float(_ value: Float) { integer(value.bitPattern) }
@@ -87,50 +91,53 @@ public struct WireReader {
         guard version == Wire.version else { throw .versionMismatch(expected: Wire.version, found: version) }
     }
 
-    mutating func take(_ n: Int, reading what: String) throws(WireError) -> UnsafeRawBufferPointer {
-        guard n <= remaining else { throw .truncated(offset: offset, needed: n, size: bytes.count, reading: what) }
+    mutating func take(_ n: Int, reading what: @autoclosure () -> String) throws(WireError) -> UnsafeRawBufferPointer {
+        guard n <= remaining else { throw .truncated(offset: offset, needed: n, size: bytes.count, reading: what()) }
         defer { offset += n }
         return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)])
     }
 
-    public mutating func integer<T: FixedWidthInteger>(_: T.Type, reading what: String) throws(WireError) -> T {
-        T(littleEndian: try take(MemoryLayout<T>.size, reading: what).loadUnaligned(as: T.self))
+    public mutating func integer<T: FixedWidthInteger>(_: T.Type, reading what: @autoclosure () -> String) throws(WireError) -> T {
+        T(littleEndian: try take(MemoryLayout<T>.size, reading: what()).loadUnaligned(as: T.self))
     }
 
-    public mutating func float(reading what: String) throws(WireError) -> Float {
-        Float(bitPattern: try integer(UInt32.self, reading: what))
+    public mutating func float(reading what: @autoclosure () -> String) throws(WireError) -> Float {
+        Float(bitPattern: try integer(UInt32.self, reading: what()))
     }
 
-    public mutating func bool(reading what: String) throws(WireError) -> Bool {
+    public mutating func bool(reading what: @autoclosure () -> String) throws(WireError) -> Bool {
         let start = offset
-        let b = try integer(UInt8.self, reading: what)
-        guard b <= 1 else { throw .invalidValue(offset: start, reading: what, found: "\(b), expected 0 or 1") }
+        let b = try integer(UInt8.self, reading: what())
+        guard b <= 1 else { throw .invalidValue(offset: start, reading: what(), found: "\(b), expected 0 or 1") }
         return b == 1
     }
 
     /// A count, checked against the bytes left for elements of at least `elementSize` bytes.
-    public mutating func count(elementSize: Int, reading what: String) throws(WireError) -> Int {
+    public mutating func count(elementSize: Int, reading what: @autoclosure () -> String) throws(WireError) -> Int {
         let start = offset
-        let n = Int(try integer(UInt32.self, reading: "count of \(what)"))
+        let n = Int(try integer(UInt32.self, reading: "count of \(what())"))
         guard n * max(elementSize, 1) <= remaining else {
-            throw .invalidValue(offset: start, reading: "count of \(what)", found: "\(n) elements but \(remaining) bytes remain")
+            throw .invalidValue(offset: start, reading: "count of \(what())", found: "\(n) elements but \(remaining) bytes remain")
         }
         return n
     }
 
-    public mutating func integers<T: FixedWidthInteger>(_: T.Type, reading what: String) throws(WireError) -> [T] {
-        let n = try count(elementSize: MemoryLayout<T>.size, reading: what)
-        var out: [T] = []
-        out.reserveCapacity(n)
-        for _ in 0..<n { out.append(try integer(T.self, reading: what)) }
-        return out
+    public mutating func integers<T: FixedWidthInteger>(_: T.Type, reading what: @autoclosure () -> String) throws(WireError) -> [T] {
+        let n = try count(elementSize: MemoryLayout<T>.size, reading: what())
+        guard n > 0 else { return [] }
+        // The count was checked against the bytes left: copy them in one go.
+        let raw = try take(n * MemoryLayout<T>.size, reading: what())
+        return [T](unsafeUninitializedCapacity: n) { buffer, initialized in
+            for i in 0..<n { buffer[i] = T(littleEndian: raw.loadUnaligned(fromByteOffset: i * MemoryLayout<T>.size, as: T.self)) }
+            initialized = n
+        }
     }
 
-    public mutating func string(reading what: String) throws(WireError) -> String {
-        let n = try count(elementSize: 1, reading: what)
+    public mutating func string(reading what: @autoclosure () -> String) throws(WireError) -> String {
+        let n = try count(elementSize: 1, reading: what())
         let start = offset
-        guard let s = String(validating: try take(n, reading: what), as: UTF8.self) else {
-            throw .invalidValue(offset: start, reading: what, found: "bytes that are not UTF-8")
+        guard let s = String(validating: try take(n, reading: what()), as: UTF8.self) else {
+            throw .invalidValue(offset: start, reading: what(), found: "bytes that are not UTF-8")
         }
         return s
     }
