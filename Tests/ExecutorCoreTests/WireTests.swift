@@ -31,6 +31,17 @@ import Testing
         #expect(try w.bytes.withUnsafeBytes { try StepOutput(decoding: $0) } == output)
     }
 
+    @Test("decoding into a reused value equals a fresh decode, growing and shrinking")
+    func decodeIntoReused() throws {
+        var reused = StepRequest(step: 0, sequences: [])
+        let small = StepRequest(step: 1, sequences: [.init(id: 3, tokens: [9], startPosition: 4, blockTable: [2])])
+        for request in [Self.request, small, Self.request] {
+            let bytes = encoded(request)
+            try bytes.withUnsafeBytes { try reused.decode($0) }
+            #expect(reused == request)
+        }
+    }
+
     @Test("a message from another version is rejected by name")
     func versionMismatch() {
         var bytes = encoded(Self.request)

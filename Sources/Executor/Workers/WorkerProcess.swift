@@ -54,27 +54,28 @@ public enum WorkerProcess {
 
     static func serve(rank: Int, commands: SharedMemoryRing, replies: SharedMemoryRing) throws {
         var writer = WireWriter()
+        var request = StepRequest(step: 0, sequences: [])  // decoded into, step after step
         var lastStep: UInt64?
         var stop = false
         while !stop {
             // The reply is written inside `read`, so the command is acknowledged only once
             // its answer is out: the driver waits on one acknowledgement, not on N rings.
             try commands.read(reader: rank - 1) { bytes in
-                switch try WorkerCommand(decoding: bytes) {
+                switch try WorkerCommand.kind(of: bytes) {
                 case .stop:
                     stop = true
                     return
                 case .healthCheck:
                     WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
-                case let .step(request):
+                case .step:
+                    try request.decode(bytes)
                     if let lastStep, request.step != lastStep + 1 {
                         WorkerReply.failed(rank: Int32(rank), message: "expected step \(lastStep + 1), got \(request.step)")
                             .encode(into: &writer)
                     } else {
                         lastStep = request.step
                         // No model yet: one placeholder sample per sequence that asked for one.
-                        let samples = request.sequences.filter(\.sample).map { StepOutput.Sample(sequenceID: $0.id, token: 0) }
-                        StepOutput(step: request.step, samples: samples).encode(into: &writer)
+                        StepOutput.encodePlaceholder(for: request, into: &writer)
                     }
                 }
                 try writer.bytes.withUnsafeBytes { try replies.write($0) }

@@ -47,6 +47,21 @@ public struct StepOutput: Sendable, Equatable {
         }
     }
 
+    /// The output of a worker that runs no model: token 0 for every sequence that samples.
+    /// Written straight into `w`, without building the value.
+    public static func encodePlaceholder(for request: StepRequest, into w: inout WireWriter) {
+        w.reset()
+        w.header(tag: tag)
+        w.integer(request.step)
+        w.count(request.sequences.reduce(0) { $0 + ($1.sample ? 1 : 0) })
+        for s in request.sequences where s.sample {
+            w.integer(s.id)
+            w.integer(Int32(0))
+            w.float(.nan)
+            w.count(0)
+        }
+    }
+
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
         var r = WireReader(bytes)
         try r.header(tag: "COUT")

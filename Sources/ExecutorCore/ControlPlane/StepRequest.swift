@@ -82,31 +82,36 @@ extension StepRequest {
     /// Reads a request.
     /// - Throws: `WireError` naming the field, offset and what was found.
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
+        self.init(step: 0, sequences: [])
+        try decode(bytes)
+    }
+
+    /// Reads a request into this value, reusing the capacity of its arrays: a worker that
+    /// decodes every step into the same value allocates nothing once warm. On error the
+    /// value is left half-written; the caller discards it.
+    public mutating func decode(_ bytes: UnsafeRawBufferPointer) throws(WireError) {
         var r = WireReader(bytes)
         try r.header(tag: "CSTP")
         step = try r.integer(UInt64.self, reading: "step")
         virtualEngine = try r.integer(Int32.self, reading: "virtual engine")
         let n = try r.count(elementSize: 8 + 4 + 4 + 4 + 1, reading: "sequences")
-        var sequences: [Sequence] = []
-        sequences.reserveCapacity(n)
-        for _ in 0..<n {
-            let id = try r.integer(UInt64.self, reading: "sequence id")
-            let tokens = try r.integers(Int32.self, reading: "tokens")
-            let start = try r.integer(Int32.self, reading: "start position")
-            let table = try r.integers(Int32.self, reading: "block table")
-            let sample = try r.bool(reading: "sample flag")
-            let sampling = try SamplingParameters(decoding: &r)
-            sequences.append(Sequence(id: id, tokens: tokens, startPosition: start, blockTable: table, sample: sample, sampling: sampling))
+        if sequences.count > n { sequences.removeLast(sequences.count - n) }
+        for i in 0..<n {
+            if i == sequences.count { sequences.append(Sequence(id: 0, tokens: [], startPosition: 0, blockTable: [])) }
+            sequences[i].id = try r.integer(UInt64.self, reading: "sequence id")
+            try r.integers(into: &sequences[i].tokens, reading: "tokens")
+            sequences[i].startPosition = try r.integer(Int32.self, reading: "start position")
+            try r.integers(into: &sequences[i].blockTable, reading: "block table")
+            sequences[i].sample = try r.bool(reading: "sample flag")
+            try sequences[i].sampling.decode(&r)
         }
-        self.sequences = sequences
         let copies = try r.count(elementSize: 8, reading: "block copies")
-        var blockCopies: [BlockCopy] = []
+        blockCopies.removeAll(keepingCapacity: true)
         for _ in 0..<copies {
             blockCopies.append(BlockCopy(
                 source: try r.integer(Int32.self, reading: "copy source"), destination: try r.integer(Int32.self, reading: "copy destination")))
         }
-        self.blockCopies = blockCopies
-        finishedRequestIDs = try r.integers(UInt64.self, reading: "finished request ids")
+        try r.integers(into: &finishedRequestIDs, reading: "finished request ids")
         try r.finish()
     }
 }
@@ -130,26 +135,23 @@ extension SamplingParameters {
         w.integer(Int32(clamping: logprobs))
     }
 
-    init(decoding r: inout WireReader) throws(WireError) {
-        let temperature = try r.float(reading: "temperature")
-        let topK = Int(try r.integer(Int32.self, reading: "top-k"))
-        let topP = try r.float(reading: "top-p")
-        let minP = try r.float(reading: "min-p")
-        let repetition = try r.float(reading: "repetition penalty")
-        let presence = try r.float(reading: "presence penalty")
-        let frequency = try r.float(reading: "frequency penalty")
+    mutating func decode(_ r: inout WireReader) throws(WireError) {
+        temperature = try r.float(reading: "temperature")
+        topK = Int(try r.integer(Int32.self, reading: "top-k"))
+        topP = try r.float(reading: "top-p")
+        minP = try r.float(reading: "min-p")
+        repetitionPenalty = try r.float(reading: "repetition penalty")
+        presencePenalty = try r.float(reading: "presence penalty")
+        frequencyPenalty = try r.float(reading: "frequency penalty")
         let hasSeed = try r.bool(reading: "seed flag")
         let seed = try r.integer(UInt64.self, reading: "seed")
-        let stopTokenIDs = try r.integers(Int32.self, reading: "stop token ids")
+        self.seed = hasSeed ? seed : nil
+        try r.integers(into: &stopTokenIDs, reading: "stop token ids")
         let stopCount = try r.count(elementSize: 4, reading: "stop strings")
-        var stopStrings: [String] = []
+        stopStrings.removeAll(keepingCapacity: true)
         for _ in 0..<stopCount { stopStrings.append(try r.string(reading: "stop string")) }
-        let ignore = try r.bool(reading: "ignore end of generation")
-        let maxTokens = Int(try r.integer(Int32.self, reading: "max tokens"))
-        let logprobs = Int(try r.integer(Int32.self, reading: "logprobs"))
-        self.init(
-            temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetition,
-            presencePenalty: presence, frequencyPenalty: frequency, seed: hasSeed ? seed : nil, stopTokenIDs: stopTokenIDs,
-            stopStrings: stopStrings, ignoreEndOfGeneration: ignore, maxTokens: maxTokens, logprobs: logprobs)
+        ignoreEndOfGeneration = try r.bool(reading: "ignore end of generation")
+        maxTokens = Int(try r.integer(Int32.self, reading: "max tokens"))
+        logprobs = Int(try r.integer(Int32.self, reading: "logprobs"))
     }
 }

@@ -65,7 +65,11 @@ public struct WireWriter: Sendable {
 
     public mutating func integers<T: FixedWidthInteger>(_ values: [T]) {
         count(values.count)
+        #if _endian(little)
+        values.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        #else
         for v in values { integer(v) }
+        #endif
     }
 
     public mutating func string(_ s: String) {
@@ -120,6 +124,15 @@ public struct WireReader {
             throw .invalidValue(offset: start, reading: "count of \(what())", found: "\(n) elements but \(remaining) bytes remain")
         }
         return n
+    }
+
+    /// Reads an integer array into `array`, reusing its capacity.
+    public mutating func integers<T: FixedWidthInteger>(into array: inout [T], reading what: @autoclosure () -> String) throws(WireError) {
+        let n = try count(elementSize: MemoryLayout<T>.size, reading: what())
+        let raw = try take(n * MemoryLayout<T>.size, reading: what())
+        array.removeAll(keepingCapacity: true)
+        array.reserveCapacity(n)
+        for i in 0..<n { array.append(T(littleEndian: raw.loadUnaligned(fromByteOffset: i * MemoryLayout<T>.size, as: T.self))) }
     }
 
     public mutating func integers<T: FixedWidthInteger>(_: T.Type, reading what: @autoclosure () -> String) throws(WireError) -> [T] {

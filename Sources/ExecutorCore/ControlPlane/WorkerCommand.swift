@@ -22,18 +22,27 @@ public enum WorkerCommand: Sendable, Equatable {
     }
 
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
-        guard bytes.count >= 4 else { throw .truncated(offset: 0, needed: 4, size: bytes.count, reading: "message tag") }
-        if bytes.prefix(4).elementsEqual("CSTP".utf8) {
-            self = .step(try StepRequest(decoding: bytes))
-            return
+        switch try Self.kind(of: bytes) {
+        case .step: self = .step(try StepRequest(decoding: bytes))
+        case .healthCheck: self = .healthCheck
+        case .stop: self = .stop
         }
+    }
+
+    /// Which command a message holds, without decoding a step (workers decode steps into
+    /// a reused `StepRequest`).
+    public enum Kind: Sendable { case step, healthCheck, stop }
+
+    public static func kind(of bytes: UnsafeRawBufferPointer) throws(WireError) -> Kind {
+        guard bytes.count >= 4 else { throw .truncated(offset: 0, needed: 4, size: bytes.count, reading: "message tag") }
+        if bytes.prefix(4).elementsEqual("CSTP".utf8) { return .step }
         var r = WireReader(bytes)
         try r.header(tag: "CCTL")
         let kind = try r.integer(UInt8.self, reading: "command kind")
         try r.finish()
         switch kind {
-        case 1: self = .healthCheck
-        case 2: self = .stop
+        case 1: return .healthCheck
+        case 2: return .stop
         default: throw .invalidValue(offset: 6, reading: "command kind", found: "\(kind), expected 1 or 2")
         }
     }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Cohort's control plane next to Python multiprocessing pipes (and Ray actor calls and
+# compiled graphs when `ray` is installed: `pip install ray`) for the same pattern: per
+# step, one request of PAYLOAD bytes to N worker processes and N small replies gathered.
+# Usage: WORKERS="2 4" PAYLOAD=4400 STEPS=5000 scripts/bench-control-plane.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workers="${WORKERS:-2 4}"
+payload="${PAYLOAD:-4400}"
+steps="${STEPS:-5000}"
+swift build -c release --product cohort >&2
+
+printf "%-8s %-20s %10s %10s %10s %14s\n" workers transport median_us p90_us p99_us "cohort faster"
+for w in $workers; do
+    c=$(.build/release/cohort bench control-plane --workers "$w" --payload-bytes "$payload" --steps "$steps" --output json | tail -n 1)
+    python3 - "$c" <<'PY'
+import json, sys
+c = json.loads(sys.argv[1])
+print(f"{c['workers']:<8} {'cohort':<20} {c['median_us']:10.1f} {c['p90_us']:10.1f} {c['p99_us']:10.1f}")
+PY
+    python3 scripts/bench_control_plane_python.py --workers "$w" --payload-bytes "$payload" --steps "$steps" | while read -r line; do
+        python3 - "$w" "$c" "$line" <<'PY'
+import json, sys
+w, c, o = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+if "error" in o:
+    print(f"{w:<8} {o['transport']:<20} unavailable: {o['error']}")
+else:
+    print(f"{w:<8} {o['transport']:<20} {o['median_us']:10.1f} {o['p90_us']:10.1f} {o['p99_us']:10.1f} {o['median_us'] / c['median_us']:13.1f}x")
+PY
+    done
+done
