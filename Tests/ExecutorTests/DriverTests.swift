@@ -52,8 +52,19 @@ final class RecordingWorker: Worker {
         cache.withLock { $0 = (blocksPerVirtualEngine, virtualEngines) }
     }
 
+    /// When set, this worker's step for that virtual engine waits (up to 5 s) until the
+    /// event has been recorded.
+    let waitFor = Mutex<(virtualEngine: Int32, event: String)?>(nil)
+
     func execute(_ step: StepRequest) async throws -> StepOutput? {
         record("start \(rank) ve\(step.virtualEngine)")
+        if let (engine, event) = waitFor.withLock({ $0 }), step.virtualEngine == engine {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !shared.events.withLock({ $0.contains(event) }) {
+                guard ContinuousClock.now < deadline else { throw ExecutorError("\(event) never happened while this step ran") }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+        }
         if stepDuration > .zero { try await Task.sleep(for: stepDuration) }
         record("end \(rank) ve\(step.virtualEngine)")
         let last = context.withLock { $0!.isLastStage }
@@ -107,21 +118,18 @@ final class RecordingWorker: Worker {
     func pipelining() async throws {
         let shared = RecordingWorker.Shared()
         let layout = try ParallelLayout(tensorParallel: 1, pipelineParallel: 2)
-        let workers = (0..<2).map { _ in RecordingWorker(shared: shared, stepDuration: .milliseconds(60)) }
+        let workers = (0..<2).map { _ in RecordingWorker(shared: shared, stepDuration: .milliseconds(20)) }
         let driver = Driver(layout: layout, workers: workers)
         try await driver.start(contexts: contexts(layout))
-        shared.events.withLock { $0.removeAll() }
-        let start = ContinuousClock.now
-        async let a = driver.execute(StepRequest(step: 1, virtualEngine: 0, sequences: []), virtualEngine: 0)
-        async let b = driver.execute(StepRequest(step: 1, virtualEngine: 1, sequences: []), virtualEngine: 1)
-        _ = try await (a, b)
-        let elapsed = ContinuousClock.now - start
-        let events = shared.events.withLock { $0 }
-        // Some stage-1 work of one engine ran while stage 0 ran the other's.
-        let overlap = zip(events, events.dropFirst()).contains { $0.hasPrefix("start") && $1.hasPrefix("start") }
-        #expect(overlap, "\(events)")
-        // Serial would be 4 × 60 ms; pipelined is about 3 × 60 ms.
-        #expect(elapsed < .milliseconds(230), "\(elapsed)")
+        // Engine 0's stage-1 step and engine 1's stage-0 step each wait until the other has
+        // started: only a driver that overlaps them completes; a serial one times out.
+        workers[0].waitFor.withLock { $0 = (1, "start 1 ve0") }
+        workers[1].waitFor.withLock { $0 = (0, "start 0 ve1") }
+        let first = Task { try await driver.execute(StepRequest(step: 1, virtualEngine: 0, sequences: []), virtualEngine: 0) }
+        while !shared.events.withLock({ $0.contains("end 0 ve0") }) { try await Task.sleep(for: .milliseconds(1)) }
+        let second = try await driver.execute(StepRequest(step: 1, virtualEngine: 1, sequences: []), virtualEngine: 1)
+        _ = try await first.value
+        #expect(second.samples.first?.token == 1)
         await driver.shutdown()
     }
 
