@@ -2,7 +2,7 @@ import ArgumentParser
 import Executor
 import ExecutorCore
 
-struct BenchGenerate: ParsableCommand {
+struct BenchGenerate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
         abstract: "Prefill and decode speed at batch 1; the last line is JSON with medians over the repeats.")
@@ -38,8 +38,8 @@ struct BenchGenerate: ParsableCommand {
         let decode_tokens_per_s: Double
     }
 
-    func run() throws {
-        let executor = try modelArguments.load()
+    func run() async throws {
+        let executor = try await modelArguments.load()
         // A fixed, ordinary-text prompt of exactly `promptLength` tokens.
         let seedText = "The quick brown fox jumps over the lazy dog while the committee debates the budget for 2025. "
         var prompt = try executor.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 2)))
@@ -48,7 +48,7 @@ struct BenchGenerate: ParsableCommand {
         var prefill: [Double] = [], decode: [Double] = []
         for run in 0...`repeat` {
             let result: GenerationResult
-            do { result = try executor.generate(promptTokens: prompt, parameters: parameters) } catch {
+            do { result = try await executor.generate(promptTokens: prompt, parameters: parameters) } catch {
                 throw CLIError(error.description)
             }
             if run == 0 { continue }  // warm-up
@@ -64,6 +64,7 @@ struct BenchGenerate: ParsableCommand {
             prompt_length: prompt.count, max_tokens: maxTokens, repeats: `repeat`,
             prefill_tokens_per_s: median(prefill), decode_tokens_per_s: median(decode))
         Output.standardOutput(try JSONOutput.line(report) + "\n")
+        await executor.shutdown()
     }
 
     func median(_ values: [Double]) -> Double {

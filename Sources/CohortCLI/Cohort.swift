@@ -1,7 +1,7 @@
 import ArgumentParser
 
 @main
-struct Cohort: ParsableCommand {
+struct Cohort: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cohort",
         abstract: "A distributed executor for LLM inference.",
@@ -9,7 +9,7 @@ struct Cohort: ParsableCommand {
     )
 }
 
-struct Bench: ParsableCommand {
+struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print their figures as JSON.",
         subcommands: [BenchGenerate.self, BenchControlPlane.self]

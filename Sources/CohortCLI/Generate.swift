@@ -3,7 +3,7 @@ import Executor
 import ExecutorCore
 import Foundation
 
-struct Generate: ParsableCommand {
+struct Generate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate a completion for one prompt.")
 
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable { case text, json }
@@ -53,9 +53,8 @@ struct Generate: ParsableCommand {
         return ids
     }
 
-    func run() throws {
+    func run() async throws {
         let parameters = try sampling.parameters()
-        let executor = try modelArguments.load()
         let promptValue: Prompt
         if let promptTokens {
             promptValue = .tokens(try Self.parseTokenList(promptTokens))
@@ -64,20 +63,24 @@ struct Generate: ParsableCommand {
         } else {
             promptValue = .chat(user: prompt!, system: system)
         }
+        let executor = try await modelArguments.load()
+        let result: GenerationResult
         do {
             let tokens = try executor.tokens(for: promptValue)
             let streaming = output == .text
-            let result = try executor.generate(promptTokens: tokens, parameters: parameters) { piece in
+            result = try await executor.generate(promptTokens: tokens, parameters: parameters) { piece in
                 if streaming { Output.standardOutput(piece) }
             }
-            switch output {
-            case .text:
-                Output.standardOutput("\n")
-            case .json:
-                Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n")
-            }
-        } catch let error as GenerationError {
+        } catch {
+            await executor.shutdown()
             throw CLIError(error.description)
+        }
+        await executor.shutdown()
+        switch output {
+        case .text:
+            Output.standardOutput("\n")
+        case .json:
+            Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n")
         }
     }
 }

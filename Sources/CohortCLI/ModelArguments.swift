@@ -37,11 +37,11 @@ struct ModelArguments: ParsableArguments {
     var options: ExecutorOptions { ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB) }
 
     /// Loads the model, drawing a progress bar on stderr when it is a terminal.
-    func load() throws -> LocalExecutor {
+    func load() async throws -> LocalExecutor {
         let bar = ProgressBar(title: "Loading model")
         defer { bar.finish() }
         do {
-            return try LocalExecutor(modelPath: path, options: options) { bar.update($0) }
+            return try await LocalExecutor(modelPath: path, options: options) { bar.update($0) }
         } catch {
             throw CLIError("\(error)")
         }
@@ -55,7 +55,8 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 /// A one-line progress bar on stderr, drawn only when stderr is a terminal.
-final class ProgressBar {
+final class ProgressBar: @unchecked Sendable {
+    // @unchecked: updated only by the one load in progress, which the command awaits.
     let title: String
     let enabled = isatty(2) != 0
     private var lastPercent = -1

@@ -1,31 +1,42 @@
 public import ExecutorCore
 public import ModelRunner
-import Kernels
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Runs requests on one in-process worker that owns the whole model (TP = PP = 1).
+/// Runs requests through the executor on one in-process worker that owns the whole model
+/// (TP = PP = 1): `Driver` → `ModelWorker`, one `StepRequest` per step.
 ///
-/// It turns prompts into tokens, prefills them in chunks of at most `maxBatchTokens`,
-/// then decodes one token per step, sampling with the request's parameters and stopping
-/// on end-of-generation tokens, stop tokens, stop strings, `maxTokens` or a full context.
+/// It turns prompts into tokens, keeps each request's KV block table, prefills prompts in
+/// chunks of at most `maxBatchTokens`, then decodes one token per step (the worker samples
+/// with the request's parameters), and stops on end-of-generation tokens, stop tokens,
+/// stop strings, `maxTokens` or a full context.
 public final class LocalExecutor {
     public let loaded: LoadedModel
     public let loadSeconds: Double
-    private var batch = ForwardBatch()
+    public let driver: Driver
     private var allocator: BlockAllocator
-    private let logits: UnsafeMutablePointer<Float>
+    private var nextSequenceID: UInt64 = 1
+    private var nextStep: UInt64 = 0
+    /// Requests that ended since the last step: the next step tells the worker.
+    private var finished: [UInt64] = []
 
-    public init(modelPath: String, options: ExecutorOptions, progress: (Double) -> Void = { _ in }) throws(GGUFError) {
+    /// Loads the model into a worker and starts the driver.
+    public init(modelPath: String, options: ExecutorOptions, progress: @escaping @Sendable (Double) -> Void = { _ in }) async throws {
         let start = MonotonicClock.now()
-        loaded = try LoadedModel(path: modelPath, options: options.modelOptions, progress: progress)
+        let worker = ModelWorker(modelPath: modelPath, options: options.modelOptions, progress: progress)
+        driver = Driver(layout: .single, workers: [worker], maxParallelLoadingWorkers: 1, virtualEngines: 1)
+        try await driver.start(contexts: [
+            WorkerContext(rank: 0, localRank: 0, worldSize: 1, layout: .single, rendezvous: "in-process", environment: [:]),
+        ])
+        loaded = worker.loaded!
         loadSeconds = MonotonicClock.now() - start
-        allocator = BlockAllocator(blockCount: loaded.model.cache.blockCount, blockSize: loaded.model.cache.blockSize)
-        logits = .allocate(capacity: loaded.configuration.vocabularySize * loaded.model.maxBatchTokens)
+        let cache = loaded.model.cache
+        allocator = BlockAllocator(blockCount: await driver.blocksPerVirtualEngine, blockSize: cache.blockSize)
     }
 
-    deinit { logits.deallocate() }
+    /// Stops the worker. Idempotent.
+    public func shutdown() async { await driver.shutdown() }
 
     public var tokenizer: Tokenizer { loaded.tokenizer }
 
@@ -59,7 +70,7 @@ public final class LocalExecutor {
     /// is final (never inside a UTF-8 character or a possible stop string).
     public func generate(
         promptTokens: [Int32], parameters: SamplingParameters, onText: (String) -> Void = { _ in }
-    ) throws(GenerationError) -> GenerationResult {
+    ) async throws(GenerationError) -> GenerationResult {
         do { try parameters.validate() } catch { throw GenerationError(error.description) }
         let model = loaded.model
         let vocabulary = loaded.configuration.vocabularySize
@@ -73,20 +84,24 @@ public final class LocalExecutor {
                     + "(context \(loaded.configuration.contextLength), KV cache \(model.cache.capacityTokens) tokens)")
         }
 
+        let id = nextSequenceID
+        nextSequenceID += 1
         var table: [Int32] = []
-        defer { allocator.release(&table) }
-        var history = PenaltyHistory(prompt: promptTokens)
-        var sampler = Sampler(vocabularySize: vocabulary)
-        var random = RandomStream(seed: parameters.seed ?? UInt64.random(in: 0...UInt64.max))
+        defer {
+            allocator.release(&table)
+            finished.append(id)
+        }
         let stopIDs = Set(parameters.stopTokenIDs).union(parameters.ignoreEndOfGeneration ? [] : tokenizer.endOfGenerationIDs)
         var text = TextAccumulator(stopStrings: parameters.stopStrings, tokenizer: tokenizer)
 
-        // Prefill.
+        // Prefill; the last chunk samples the first token.
         let prefillStart = MonotonicClock.now()
         var position = 0
+        var sample: StepOutput.Sample?
         while position < promptTokens.count {
             let end = min(promptTokens.count, position + model.maxBatchTokens)
-            try forward(promptTokens[position..<end], at: position, table: &table, wantLogits: end == promptTokens.count)
+            sample = try await step(id, Array(promptTokens[position..<end]), at: position, table: &table,
+                                    sample: end == promptTokens.count, parameters: parameters)
             position = end
         }
         let prefillSeconds = MonotonicClock.now() - prefillStart
@@ -96,11 +111,9 @@ public final class LocalExecutor {
         var finish = FinishReason.length
         let decodeStart = MonotonicClock.now()
         var decodeSteps = 0
-        while true {
-            let sampled = sampler.sample(logits: logits, parameters: parameters, history: history, random: &random)
+        while let sampled = sample {
             generated.append(sampled.token)
             if parameters.logprobs > 0 { logprobs.append(sampled.top) }
-            history.record(sampled.token)
             if stopIDs.contains(sampled.token) {
                 finish = .stop
                 break
@@ -110,7 +123,7 @@ public final class LocalExecutor {
                 break
             }
             if generated.count >= parameters.maxTokens || position + 1 >= model.maxContext { break }
-            try forward(CollectionOfOne(sampled.token), at: position, table: &table, wantLogits: true)
+            sample = try await step(id, [sampled.token], at: position, table: &table, sample: true, parameters: parameters)
             position += 1
             decodeSteps += 1
         }
@@ -123,17 +136,28 @@ public final class LocalExecutor {
                 prefillTokens: promptTokens.count, decodeTokens: decodeSteps))
     }
 
-    private func forward(
-        _ chunk: some Collection<Int32>, at position: Int, table: inout [Int32], wantLogits: Bool
-    ) throws(GenerationError) {
-        guard allocator.reserve(&table, tokens: position + chunk.count) else {
+    /// One step for one sequence: reserves its KV blocks, runs the step through the driver,
+    /// returns the sampled token (nil when not sampling).
+    private func step(
+        _ id: UInt64, _ tokens: [Int32], at position: Int, table: inout [Int32], sample: Bool, parameters: SamplingParameters
+    ) async throws(GenerationError) -> StepOutput.Sample? {
+        guard allocator.reserve(&table, tokens: position + tokens.count) else {
             throw GenerationError(
-                "the KV cache is full: \(position + chunk.count) tokens need \(allocator.blocks(forTokens: position + chunk.count)) blocks, "
+                "the KV cache is full: \(position + tokens.count) tokens need \(allocator.blocks(forTokens: position + tokens.count)) blocks, "
                     + "\(allocator.blockCount) exist; raise --kv-cache-mb")
         }
-        batch.removeAll()
-        batch.append(chunk, startPosition: position, blockTable: table, wantLogits: wantLogits)
-        loaded.model.forward(batch, logits: logits)
+        let request = StepRequest(
+            step: nextStep,
+            sequences: [.init(id: id, tokens: tokens, startPosition: Int32(position), blockTable: table, sample: sample, sampling: parameters)],
+            finishedRequestIDs: finished)
+        nextStep += 1
+        finished.removeAll()
+        do {
+            let output = try await driver.execute(request)
+            return sample ? output.samples.first : nil
+        } catch {
+            throw GenerationError("\(error)")
+        }
     }
 }
 

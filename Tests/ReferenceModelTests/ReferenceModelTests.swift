@@ -55,21 +55,22 @@ struct ReferenceModelTests {
         }
     }
 
-    func run(_ executor: LocalExecutor, _ prompt: [Int32], steps: Int) throws -> [Int32] {
-        try executor.generate(
+    func run(_ executor: LocalExecutor, _ prompt: [Int32], steps: Int) async throws -> [Int32] {
+        try await executor.generate(
             promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: steps)
         ).tokens
     }
 
     @Test("--precise greedy continuations equal the float64 reference")
-    func preciseMatchesFloatReference() throws {
+    func preciseMatchesFloatReference() async throws {
         try requireModel()
-        let executor = try LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2, precise: true))
+        let executor = try await LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2, precise: true))
         let cases = try greedyCases("float_reference.json")
         #expect(cases.count >= 4)
         for c in cases {
-            #expect(try run(executor, c.promptTokens, steps: c.tokens.count) == c.tokens)
+            #expect(try await run(executor, c.promptTokens, steps: c.tokens.count) == c.tokens)
         }
+        await executor.shutdown()
     }
 
     @Test("--precise logits equal the float64 reference within 1e-3")
@@ -100,28 +101,30 @@ struct ReferenceModelTests {
     }
 
     @Test("the default mode agrees with llama.cpp up to its first step with a top-two margin below 1.0")
-    func fastAgreesWithLlamaCpp() throws {
+    func fastAgreesWithLlamaCpp() async throws {
         try requireModel()
-        let executor = try LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
+        let executor = try await LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
         let cases = try greedyCases("llamacpp.json")
         #expect(cases.count >= 4)
         var comparedSteps = 0
         for c in cases {
             let firstLowMargin = c.margins.firstIndex { $0 < 1.0 } ?? c.margins.count
-            let got = try run(executor, c.promptTokens, steps: c.tokens.count)
+            let got = try await run(executor, c.promptTokens, steps: c.tokens.count)
             #expect(Array(got.prefix(firstLowMargin)) == Array(c.tokens.prefix(firstLowMargin)))
             comparedSteps += firstLowMargin
         }
         // The fixtures must leave something to compare (the counting prompt alone gives ~10 steps).
         #expect(comparedSteps >= 8)
+        await executor.shutdown()
     }
 
     @Test("the chat prompt renders and tokenizes like llama.cpp's run of the same text")
-    func chatPromptTokens() throws {
+    func chatPromptTokens() async throws {
         try requireModel()
-        let executor = try LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 1))
+        let executor = try await LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 1))
         let cases = try greedyCases("llamacpp.json")
         // The first greedy fixture is SmolLM2's chat rendering of this question.
         #expect(try executor.tokens(for: .chat(user: "What is the capital of France?", system: nil)) == cases[0].promptTokens)
+        await executor.shutdown()
     }
 }

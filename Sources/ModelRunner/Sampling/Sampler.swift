@@ -11,6 +11,9 @@ public struct PenaltyHistory: Sendable {
     public init(prompt: some Sequence<Int32>) { promptTokens = Set(prompt) }
 
     public mutating func record(_ token: Int32) { outputCounts[token, default: 0] += 1 }
+
+    /// Adds prompt tokens (a prompt may arrive in several chunks).
+    public mutating func addPrompt(_ tokens: some Sequence<Int32>) { promptTokens.formUnion(tokens) }
 }
 
 /// The chosen token and, when asked for, the distribution it came from.

@@ -1,0 +1,146 @@
+public import ExecutorCore
+public import ModelRunner
+import Kernels
+import Synchronization
+
+/// A worker that runs the whole model in this process (TP = PP = 1): the forward pass over
+/// its paged KV cache and sampling for every sequence that asks for a token.
+///
+/// It keeps, per sequence id, what sampling needs across steps (penalty history and the
+/// request's random stream) and drops it when the id comes back in `finishedRequestIDs`.
+/// Steps arrive one at a time (the driver serialises them per stage), so the state is
+/// owned by whichever step runs.
+public final class ModelWorker: Worker, @unchecked Sendable {
+    // @unchecked: `state` is a Mutex; the model itself is only touched inside `execute`,
+    // which the driver never runs twice at once on one worker.
+
+    public let modelPath: String
+    public let options: ModelOptions
+    private let progress: @Sendable (Double) -> Void
+    private let state = Mutex<State?>(nil)
+
+    struct SequenceState {
+        var history: PenaltyHistory
+        var random: RandomStream
+        var sampled = false
+    }
+
+    /// @unchecked: reached only through the worker's mutex.
+    final class State: @unchecked Sendable {
+        let loaded: LoadedModel
+        var sampler: Sampler
+        var batch = ForwardBatch()
+        var sequences: [UInt64: SequenceState] = [:]
+        let logits: UnsafeMutablePointer<Float>
+
+        init(loaded: LoadedModel) {
+            self.loaded = loaded
+            sampler = Sampler(vocabularySize: loaded.configuration.vocabularySize)
+            logits = .allocate(capacity: loaded.configuration.vocabularySize * loaded.model.maxBatchTokens)
+        }
+
+        deinit { logits.deallocate() }
+    }
+
+    public init(modelPath: String, options: ModelOptions, progress: @escaping @Sendable (Double) -> Void = { _ in }) {
+        self.modelPath = modelPath
+        self.options = options
+        self.progress = progress
+    }
+
+    /// The loaded model (after `loadModel`).
+    public var loaded: LoadedModel? { state.withLock { $0?.loaded } }
+
+    // MARK: - Worker
+
+    public func initialize(_ context: WorkerContext) async throws {
+        guard context.worldSize == 1 else {
+            throw ExecutorError("a ModelWorker runs the whole model: expected a world of 1, found \(context.worldSize) (\(context.layout))")
+        }
+    }
+
+    public func initializeDevice() async throws {}
+
+    public func loadModel() async throws {
+        let loaded = try LoadedModel(path: modelPath, options: options, progress: progress)
+        state.withLock { $0 = State(loaded: loaded) }
+    }
+
+    public func availableKVBlocks() async throws -> Int {
+        try withState { $0.loaded.model.cache.blockCount }
+    }
+
+    public func initializeCache(blocksPerVirtualEngine: Int, virtualEngines: Int) async throws {
+        // The cache was allocated from the memory budget at load; one virtual engine uses it whole.
+        let available = try await availableKVBlocks()
+        guard virtualEngines == 1, blocksPerVirtualEngine <= available else {
+            throw ExecutorError("expected 1 virtual engine with at most \(available) blocks, found \(virtualEngines) × \(blocksPerVirtualEngine)")
+        }
+    }
+
+    public func execute(_ step: StepRequest) async throws -> StepOutput? {
+        try withState { s in try Self.run(step, on: s) }
+    }
+
+    public func checkHealth() async throws {
+        _ = try withState { _ in () }
+    }
+
+    public func shutdown() async {
+        state.withLock { $0 = nil }
+    }
+
+    private func withState<T>(_ body: (State) throws -> T) throws -> T {
+        try state.withLock { s in
+            guard let s else { throw ExecutorError("the worker has no model loaded (loadModel not run, or shut down)") }
+            return try body(s)
+        }
+    }
+
+    // MARK: - Steps
+
+    static func run(_ step: StepRequest, on s: State) throws -> StepOutput {
+        for id in step.finishedRequestIDs { s.sequences[id] = nil }
+        let model = s.loaded.model
+        let vocabulary = s.loaded.configuration.vocabularySize
+        s.batch.removeAll()
+        for sequence in step.sequences {
+            let end = Int(sequence.startPosition) + sequence.tokens.count
+            guard end <= model.maxContext, sequence.blockTable.count * model.cache.blockSize >= end else {
+                throw ExecutorError("sequence \(sequence.id): positions up to \(end) need \(end) cached tokens, "
+                    + "the block table covers \(sequence.blockTable.count * model.cache.blockSize) and the context \(model.maxContext)")
+            }
+            for t in sequence.tokens where t < 0 || Int(t) >= vocabulary {
+                throw ExecutorError("sequence \(sequence.id): token \(t) is outside the vocabulary 0..<\(vocabulary)")
+            }
+            for b in sequence.blockTable where b < 0 || Int(b) >= model.cache.blockCount {
+                throw ExecutorError("sequence \(sequence.id): KV block \(b) is outside 0..<\(model.cache.blockCount)")
+            }
+            if s.sequences[sequence.id] == nil {
+                s.sequences[sequence.id] = SequenceState(
+                    history: PenaltyHistory(prompt: []), random: RandomStream(seed: sequence.sampling.seed ?? .random(in: 0...UInt64.max)))
+            }
+            // Tokens before the first sample are the prompt; later ones were sampled here.
+            if !s.sequences[sequence.id]!.sampled { s.sequences[sequence.id]!.history.addPrompt(sequence.tokens) }
+            s.batch.append(sequence.tokens, startPosition: Int(sequence.startPosition), blockTable: sequence.blockTable,
+                           wantLogits: sequence.sample)
+        }
+        guard s.batch.tokens.count <= model.maxBatchTokens else {
+            throw ExecutorError("step \(step.step) has \(s.batch.tokens.count) tokens; this worker runs at most \(model.maxBatchTokens) per step")
+        }
+        if !s.batch.tokens.isEmpty { model.forward(s.batch, logits: s.logits) }
+        var samples: [StepOutput.Sample] = []
+        var row = 0
+        for sequence in step.sequences where sequence.sample {
+            var state = s.sequences[sequence.id]!
+            let sampled = s.sampler.sample(
+                logits: s.logits + row * vocabulary, parameters: sequence.sampling, history: state.history, random: &state.random)
+            state.history.record(sampled.token)
+            state.sampled = true
+            s.sequences[sequence.id] = state
+            samples.append(.init(sequenceID: sequence.id, token: sampled.token, logprob: sampled.logprob, top: sampled.top))
+            row += 1
+        }
+        return StepOutput(step: step.step, samples: samples)
+    }
+}
