@@ -4,9 +4,10 @@ import Glibc
 import ExecutorCore
 import Synchronization
 
-/// A worker process this driver started: its rank and pid, and how it ended.
+/// A worker process this driver started: its launch index and pid, and how it ended.
 public final class ChildProcess: Sendable {
-    public let rank: Int
+    /// Position in the launch (ranks are assigned by the executor).
+    public let index: Int
     public let pid: Int32
     /// How it ended, once reaped (waitpid may reap only once).
     private let exit = Mutex<Termination?>(nil)
@@ -37,8 +38,8 @@ public final class ChildProcess: Sendable {
         }
     }
 
-    public init(rank: Int, pid: Int32) {
-        self.rank = rank
+    public init(index: Int, pid: Int32) {
+        self.index = index
         self.pid = pid
     }
 

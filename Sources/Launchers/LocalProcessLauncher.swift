@@ -2,6 +2,7 @@
 import Glibc
 #endif
 internal import CSystem
+public import ExecutorCore
 import Synchronization
 
 /// Starts workers as child processes on this machine (`cohort worker …`).
@@ -9,7 +10,7 @@ import Synchronization
 /// Every child inherits the read end of one lifeline pipe as fd 3; the driver keeps the
 /// only write end. When the driver dies, even by SIGKILL, the kernel closes it and every
 /// worker sees end-of-file and exits at once. Workers also ask for SIGKILL on parent death.
-public final class LocalProcessLauncher: Sendable {
+public final class LocalProcessLauncher: Launcher {
     /// The executable that runs `worker` (default: this process's own binary).
     public let executable: String
     /// The driver's end of the lifeline, while open.
@@ -28,21 +29,37 @@ public final class LocalProcessLauncher: Sendable {
         return n > 0 ? String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
     }
 
-    /// Starts one process per entry of `arguments` (the arguments after the executable),
-    /// with `environment` added to this process's own.
-    /// - Throws: `LaunchError` naming the rank and the system error; processes already
+    /// Starts `workers` processes of `executable` on this machine.
+    /// - Throws: `LaunchError` naming the worker and the system error; processes already
     ///   started are killed first.
-    public func launch(ranks: [Int], arguments: (Int) -> [String], environment: (Int) -> [String: String]) throws(LaunchError) -> [ChildProcess] {
+    public func launch(
+        workers: Int, arguments: (Int) -> [String], environment: (Int) -> [String: String]
+    ) throws(LaunchError) -> [LaunchedProcess] {
+        let machine = Self.hostName()
+        return try launchChildren(indices: Array(0..<workers), arguments: arguments, environment: environment).map {
+            LaunchedProcess(
+                worker: Placement.LaunchedWorker(machineID: machine, address: "127.0.0.1", processID: $0.pid, deviceIDs: []),
+                handle: $0)
+        }
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, buffer.count - 1)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    func launchChildren(indices: [Int], arguments: (Int) -> [String], environment: (Int) -> [String: String]) throws(LaunchError) -> [ChildProcess] {
         var fds: [Int32] = [-1, -1]
         guard cohort_pipe_cloexec(&fds) == 0 else { throw LaunchError("cannot create the lifeline pipe: \(String(cString: strerror(errno)))") }
         lifelineWriteEnd.withLock { $0 = fds[1] }
         defer { Glibc.close(fds[0]) }
         var started: [ChildProcess] = []
-        for rank in ranks {
+        for index in indices {
             do throws(LaunchError) {
-                started.append(try spawn(rank: rank, arguments: arguments(rank), environment: environment(rank), lifeline: fds[0]))
+                started.append(try spawn(index: index, arguments: arguments(index), environment: environment(index), lifeline: fds[0]))
             } catch {
-                for child in started { child.kill() }
+                for child in started { child.kill(timeout: 5) }
                 releaseLifeline()
                 throw error
             }
@@ -50,7 +67,7 @@ public final class LocalProcessLauncher: Sendable {
         return started
     }
 
-    private func spawn(rank: Int, arguments: [String], environment: [String: String], lifeline: Int32) throws(LaunchError) -> ChildProcess {
+    private func spawn(index: Int, arguments: [String], environment: [String: String], lifeline: Int32) throws(LaunchError) -> ChildProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -72,8 +89,8 @@ public final class LocalProcessLauncher: Sendable {
         }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        guard rc == 0 else { throw LaunchError("cannot start rank \(rank) (\(executable)): \(String(cString: strerror(rc)))") }
-        return ChildProcess(rank: rank, pid: pid)
+        guard rc == 0 else { throw LaunchError("cannot start worker \(index) (\(executable)): \(String(cString: strerror(rc)))") }
+        return ChildProcess(index: index, pid: pid)
     }
 
     /// Closes the lifeline's write end: every worker that is still running exits.

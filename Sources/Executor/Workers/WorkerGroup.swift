@@ -41,10 +41,11 @@ public final class WorkerGroup: @unchecked Sendable {
 
     public let workerCount: Int
     public let configuration: Configuration
-    public let processes: [ChildProcess]
+    /// The worker processes, by launch index (worker `i` has rank `i + 1`).
+    public let processes: [any WorkerProcessHandle]
     /// Names the shared-memory rings had (removed once every worker attached).
     public var ringNames: [String] { [broadcast.name] + replies.map(\.name) }
-    private let launcher: LocalProcessLauncher
+    private let launcher: any Launcher
     private let broadcast: SharedMemoryRing
     private let replies: [SharedMemoryRing]
     private var writer = WireWriter()
@@ -55,7 +56,7 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Starts `workers` worker processes and waits until each has attached and answered a
     /// health check.
-    public init(workers: Int, configuration: Configuration = Configuration()) throws {
+    public init(workers: Int, configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil) throws {
         precondition(workers >= 1, "a worker group needs at least one worker, got \(workers)")
         self.workerCount = workers
         self.configuration = configuration
@@ -70,17 +71,20 @@ public final class WorkerGroup: @unchecked Sendable {
         }
         self.replies = replies
         for ring in [broadcast] + replies { ring.checkInterval = configuration.checkInterval }
-        launcher = LocalProcessLauncher(executable: configuration.executable)
+        let launcher = launcher ?? LocalProcessLauncher(executable: configuration.executable)
+        self.launcher = launcher
         let parent = getpid()
         let broadcastName = broadcast.name
+        let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         do {
             processes = try launcher.launch(
-                ranks: Array(1...workers),
-                arguments: { rank in
-                    ["worker", "--rank", "\(rank)", "--broadcast", broadcastName, "--reply", replies[rank - 1].name,
+                workers: workers,
+                arguments: { index in
+                    ["worker", "--rank", "\(index + 1)", "--broadcast", broadcastName, "--reply", replies[index].name,
                      "--lifeline-fd", "\(LocalProcessLauncher.lifelineDescriptor)", "--parent-pid", "\(parent)"]
                 },
-                environment: { _ in [:] })
+                environment: { _ in [Placement.Environment.instanceID: instanceID] }
+            ).map(\.handle)
         } catch {
             broadcast.close()
             replies.forEach { $0.close() }
@@ -166,8 +170,8 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Throws (and shuts the group down) if any worker has ended.
     private func checkAlive() throws {
-        for p in processes {
-            if let t = p.termination() { throw fail(.died(rank: p.rank, pid: p.pid, termination: t)) }
+        for (i, p) in processes.enumerated() {
+            if let t = p.termination() { throw fail(.died(rank: i + 1, pid: p.pid, termination: t)) }
         }
     }
 
@@ -189,7 +193,7 @@ public final class WorkerGroup: @unchecked Sendable {
             _ = try? writer.bytes.withUnsafeBytes { try broadcast.write($0, timeout: 0.2) }
         }
         launcher.releaseLifeline()
-        for p in processes where p.wait(timeout: grace) == nil { p.kill() }
+        for p in processes where p.wait(timeout: grace) == nil { p.kill(timeout: 5) }
         broadcast.close()
         replies.forEach { $0.close() }
     }
