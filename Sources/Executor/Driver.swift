@@ -106,6 +106,9 @@ public actor Driver {
     /// while that stage runs: steps of other virtual engines use the other stages meanwhile.
     public nonisolated func execute(_ step: StepRequest, virtualEngine: Int) async throws -> StepOutput {
         try await checkRunning()
+        guard virtualEngine >= 0 && virtualEngine < virtualEngines, Int(step.virtualEngine) == virtualEngine else {
+            throw ExecutorError("virtual engine \(virtualEngine) (step says \(step.virtualEngine)): expected one of 0..<\(virtualEngines)")
+        }
         var output: StepOutput?
         for stage in 0..<layout.pipelineParallel {
             let ranks = layout.ranks(ofStage: stage)
