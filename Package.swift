@@ -67,7 +67,9 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "ExecutorTests", dependencies: ["Executor", "ExecutorCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ExecutorTests", dependencies: ["Executor", "ExecutorCore", "ModelRunner", "ExecutorTestSupport"],
+            swiftSettings: swiftSettings),
         // Real worker processes: kill -9, SIGSTOP, driver death, shutdown.
         .testTarget(
             name: "MultiProcessTests", dependencies: ["Executor", "ExecutorCore", "Launchers", "Transports", "ExecutorTestSupport"],

@@ -155,3 +155,4 @@ final class RecordingWorker: Worker {
         #expect(workers.allSatisfy { $0.shutdowns.withLock { $0 } == 1 })
     }
 }
+

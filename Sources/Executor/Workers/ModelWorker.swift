@@ -105,6 +105,10 @@ public final class ModelWorker: Worker, @unchecked Sendable {
         let vocabulary = s.loaded.configuration.vocabularySize
         s.batch.removeAll()
         for sequence in step.sequences {
+            guard !sequence.tokens.isEmpty, sequence.startPosition >= 0 else {
+                throw ExecutorError("sequence \(sequence.id): expected at least one token at a position ≥ 0, "
+                    + "found \(sequence.tokens.count) tokens at \(sequence.startPosition)")
+            }
             let end = Int(sequence.startPosition) + sequence.tokens.count
             guard end <= model.maxContext, sequence.blockTable.count * model.cache.blockSize >= end else {
                 throw ExecutorError("sequence \(sequence.id): positions up to \(end) need \(end) cached tokens, "

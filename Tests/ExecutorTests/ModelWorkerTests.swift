@@ -1,0 +1,34 @@
+import Executor
+import ExecutorCore
+import ExecutorTestSupport
+import ModelRunner
+import Testing
+
+@Suite struct ModelWorkerTests {
+    @Test("bad step requests are rejected with what was expected, never run")
+    func badSteps() async throws {
+        let path = try TinyLlama().write()
+        defer { TemporaryFiles.remove(path) }
+        let worker = ModelWorker(modelPath: path, options: ModelOptions(threads: 1, kvCacheBytes: 1 << 20, blockSize: 4))
+        try await worker.initialize(WorkerContext(rank: 0, localRank: 0, worldSize: 1, layout: .single, rendezvous: "", environment: [:]))
+        try await worker.loadModel()
+        let blocks = try await worker.availableKVBlocks()
+        func step(_ sequence: StepRequest.Sequence) -> StepRequest { StepRequest(step: 0, sequences: [sequence]) }
+        let bad: [(StepRequest.Sequence, String)] = [
+            (.init(id: 1, tokens: [], startPosition: 0, blockTable: [0]), "at least one token"),
+            (.init(id: 1, tokens: [99_999], startPosition: 0, blockTable: [0]), "outside the vocabulary"),
+            (.init(id: 1, tokens: [1, 2, 3, 4, 5], startPosition: 0, blockTable: [0]), "block table covers 4"),
+            (.init(id: 1, tokens: [1], startPosition: 0, blockTable: [Int32(blocks)]), "outside 0..<\(blocks)"),
+        ]
+        for (sequence, message) in bad {
+            await #expect { _ = try await worker.execute(step(sequence)) } throws: { "\($0)".contains(message) }
+        }
+        // A good step still works afterwards, and samples only where asked.
+        let output = try await worker.execute(StepRequest(step: 1, sequences: [
+            .init(id: 2, tokens: [1, 2], startPosition: 0, blockTable: [0], sample: true),
+            .init(id: 3, tokens: [3], startPosition: 0, blockTable: [1], sample: false),
+        ]))
+        #expect(output?.samples.map(\.sequenceID) == [2])
+        await worker.shutdown()
+    }
+}
