@@ -24,6 +24,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // Metrics API (no backend chosen here): the control plane exports its step latency.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     ],
     targets: [
         // Value types shared by every layer: sampling parameters, ids, finish reasons.
@@ -45,7 +47,11 @@ let package = Package(
         .target(name: "Launchers", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // The driver: worker groups, the control plane, model execution.
         .target(
-            name: "Executor", dependencies: ["ExecutorCore", "ModelRunner", "Transports", "Launchers", "CSystem"],
+            name: "Executor",
+            dependencies: [
+                "ExecutorCore", "ModelRunner", "Transports", "Launchers", "CSystem",
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings),
         // The `cohort` command tree: parses, validates, calls Executor.
         .executableTarget(
@@ -72,7 +78,11 @@ let package = Package(
             swiftSettings: swiftSettings),
         // Real worker processes: kill -9, SIGSTOP, driver death, shutdown.
         .testTarget(
-            name: "MultiProcessTests", dependencies: ["Executor", "ExecutorCore", "Launchers", "Transports", "ExecutorTestSupport"],
+            name: "MultiProcessTests",
+            dependencies: [
+                "Executor", "ExecutorCore", "Launchers", "Transports", "ExecutorTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings),
         // Runs the real reference model: build and run these in release (`make test`).
         .testTarget(

@@ -2,11 +2,20 @@ import Executor
 import ExecutorCore
 import Foundation
 import Launchers
+import Metrics
+import MetricsTestKit
 import Transports
 import Testing
 
 /// Real worker processes (`cohort worker`), started from the built binary next to the tests.
 @Suite(.serialized) struct WorkerGroupTests {
+    /// One test backend for the whole process (swift-metrics bootstraps once).
+    static let metrics: TestMetrics = {
+        let m = TestMetrics()
+        MetricsSystem.bootstrap(m)
+        return m
+    }()
+
     static var cohort: String {
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("cohort").path
     }
@@ -26,14 +35,17 @@ import Testing
         return state != "Z" && state != "X"
     }
 
-    @Test("steps reach every worker and come back in rank order; shutdown twice is safe")
+    @Test("steps reach every worker and come back in rank order and are timed; shutdown twice is safe")
     func stepsAndShutdown() throws {
+        let metrics = Self.metrics
         let g = try group(3)
         for step in 0..<100 {
             let outputs = try g.step(Self.request(UInt64(step)))
             #expect(outputs.count == 3)
             #expect(outputs.allSatisfy { $0.step == UInt64(step) && $0.samples.map(\.sequenceID) == [1] })
         }
+        let timer = try metrics.expectTimer("cohort_control_plane_step_seconds")
+        #expect(timer.values.count >= 100 && timer.values.allSatisfy { $0 > 0 })
         try g.healthCheck()
         let pids = g.processes.map(\.pid)
         g.shutdown()

@@ -1,5 +1,6 @@
 public import ExecutorCore
 public import Launchers
+import Metrics
 import Transports
 #if canImport(Glibc)
 import Glibc
@@ -103,8 +104,14 @@ public final class WorkerGroup: @unchecked Sendable {
 
     // MARK: - Calls
 
+    /// Per-step control-plane latency (broadcast until every reply is in), exported
+    /// through swift-metrics as `cohort_control_plane_step_seconds`.
+    private let stepTimer = Metrics.Timer(label: "cohort_control_plane_step_seconds")
+
     /// Sends a step to every worker and returns their outputs in rank order.
     public func step(_ request: StepRequest) throws -> [StepOutput] {
+        let start = MonotonicClock.nanoseconds()
+        defer { stepTimer.recordNanoseconds(MonotonicClock.nanoseconds() - start) }
         try send(.step(request))
         return try gather(what: "step \(request.step)") { rank, bytes throws(WireError) in
             let output = try StepOutput(decoding: bytes)
