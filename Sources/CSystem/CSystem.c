@@ -2,6 +2,9 @@
 #include "CSystem.h"
 
 #include <fcntl.h>
+#include <sched.h>
+#include <dirent.h>
+#include <stdlib.h>
 
 #include <errno.h>
 #include <time.h>
@@ -55,3 +58,33 @@ void cohort_cpu_relax(void) {
 int cohort_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
 
 int cohort_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int cohort_allowed_cpus(int *ids, int capacity) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return -1;
+    int n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < capacity; cpu++) {
+        if (CPU_ISSET(cpu, &set)) ids[n++] = cpu;
+    }
+    return n;
+}
+
+int cohort_set_affinity(const int *ids, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++) {
+        if (ids[i] >= 0 && ids[i] < CPU_SETSIZE) CPU_SET(ids[i], &set);
+    }
+    // sched_setaffinity applies to one thread: pin every thread that exists now (threads
+    // started later inherit the mask of the thread that starts them).
+    int rc = sched_setaffinity(0, sizeof(set), &set);
+    DIR *dir = opendir("/proc/self/task");
+    if (dir == NULL) return rc;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+        if (sched_setaffinity((pid_t)atoi(entry->d_name), sizeof(set), &set) != 0) rc = -1;
+    }
+    closedir(dir);
+    return rc;
+}

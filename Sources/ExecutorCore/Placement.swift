@@ -63,6 +63,33 @@ public enum Placement {
     public enum Environment {
         public static let visibleDevices = "CUDA_VISIBLE_DEVICES"
         public static let instanceID = "COHORT_INSTANCE_ID"
+        /// CPU workers: the CPUs the worker may run on ("0,1") and how many threads it starts.
+        public static let cpuSet = "COHORT_CPUS"
+        public static let threads = "COHORT_THREADS"
+    }
+
+    /// CPU workers instead of devices: splits a machine's CPUs into `workers` contiguous,
+    /// disjoint sets as evenly as possible (the first sets get the extra CPUs). When there
+    /// are fewer CPUs than workers, workers share them round-robin, one CPU each.
+    public static func cpuSets(cpus: [Int], workers: Int) -> [[Int]] {
+        precondition(workers >= 1, "at least one worker")
+        let sorted = cpus.sorted()
+        guard sorted.count >= workers else {
+            return (0..<workers).map { sorted.isEmpty ? [] : [sorted[$0 % sorted.count]] }
+        }
+        var sets: [[Int]] = []
+        var start = 0
+        for w in 0..<workers {
+            let size = sorted.count / workers + (w < sorted.count % workers ? 1 : 0)
+            sets.append(Array(sorted[start..<(start + size)]))
+            start += size
+        }
+        return sets
+    }
+
+    /// The environment of a CPU worker that owns `cpus`: its CPU set and one thread per CPU.
+    public static func cpuEnvironment(_ cpus: [Int]) -> [String: String] {
+        [Environment.cpuSet: cpus.map(String.init).joined(separator: ","), Environment.threads: "\(max(1, cpus.count))"]
     }
 
     // MARK: - Before launch

@@ -63,6 +63,14 @@ import Testing
         } throws: { ($0 as? PlacementError)?.description.contains("offers no device") ?? false }
     }
 
+    @Test("CPU workers get disjoint, even CPU sets and a thread per CPU")
+    func cpuSets() {
+        #expect(Placement.cpuSets(cpus: [3, 1, 0, 2, 4], workers: 2) == [[0, 1, 2], [3, 4]])
+        #expect(Placement.cpuSets(cpus: Array(0..<16), workers: 4).map(\.count) == [4, 4, 4, 4])
+        #expect(Placement.cpuSets(cpus: [0, 1], workers: 3) == [[0], [1], [0]])
+        #expect(Placement.cpuEnvironment([2, 3]) == ["COHORT_CPUS": "2,3", "COHORT_THREADS": "2"])
+    }
+
     @Test("layouts map ranks to stages and tensor ranks like the seed's pp_tp_workers")
     func layout() throws {
         let layout = try ParallelLayout(tensorParallel: 4, pipelineParallel: 2)

@@ -87,6 +87,32 @@ import Testing
         #expect(g.processes.allSatisfy { !isRunning($0.pid) })
     }
 
+    @Test("each CPU worker runs on its own share of the machine's CPUs")
+    func cpuSets() throws {
+        let g = try group(2)
+        defer { g.shutdown() }
+        func allowed(_ pid: Int32) throws -> String {
+            let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") })
+            return line.split(separator: "\t").last.map(String.init) ?? ""
+        }
+        let mine = try allowed(getpid())
+        let cpus = mine.split(separator: ",").flatMap { part -> [Int] in
+            let bounds = part.split(separator: "-").compactMap { Int($0) }
+            return bounds.count == 2 ? Array(bounds[0]...bounds[1]) : bounds
+        }
+        let expected = Placement.cpuSets(cpus: cpus, workers: 2).map { set in set.map(String.init).joined(separator: ",") }
+        let found = try g.processes.map { try allowed($0.pid) }
+        // The kernel prints ranges ("0-1"); compare sets of CPUs.
+        func expand(_ s: String) -> Set<Int> {
+            Set(s.split(separator: ",").flatMap { part -> [Int] in
+                let b = part.split(separator: "-").compactMap { Int($0) }
+                return b.count == 2 ? Array(b[0]...b[1]) : b
+            })
+        }
+        #expect(found.map(expand) == expected.map(expand))
+    }
+
     @Test("the rings' names are gone once workers attached: nothing else can attach")
     func foreignAttachRefused() throws {
         let g = try group(1)

@@ -40,6 +40,11 @@ int cohort_set_parent_death_signal(int signal);
 /// pipe2(fds, O_CLOEXEC) (a GNU extension Swift's Glibc module does not expose).
 int cohort_pipe_cloexec(int fds[2]);
 
+/// Writes up to `capacity` ids of the CPUs this process may run on; returns how many.
+int cohort_allowed_cpus(int *ids, int capacity);
+/// Restricts every thread of this process to the given CPUs; returns 0 on success.
+int cohort_set_affinity(const int *ids, int count);
+
 /// A CPU pause hint for short spins.
 void cohort_cpu_relax(void);
 

@@ -77,6 +77,8 @@ public final class WorkerGroup: @unchecked Sendable {
         let parent = getpid()
         let broadcastName = broadcast.name
         let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        // CPU workers: each gets its share of this machine's CPUs and a thread per CPU.
+        let cpuSets = Placement.cpuSets(cpus: CPUAffinity.allowedCPUs(), workers: workers)
         do {
             processes = try launcher.launch(
                 workers: workers,
@@ -84,7 +86,9 @@ public final class WorkerGroup: @unchecked Sendable {
                     ["worker", "--rank", "\(index + 1)", "--broadcast", broadcastName, "--reply", replies[index].name,
                      "--lifeline-fd", "\(LocalProcessLauncher.lifelineDescriptor)", "--parent-pid", "\(parent)"]
                 },
-                environment: { _ in [Placement.Environment.instanceID: instanceID] }
+                environment: { index in
+                    Placement.cpuEnvironment(cpuSets[index]).merging([Placement.Environment.instanceID: instanceID]) { $1 }
+                }
             ).map(\.handle)
         } catch {
             broadcast.close()

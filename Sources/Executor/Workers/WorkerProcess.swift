@@ -37,6 +37,9 @@ public enum WorkerProcess {
         }
         orphanedNames = [arguments.broadcast, arguments.reply]
         watchLifeline(arguments.lifelineDescriptor)
+        if let cpus = getenv(Placement.Environment.cpuSet).map({ String(cString: $0) }), !cpus.isEmpty {
+            CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
+        }
         do {
             let commands = try SharedMemoryRing.attach(name: arguments.broadcast)
             let replies = try SharedMemoryRing.attach(name: arguments.reply)

@@ -1,0 +1,18 @@
+import CSystem
+
+/// Which CPUs this process may use, and pinning to a subset (CPU workers' "devices").
+enum CPUAffinity {
+    /// The CPUs in this process's affinity mask.
+    static func allowedCPUs() -> [Int] {
+        var buffer = [Int32](repeating: 0, count: 1024)
+        let n = cohort_allowed_cpus(&buffer, Int32(buffer.count))
+        return n > 0 ? buffer[..<Int(n)].map(Int.init) : [0]
+    }
+
+    /// Restricts this process to `cpus` (best effort: an empty or invalid set is ignored).
+    static func pin(to cpus: [Int]) {
+        guard !cpus.isEmpty else { return }
+        let ids = cpus.map(Int32.init)
+        _ = cohort_set_affinity(ids, Int32(ids.count))
+    }
+}
