@@ -24,7 +24,6 @@ public final class SharedMemoryRing: @unchecked Sendable {
     // when all readers acknowledged it, and read only after the writer published it).
     // One thread at a time plays the writer, and one thread at a time each reader.
 
-    public let name: String
     public let readers: Int
     public let slots: Int
     public let slotBytes: Int
@@ -33,10 +32,8 @@ public final class SharedMemoryRing: @unchecked Sendable {
     /// Seconds of yielding the core (sched_yield) before sleeping on the futex.
     public var yieldSeconds = 50e-6
 
+    private let segment: SharedMemorySegment
     private let base: UnsafeMutableRawPointer
-    private let size: Int
-    private let owner: Bool
-    private var closed = false
 
     static let magic: UInt32 = 0x474E_5243  // "CRNG"
     static let layoutVersion: UInt32 = 1
@@ -44,43 +41,26 @@ public final class SharedMemoryRing: @unchecked Sendable {
     // MARK: - Life cycle
 
     /// Creates a new ring (the writer's side) under a fresh unguessable name.
-    public static func create(readers: Int, slots: Int = 8, slotBytes: Int = 64 << 10) throws(RingError) -> SharedMemoryRing {
+    public static func create(readers: Int, slots: Int = 8, slotBytes: Int = 64 << 10) throws(SharedMemoryError) -> SharedMemoryRing {
         guard readers >= 1, slots >= 2, slotBytes >= 8, slotBytes <= 1 << 30 else {
             throw .invalidConfiguration("readers ≥ 1, slots ≥ 2, 8 ≤ slot bytes ≤ 1 GiB; got \(readers), \(slots), \(slotBytes)")
         }
-        var random = SystemRandomNumberGenerator()
-        let name = "/cohort-" + (0..<2).map { _ in String(random.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
-        let size = Layout.size(readers: readers, slots: slots, slotBytes: slotBytes)
-        let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .system(call: "shm_open \(name)", errno: errno) }
-        defer { Glibc.close(fd) }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            shm_unlink(name)
-            throw .system(call: "ftruncate \(name) to \(size) bytes", errno: errno)
-        }
-        let base = try map(fd: fd, size: size, name: name, unlinkOnFailure: true)
-        base.storeBytes(of: readers.toUInt32, toByteOffset: Layout.readers, as: UInt32.self)
-        base.storeBytes(of: slots.toUInt32, toByteOffset: Layout.slots, as: UInt32.self)
+        let segment = try SharedMemorySegment.create(size: Layout.size(readers: readers, slots: slots, slotBytes: slotBytes))
+        let base = segment.base
+        base.storeBytes(of: UInt32(readers), toByteOffset: Layout.readers, as: UInt32.self)
+        base.storeBytes(of: UInt32(slots), toByteOffset: Layout.slots, as: UInt32.self)
         base.storeBytes(of: UInt64(slotBytes), toByteOffset: Layout.slotBytes, as: UInt64.self)
         base.storeBytes(of: layoutVersion, toByteOffset: Layout.version, as: UInt32.self)
         cohort_atomic_store(base.advanced(by: Layout.magic).assumingMemoryBound(to: UInt32.self), magic)
-        return SharedMemoryRing(name: name, base: base, size: size, readers: readers, slots: slots, slotBytes: slotBytes, owner: true)
+        return SharedMemoryRing(segment: segment, readers: readers, slots: slots, slotBytes: slotBytes)
     }
 
     /// Attaches to an existing ring by name (a reader's side, or a writer in another process).
-    public static func attach(name: String) throws(RingError) -> SharedMemoryRing {
-        let fd = shm_open(name, O_RDWR | O_CLOEXEC, 0)
-        guard fd >= 0 else { throw .system(call: "shm_open \(name)", errno: errno) }
-        defer { Glibc.close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat \(name)", errno: errno) }
-        let fileSize = Int(info.st_size)
-        guard fileSize >= Layout.headerSize else {
-            throw .layoutMismatch(name: name, expected: "at least \(Layout.headerSize) bytes", found: "\(fileSize) bytes")
-        }
-        let base = try map(fd: fd, size: fileSize, name: name, unlinkOnFailure: false)
-        func fail(_ expected: String, _ found: String) -> RingError {
-            munmap(base, fileSize)
+    public static func attach(name: String) throws(SharedMemoryError) -> SharedMemoryRing {
+        let segment = try SharedMemorySegment.attach(name: name, minimumSize: Layout.headerSize)
+        let base = segment.base
+        func fail(_ expected: String, _ found: String) -> SharedMemoryError {
+            segment.close()
             return .layoutMismatch(name: name, expected: expected, found: found)
         }
         let foundMagic = cohort_atomic_load(base.advanced(by: Layout.magic).assumingMemoryBound(to: UInt32.self))
@@ -91,50 +71,34 @@ public final class SharedMemoryRing: @unchecked Sendable {
         let slots = Int(base.load(fromByteOffset: Layout.slots, as: UInt32.self))
         let slotBytes = Int(base.load(fromByteOffset: Layout.slotBytes, as: UInt64.self))
         guard readers >= 1, slots >= 2, slotBytes >= 8, slotBytes <= 1 << 30,
-              Layout.size(readers: readers, slots: slots, slotBytes: slotBytes) == fileSize
-        else { throw fail("a consistent header", "\(readers) readers, \(slots) slots of \(slotBytes) bytes in \(fileSize) bytes") }
-        return SharedMemoryRing(name: name, base: base, size: fileSize, readers: readers, slots: slots, slotBytes: slotBytes, owner: false)
+              Layout.size(readers: readers, slots: slots, slotBytes: slotBytes) == segment.size
+        else { throw fail("a consistent header", "\(readers) readers, \(slots) slots of \(slotBytes) bytes in \(segment.size) bytes") }
+        return SharedMemoryRing(segment: segment, readers: readers, slots: slots, slotBytes: slotBytes)
     }
 
-    private static func map(fd: Int32, size: Int, name: String, unlinkOnFailure: Bool) throws(RingError) -> UnsafeMutableRawPointer {
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let p, p != MAP_FAILED else {
-            if unlinkOnFailure { shm_unlink(name) }
-            throw .system(call: "mmap \(name)", errno: errno)
-        }
-        return p
-    }
-
-    private init(name: String, base: UnsafeMutableRawPointer, size: Int, readers: Int, slots: Int, slotBytes: Int, owner: Bool) {
-        self.name = name
-        self.base = base
-        self.size = size
+    private init(segment: SharedMemorySegment, readers: Int, slots: Int, slotBytes: Int) {
+        self.segment = segment
+        self.base = segment.base
         self.readers = readers
         self.slots = slots
         self.slotBytes = slotBytes
-        self.owner = owner
-        writeSequence = cohort_atomic_load64(base.advanced(by: Layout.writeSequence).assumingMemoryBound(to: UInt64.self))
+        writeSequence = cohort_atomic_load64(segment.base.advanced(by: Layout.writeSequence).assumingMemoryBound(to: UInt64.self))
     }
 
+    public var name: String { segment.name }
+
     /// Unmaps the ring; the creator also removes the name. Idempotent.
-    public func close() {
-        guard !closed else { return }
-        closed = true
-        munmap(base, size)
-        if owner { shm_unlink(name) }
-    }
+    public func close() { segment.close() }
 
     /// Removes the name now (after every peer attached), so nothing else can attach and
     /// nothing is left behind if this process dies. The mapping stays valid.
-    public func unlinkName() { shm_unlink(name) }
+    public func unlinkName() { segment.unlinkName() }
 
     /// Counts this process as attached; the peer that completes `expected` attachments
     /// removes the name, so it disappears as soon as everyone is in, whoever dies later.
     public func markAttached(expected: Int) {
         if Int(cohort_atomic_fetch_add(word32(Layout.attached), 1)) + 1 == expected { unlinkName() }
     }
-
-    deinit { close() }
 
     // MARK: - Writer
 
@@ -155,7 +119,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
         }
         let slot = slotAddress(seq)
         let length = try fill(UnsafeMutableRawBufferPointer(start: slot + 8, count: slotBytes))
-        guard length >= 0, length <= slotBytes else { throw RingError.messageTooLarge(bytes: length, slotBytes: slotBytes) }
+        guard length >= 0, length <= slotBytes else { throw SharedMemoryError.messageTooLarge(bytes: length, slotBytes: slotBytes) }
         slot.storeBytes(of: UInt32(length), as: UInt32.self)
         writeSequence = seq + 1
         cohort_atomic_store64(word64(Layout.writeSequence), seq + 1)
@@ -167,7 +131,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
     /// Publishes a copy of `bytes`.
     @discardableResult
     public func write(_ bytes: UnsafeRawBufferPointer, timeout: Double? = nil, check: () throws -> Void = {}) throws -> UInt64 {
-        guard bytes.count <= slotBytes else { throw RingError.messageTooLarge(bytes: bytes.count, slotBytes: slotBytes) }
+        guard bytes.count <= slotBytes else { throw SharedMemoryError.messageTooLarge(bytes: bytes.count, slotBytes: slotBytes) }
         return try write(timeout: timeout, check: check) { slot in
             if let source = bytes.baseAddress { slot.baseAddress!.copyMemory(from: source, byteCount: bytes.count) }
             return bytes.count
@@ -264,7 +228,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
                 let left = deadline - MonotonicClock.now()
                 guard left > 0 else {
                     _ = cohort_atomic_fetch_add(sleepersWord, UInt32.max)
-                    throw RingError.timedOut(waitingFor: waitingFor(), seconds: timeout!)
+                    throw SharedMemoryError.timedOut(waitingFor: waitingFor(), seconds: timeout!)
                 }
                 sleep = Swift.min(sleep, left)
             }
@@ -303,29 +267,4 @@ public final class SharedMemoryRing: @unchecked Sendable {
     }
 }
 
-/// Why a ring operation failed.
-public enum RingError: Error, Equatable, CustomStringConvertible {
-    case invalidConfiguration(String)
-    case system(call: String, errno: Int32)
-    case layoutMismatch(name: String, expected: String, found: String)
-    case messageTooLarge(bytes: Int, slotBytes: Int)
-    case timedOut(waitingFor: String, seconds: Double)
 
-    public var description: String {
-        switch self {
-        case let .invalidConfiguration(s): "invalid shared-memory ring configuration: expected \(s)"
-        case let .system(call, e): "\(call) failed: \(String(cString: strerror(e)))"
-        case let .layoutMismatch(name, expected, found): "shared-memory ring \(name): expected \(expected), found \(found)"
-        case let .messageTooLarge(bytes, slotBytes): "a message of \(bytes) bytes does not fit the ring's \(slotBytes)-byte slots"
-        case let .timedOut(waitingFor, seconds): "timed out after \(seconds) s waiting for \(waitingFor)"
-        }
-    }
-}
-
-extension Int {
-    var toUInt32: UInt32 { UInt32(self) }
-}
-
-extension String {
-    func leftPadded(to width: Int) -> String { String(repeating: "0", count: Swift.max(0, width - count)) + self }
-}

@@ -119,7 +119,7 @@ import Testing
         defer { g.shutdown() }
         #expect(g.ringNames.count == 2)
         for name in g.ringNames {
-            #expect(throws: RingError.self) { try SharedMemoryRing.attach(name: name) }
+            #expect(throws: SharedMemoryError.self) { try SharedMemoryRing.attach(name: name) }
         }
         try g.healthCheck()
     }

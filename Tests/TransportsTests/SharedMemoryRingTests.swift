@@ -54,7 +54,7 @@ import Transports
     func readTimeout() throws {
         let ring = try SharedMemoryRing.create(readers: 1)
         defer { ring.close() }
-        #expect(throws: RingError.timedOut(waitingFor: "message 0 for reader 0", seconds: 0.05)) {
+        #expect(throws: SharedMemoryError.timedOut(waitingFor: "message 0 for reader 0", seconds: 0.05)) {
             try ring.read(reader: 0, timeout: 0.05) { _ in () }
         }
     }
@@ -66,7 +66,7 @@ import Transports
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
         try ring.write(empty)
         try ring.write(empty)
-        #expect(throws: RingError.self) { try ring.write(empty, timeout: 0.05) }
+        #expect(throws: SharedMemoryError.self) { try ring.write(empty, timeout: 0.05) }
     }
 
     @Test("messages larger than a slot are refused")
@@ -74,7 +74,7 @@ import Transports
         let ring = try SharedMemoryRing.create(readers: 1, slots: 2, slotBytes: 16)
         defer { ring.close() }
         let big = [UInt8](repeating: 1, count: 17)
-        #expect(throws: RingError.messageTooLarge(bytes: 17, slotBytes: 16)) { try big.withUnsafeBytes { try ring.write($0) } }
+        #expect(throws: SharedMemoryError.messageTooLarge(bytes: 17, slotBytes: 16)) { try big.withUnsafeBytes { try ring.write($0) } }
     }
 
     @Test("names are unguessable, mode 0600, and gone after close")
@@ -86,7 +86,7 @@ import Transports
         #expect(info.st_mode & 0o777 == 0o600)
         a.close()
         b.close()
-        #expect(throws: RingError.self) { try SharedMemoryRing.attach(name: a.name) }
+        #expect(throws: SharedMemoryError.self) { try SharedMemoryRing.attach(name: a.name) }
     }
 
     @Test("attaching to something that is not a ring fails with what was found")

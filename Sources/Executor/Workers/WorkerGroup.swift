@@ -153,7 +153,7 @@ public final class WorkerGroup: @unchecked Sendable {
         // Workers acknowledge a command after writing their reply: one wait, one wake-up.
         do {
             try broadcast.waitForAcknowledgement(of: lastSent, timeout: configuration.stepTimeout, check: checkAlive)
-        } catch let error as RingError {
+        } catch let error as SharedMemoryError {
             if case .timedOut = error, let reader = broadcast.readersBehind(lastSent).first {
                 throw fail(.stuck(rank: reader + 1, pid: processes[reader].pid, waitingFor: what, seconds: configuration.stepTimeout))
             }
@@ -167,7 +167,7 @@ public final class WorkerGroup: @unchecked Sendable {
                 results.append(try ring.read(reader: 0, timeout: configuration.stepTimeout, check: checkAlive) { bytes in
                     try decode(rank, bytes)
                 })
-            } catch let error as RingError {
+            } catch let error as SharedMemoryError {
                 if case .timedOut = error {
                     throw fail(.stuck(rank: rank, pid: processes[i].pid, waitingFor: what, seconds: configuration.stepTimeout))
                 }
