@@ -43,13 +43,15 @@ let package = Package(
         .target(name: "Transports", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
+        // allReduce, allGather, broadcast among the ranks of a machine (shared memory); TCP next.
+        .target(name: "Collectives", dependencies: ["Transports", "ExecutorCore", "CSystem"], swiftSettings: numericSettings),
         // Start workers and hand back their processes: local processes now, MPI and Ray next.
         .target(name: "Launchers", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // The driver: worker groups, the control plane, model execution.
         .target(
             name: "Executor",
             dependencies: [
-                "ExecutorCore", "ModelRunner", "Transports", "Launchers", "CSystem",
+                "ExecutorCore", "ModelRunner", "Transports", "Collectives", "Launchers", "CSystem",
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
@@ -65,6 +67,7 @@ let package = Package(
         // Tiny GGUF writer and float tolerance helpers for tests.
         .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels"], swiftSettings: swiftSettings),
         .testTarget(name: "ExecutorCoreTests", dependencies: ["ExecutorCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Transports", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TransportsTests", dependencies: ["Transports", "ExecutorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
@@ -80,7 +83,7 @@ let package = Package(
         .testTarget(
             name: "MultiProcessTests",
             dependencies: [
-                "Executor", "ExecutorCore", "Launchers", "Transports", "ExecutorTestSupport",
+                "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
