@@ -10,10 +10,7 @@ import Synchronization
 /// request's random stream) and drops it when the id comes back in `finishedRequestIDs`.
 /// Steps arrive one at a time (the driver serialises them per stage), so the state is
 /// owned by whichever step runs.
-public final class ModelWorker: Worker, @unchecked Sendable {
-    // @unchecked: `state` is a Mutex; the model itself is only touched inside `execute`,
-    // which the driver never runs twice at once on one worker.
-
+public final class ModelWorker: Worker {
     public let modelPath: String
     public let options: ModelOptions
     private let progress: @Sendable (Double) -> Void
