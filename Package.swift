@@ -72,7 +72,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ModelRunnerTests",
-            dependencies: ["ModelRunner", "Kernels", "ExecutorCore", "ExecutorTestSupport"],
+            dependencies: ["ModelRunner", "Kernels", "ExecutorCore", "Collectives", "ExecutorTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),

@@ -3,7 +3,7 @@ import Glibc
 #endif
 internal import CSystem
 public import Transports
-import ExecutorCore
+public import ExecutorCore
 
 /// Collectives among the ranks of one machine through one shared-memory segment: sum
 /// all-reduce, all-gather and broadcast of float32 buffers of any size (split into chunks
@@ -234,3 +234,5 @@ public enum CollectiveError: Error, Equatable, CustomStringConvertible {
         }
     }
 }
+
+extension SharedMemoryCommunicator: TensorParallelGroup {}

@@ -16,11 +16,16 @@ public struct WeightMatrix: @unchecked Sendable {
     /// - Precondition: `columns` is a whole number of `type` blocks.
     public init(type: TensorType, rows: Int, columns: Int, base: UnsafeRawPointer) {
         precondition(columns % type.blockSize == 0, "\(columns) columns is not a whole number of \(type) blocks")
+        self.init(type: type, rows: rows, columns: columns, base: base, rowBytes: type.byteCount(values: columns)!)
+    }
+
+    /// A view whose rows are `rowBytes` apart (a column shard of a wider matrix).
+    init(type: TensorType, rows: Int, columns: Int, base: UnsafeRawPointer, rowBytes: Int) {
         self.type = type
         self.rows = rows
         self.columns = columns
         self.base = base
-        self.rowBytes = type.byteCount(values: columns)!
+        self.rowBytes = rowBytes
     }
 
     @inline(__always)
@@ -29,7 +34,17 @@ public struct WeightMatrix: @unchecked Sendable {
     /// The rows `range` as their own matrix (a shard, no copy).
     public func rows(_ range: Range<Int>) -> WeightMatrix {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows, "rows \(range) outside 0..<\(rows)")
-        return WeightMatrix(type: type, rows: range.count, columns: columns, base: row(range.lowerBound))
+        return WeightMatrix(type: type, rows: range.count, columns: columns, base: row(range.lowerBound), rowBytes: rowBytes)
+    }
+
+    /// The columns `range` of every row as their own matrix (a shard, no copy): rows keep
+    /// their stride. - Precondition: the range starts and ends on block boundaries.
+    public func columns(_ range: Range<Int>) -> WeightMatrix {
+        precondition(range.lowerBound >= 0 && range.upperBound <= columns, "columns \(range) outside 0..<\(columns)")
+        precondition(range.lowerBound % type.blockSize == 0 && range.count % type.blockSize == 0,
+                     "columns \(range) do not fall on \(type) block boundaries")
+        return WeightMatrix(
+            type: type, rows: rows, columns: range.count, base: base + type.byteCount(values: range.lowerBound)!, rowBytes: rowBytes)
     }
 }
 

@@ -1,4 +1,5 @@
 public import Kernels
+public import ExecutorCore
 
 /// Options for loading a model into one worker.
 public struct ModelOptions: Sendable, Equatable {
@@ -40,7 +41,11 @@ public final class LoadedModel {
 
     /// Opens and checks `path`, then touches every weight page (reporting progress from 0
     /// to 1) so that the first step does not pay for page faults.
-    public init(path: String, options: ModelOptions, progress: (Double) -> Void = { _ in }) throws(GGUFError) {
+    ///
+    /// With a tensor-parallel `group`, this instance holds only its rank's shard.
+    public init(
+        path: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil, progress: (Double) -> Void = { _ in }
+    ) throws(GGUFError) {
         let file = try GGUFFile(path: path)
         let architecture = try file.string("general.architecture")
         guard let makeConfiguration = ModelRegistry.architectures[architecture] else {
@@ -63,8 +68,9 @@ public final class LoadedModel {
         } else {
             chatTemplate = nil
         }
+        let shard = try TensorShard.plan(configuration, rank: group?.rank ?? 0, ranks: group?.ranks ?? 1)
         let blockBytes = PagedKVCache.bytesPerBlock(
-            layers: configuration.layers, blockSize: options.blockSize, kvDimensions: configuration.kvDimensions)
+            layers: configuration.layers, blockSize: options.blockSize, kvDimensions: shard.local(configuration).kvDimensions)
         let blocks = max(1, options.kvCacheBytes / blockBytes)
 
         Self.touchPages(file, progress: progress)
@@ -74,7 +80,7 @@ public final class LoadedModel {
         self.options = options
         self.model = LlamaModel(
             weights: weights, configuration: configuration, cacheBlocks: blocks, blockSize: options.blockSize,
-            maxBatchTokens: options.maxBatchTokens, mode: options.mode, threads: options.threads)
+            maxBatchTokens: options.maxBatchTokens, mode: options.mode, threads: options.threads, shard: shard, group: group)
     }
 
     private static func touchPages(_ file: GGUFFile, progress: (Double) -> Void) {

@@ -22,10 +22,10 @@ import Testing
         var vocabulary: Int { loaded.configuration.vocabularySize }
 
         /// Runs chunks (sequence table, tokens, start) in one step; returns one logits row per chunk.
-        func step(_ chunks: [(table: [Int32], tokens: [Int32], start: Int)]) -> [[Float]] {
+        func step(_ chunks: [(table: [Int32], tokens: [Int32], start: Int)]) throws -> [[Float]] {
             var batch = ForwardBatch()
             for c in chunks { batch.append(c.tokens, startPosition: c.start, blockTable: c.table, wantLogits: true) }
-            logits.withUnsafeMutableBufferPointer { loaded.model.forward(batch, logits: $0.baseAddress!) }
+            try logits.withUnsafeMutableBufferPointer { try loaded.model.forward(batch, logits: $0.baseAddress!) }
             return (0..<chunks.count).map { Array(logits[($0 * vocabulary)..<(($0 + 1) * vocabulary)]) }
         }
 
@@ -46,10 +46,10 @@ import Testing
         tiny.tiedOutput = type != .q4_0
         let h = try Harness(tiny, mode: mode)
         let n = Self.prompt.count
-        let full = h.step([(h.table(tokens: n), Self.prompt, 0)])[0]
+        let full = try h.step([(h.table(tokens: n), Self.prompt, 0)])[0]
         let table = h.table(tokens: n)
         var last: [Float] = []
-        for i in 0..<n { last = h.step([(table, [Self.prompt[i]], i)])[0] }
+        for i in 0..<n { last = try h.step([(table, [Self.prompt[i]], i)])[0] }
         #expect(Tolerance.relativeL2(last, full) < 1e-5, "\(type) \(mode)")
         #expect(full.allSatisfy { $0.isFinite })
     }
@@ -58,13 +58,13 @@ import Testing
     func batchingAndChunking() throws {
         let h = try Harness(TinyLlama(), mode: .precise)
         let a = Array(Self.prompt[0..<9]), b = Array(Self.prompt[3..<14])
-        let aloneA = h.step([(h.table(tokens: 9), a, 0)])[0]
-        let aloneB = h.step([(h.table(tokens: 11), b, 0)])[0]
+        let aloneA = try h.step([(h.table(tokens: 9), a, 0)])[0]
+        let aloneB = try h.step([(h.table(tokens: 11), b, 0)])[0]
         // Sequence A decodes its last token while B prefills, in one step.
         let tableA = h.table(tokens: 9), tableB = h.table(tokens: 11)
-        _ = h.step([(tableA, Array(a[0..<8]), 0)])
-        let mixed = h.step([(tableA, [a[8]], 8), (tableB, Array(b[0..<5]), 0)])
-        let chunked = h.step([(tableB, Array(b[5..<11]), 5)])[0]
+        _ = try h.step([(tableA, Array(a[0..<8]), 0)])
+        let mixed = try h.step([(tableA, [a[8]], 8), (tableB, Array(b[0..<5]), 0)])
+        let chunked = try h.step([(tableB, Array(b[5..<11]), 5)])[0]
         #expect(Tolerance.relativeL2(mixed[0], aloneA) < 1e-5)
         #expect(Tolerance.relativeL2(chunked, aloneB) < 1e-5)
     }
@@ -73,8 +73,8 @@ import Testing
     func threadCountInvariant(threads: Int) throws {
         let one = try Harness(TinyLlama(), mode: .fast, threads: 1)
         let many = try Harness(TinyLlama(), mode: .fast, threads: threads)
-        let x = one.step([(one.table(tokens: 14), Self.prompt, 0)])[0]
-        let y = many.step([(many.table(tokens: 14), Self.prompt, 0)])[0]
+        let x = try one.step([(one.table(tokens: 14), Self.prompt, 0)])[0]
+        let y = try many.step([(many.table(tokens: 14), Self.prompt, 0)])[0]
         #expect(x == y)
     }
 }

@@ -90,7 +90,7 @@ struct ReferenceModelTests {
             #expect(allocator.reserve(&table, tokens: prompt.count))
             var batch = ForwardBatch()
             batch.append(prompt, startPosition: 0, blockTable: table, wantLogits: true)
-            logits.withUnsafeMutableBufferPointer { loaded.model.forward(batch, logits: $0.baseAddress!) }
+            try logits.withUnsafeMutableBufferPointer { try loaded.model.forward(batch, logits: $0.baseAddress!) }
             let want = reference.withUnsafeBytes { raw in
                 (0..<vocabulary).map { raw.loadUnaligned(fromByteOffset: 4 * (row * vocabulary + $0), as: Float.self) }
             }

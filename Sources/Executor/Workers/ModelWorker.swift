@@ -129,7 +129,7 @@ public final class ModelWorker: Worker {
         guard s.batch.tokens.count <= model.maxBatchTokens else {
             throw ExecutorError("step \(step.step) has \(s.batch.tokens.count) tokens; this worker runs at most \(model.maxBatchTokens) per step")
         }
-        if !s.batch.tokens.isEmpty { model.forward(s.batch, logits: s.logits) }
+        if !s.batch.tokens.isEmpty { try model.forward(s.batch, logits: s.logits) }
         var samples: [StepOutput.Sample] = []
         var row = 0
         for sequence in step.sequences where sequence.sample {

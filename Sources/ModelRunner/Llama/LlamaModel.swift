@@ -1,4 +1,5 @@
 public import Kernels
+public import ExecutorCore
 
 /// The Llama forward pass on the CPU: embedding, `layers` × (RMSNorm, GQA attention with
 /// RoPE over the paged KV cache, RMSNorm, SwiGLU MLP), final norm, output head.
@@ -7,7 +8,15 @@ public import Kernels
 /// worker's); nothing in `forward` allocates. Shapes per step, T = batch tokens:
 /// x, xn: [T, hidden]; q: [T, heads·hd]; k, v: [T, kvHeads·hd]; gate, up: [T, ffn].
 public final class LlamaModel {
+    /// The whole model's configuration.
     public let configuration: LlamaConfiguration
+    /// What this instance computes: its shard's heads and FFN width (the whole model at TP 1).
+    public let local: LlamaConfiguration
+    public let shard: TensorShard
+    /// The tensor-parallel group (nil at TP 1).
+    public let group: (any TensorParallelGroup)?
+    /// Every rank's vocabulary range, to assemble gathered logits.
+    private let vocabularyRanges: [Range<Int>]
     public let weights: LlamaWeights
     public let cache: PagedKVCache
     public let mode: NumericMode
@@ -20,22 +29,28 @@ public final class LlamaModel {
 
     public init(
         weights: LlamaWeights, configuration: LlamaConfiguration, cacheBlocks: Int, blockSize: Int,
-        maxBatchTokens: Int, mode: NumericMode, threads: Int
+        maxBatchTokens: Int, mode: NumericMode, threads: Int, shard: TensorShard? = nil, group: (any TensorParallelGroup)? = nil
     ) {
+        let shard = shard ?? .whole(configuration)
+        precondition((group?.ranks ?? 1) == shard.ranks, "a shard of \(shard.ranks) ranks needs a group of that size")
         self.configuration = configuration
-        self.weights = weights
+        self.shard = shard
+        self.group = shard.ranks > 1 ? group : nil
+        self.local = shard.local(configuration)
+        self.vocabularyRanges = (0..<shard.ranks).map { (try? TensorShard.plan(configuration, rank: $0, ranks: shard.ranks))?.vocabulary ?? 0..<0 }
+        self.weights = weights.sharded(shard, configuration: configuration)
         self.mode = mode
         self.maxBatchTokens = maxBatchTokens
         self.maxContext = min(configuration.contextLength, cacheBlocks * blockSize)
-        cache = PagedKVCache(
-            layers: configuration.layers, blockCount: cacheBlocks, blockSize: blockSize,
-            kvDimensions: configuration.kvDimensions)
+        let c = local
+        cache = PagedKVCache(layers: c.layers, blockCount: cacheBlocks, blockSize: blockSize, kvDimensions: c.kvDimensions)
         pool = ThreadPool(threads: threads)
-        let c = configuration
         matmul = MatMul(
             maxTokens: maxBatchTokens,
             maxColumns: max(c.hiddenSize, c.feedForwardSize, c.queryDimensions).roundedUp(to: 32))
-        scratch = Scratch(configuration: c, maxTokens: maxBatchTokens, maxContext: maxContext, threads: threads)
+        scratch = Scratch(
+            configuration: c, maxTokens: maxBatchTokens, maxContext: maxContext, threads: threads,
+            vocabularyShare: shard.ranks > 1 ? shard.maxVocabularyShare(configuration) : 0, ranks: shard.ranks)
     }
 
     // MARK: - Forward
@@ -44,8 +59,9 @@ public final class LlamaModel {
     /// `vocabularySize` logits into `logits`.
     /// - Precondition: the batch fits `maxBatchTokens`, positions fit `maxContext`, token ids
     ///   are in the vocabulary and block tables cover every position (checked by the caller).
-    public func forward(_ batch: ForwardBatch, logits: UnsafeMutablePointer<Float>) {
-        let c = configuration
+    /// - Throws: only when a tensor-parallel collective fails (a peer died or is stuck).
+    public func forward(_ batch: ForwardBatch, logits: UnsafeMutablePointer<Float>) throws {
+        let c = local
         let T = batch.tokens.count
         precondition(T > 0 && T <= maxBatchTokens, "batch of \(T) tokens exceeds \(maxBatchTokens)")
         let D = c.hiddenSize, hd = c.headDimensions, H = c.attentionHeads, KVH = c.kvHeads
@@ -59,12 +75,18 @@ public final class LlamaModel {
                 for t in 0..<T {
                     let token = Int(tokens[t])
                     precondition(token >= 0 && token < c.vocabularySize, "token \(token) outside the vocabulary")
-                    Dequantize.row(weights.tokenEmbedding.type, from: weights.tokenEmbedding.row(token), into: s.x + t * D, count: D)
+                    if shard.vocabulary.contains(token) {
+                        let row = weights.tokenEmbedding.row(token - shard.vocabulary.lowerBound)
+                        Dequantize.row(weights.tokenEmbedding.type, from: row, into: s.x + t * D, count: D)
+                    } else {
+                        (s.x + t * D).update(repeating: 0, count: D)  // another rank holds this row
+                    }
                     RoPE.table(position: Int(positions[t]), rotaryDimensions: c.rotaryDimensions, base: c.ropeTheta,
                                cos: s.cos + t * pairs, sin: s.sin + t * pairs)
                 }
             }
         }
+        try allReduce(s.x, count: T * D)
         // Cache slot of every token of the batch.
         batch.positions.withUnsafeBufferPointer { positions in
             batch.sequenceOfToken.withUnsafeBufferPointer { sequenceOf in
@@ -102,6 +124,7 @@ public final class LlamaModel {
             attention(layer: layerIndex, batch: batch)
             matmul.run(input: s.attention, inputStride: qDim, tokens: T, Projection(layer.attentionOutput, into: s.xn),
                        mode: mode, pool: pool)
+            try allReduce(s.xn, count: T * D)
             VectorMath.add(s.xn, into: s.x, count: T * D)
 
             // Feed-forward block.
@@ -114,6 +137,7 @@ public final class LlamaModel {
                        mode: mode, pool: pool)
             VectorMath.swiglu(s.gate, up: s.up, count: T * F)
             matmul.run(input: s.gate, inputStride: F, tokens: T, Projection(layer.down, into: s.xn), mode: mode, pool: pool)
+            try allReduce(s.xn, count: T * D)
             VectorMath.add(s.xn, into: s.x, count: T * D)
         }
 
@@ -127,7 +151,29 @@ public final class LlamaModel {
                 }
             }
         }
-        matmul.run(input: s.xn, inputStride: D, tokens: wanted, Projection(weights.output, into: logits), mode: mode, pool: pool)
+        guard let group else {
+            matmul.run(input: s.xn, inputStride: D, tokens: wanted, Projection(weights.output, into: logits), mode: mode, pool: pool)
+            return
+        }
+        // Vocabulary-parallel head: each rank computes its share, padded to the largest
+        // share, then the shares are gathered and laid out row by row.
+        let share = shard.maxVocabularyShare(configuration)
+        matmul.run(input: s.xn, inputStride: D, tokens: wanted, Projection(weights.output, into: s.localLogits, stride: share),
+                   mode: mode, pool: pool)
+        try group.allGather(
+            UnsafeBufferPointer(start: s.localLogits, count: wanted * share),
+            into: UnsafeMutableBufferPointer(start: s.gatheredLogits, count: shard.ranks * wanted * share))
+        let vocabulary = configuration.vocabularySize
+        for (r, range) in vocabularyRanges.enumerated() {
+            for w in 0..<wanted {
+                (logits + w * vocabulary + range.lowerBound).update(from: s.gatheredLogits + (r * wanted + w) * share, count: range.count)
+            }
+        }
+    }
+
+    /// Sums a buffer over the tensor-parallel group (nothing at TP 1).
+    private func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try group?.allReduceSum(UnsafeMutableBufferPointer(start: buffer, count: count))
     }
 
     /// Causal grouped-query attention of every batch token over its sequence's cached keys
@@ -135,7 +181,7 @@ public final class LlamaModel {
     /// heads of a group are scored together, so each cached key and value is read once per
     /// token rather than once per query head.
     private func attention(layer: Int, batch: ForwardBatch) {
-        let c = configuration
+        let c = local
         let T = batch.tokens.count
         let hd = c.headDimensions, KVH = c.kvHeads, qDim = c.queryDimensions
         let group = c.attentionHeads / KVH
@@ -194,12 +240,12 @@ public final class LlamaModel {
 extension LlamaModel {
     /// Every buffer a step needs, allocated once for the largest batch.
     final class Scratch {
-        let x, xn, q, k, v, attention, gate, up, cos, sin, scores: UnsafeMutablePointer<Float>
+        let x, xn, q, k, v, attention, gate, up, cos, sin, scores, localLogits, gatheredLogits: UnsafeMutablePointer<Float>
         let slots: UnsafeMutablePointer<Int32>
         let maxContext: Int
         private var owned: [UnsafeMutablePointer<Float>] = []
 
-        init(configuration c: LlamaConfiguration, maxTokens T: Int, maxContext: Int, threads: Int) {
+        init(configuration c: LlamaConfiguration, maxTokens T: Int, maxContext: Int, threads: Int, vocabularyShare: Int, ranks: Int) {
             self.maxContext = maxContext
             var owned: [UnsafeMutablePointer<Float>] = []
             func buffer(_ count: Int) -> UnsafeMutablePointer<Float> {
@@ -219,6 +265,8 @@ extension LlamaModel {
             cos = buffer(T * c.rotaryDimensions / 2)
             sin = buffer(T * c.rotaryDimensions / 2)
             scores = buffer(threads * maxContext * (c.attentionHeads / c.kvHeads))
+            localLogits = buffer(T * vocabularyShare)
+            gatheredLogits = buffer(ranks * T * vocabularyShare)
             slots = .allocate(capacity: T)
             self.owned = owned
         }

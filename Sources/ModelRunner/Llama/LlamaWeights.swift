@@ -44,6 +44,29 @@ public struct LlamaWeights: @unchecked Sendable {
         static let down = "ffn_down"
     }
 
+    /// Cuts this rank's shard out of the full views (no copy: sub-views of the mapping).
+    public func sharded(_ shard: TensorShard, configuration c: LlamaConfiguration) -> LlamaWeights {
+        guard shard.ranks > 1 else { return self }
+        var w = self
+        let hd = c.headDimensions, group = c.attentionHeads / c.kvHeads
+        let q = (shard.kvHeads.lowerBound * group * hd)..<(shard.kvHeads.upperBound * group * hd)
+        let kv = (shard.kvHeads.lowerBound * hd)..<(shard.kvHeads.upperBound * hd)
+        w.layers = layers.map { l in
+            var l = l
+            l.query = l.query.rows(q)
+            l.key = l.key.rows(kv)
+            l.value = l.value.rows(kv)
+            l.attentionOutput = l.attentionOutput.columns(q)
+            l.gate = l.gate.rows(shard.feedForward)
+            l.up = l.up.rows(shard.feedForward)
+            l.down = l.down.columns(shard.feedForward)
+            return l
+        }
+        w.tokenEmbedding = tokenEmbedding.rows(shard.vocabulary)
+        w.output = output.rows(shard.vocabulary)
+        return w
+    }
+
     /// Finds and checks every tensor. `configuration.vocabularySize` is filled from the
     /// embedding when the metadata lacked it.
     public init(file: GGUFFile, configuration: inout LlamaConfiguration) throws(GGUFError) {
