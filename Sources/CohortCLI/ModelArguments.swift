@@ -18,9 +18,15 @@ struct ModelArguments: ParsableArguments {
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache memory in MiB.")
     var kvCacheMiB = 256
 
+    @Option(name: .customLong("tp"), help: "Tensor-parallel ranks (rank 0 here, the others in worker processes).")
+    var tensorParallel = 1
+
     func validate() throws {
         guard threads >= 1 && threads <= 256 else {
             throw ValidationError("--threads must be between 1 and 256, got \(threads)")
+        }
+        guard tensorParallel >= 1 && tensorParallel <= 64 else {
+            throw ValidationError("--tp must be between 1 and 64, got \(tensorParallel)")
         }
         guard kvCacheMiB >= 1 && kvCacheMiB <= 1 << 20 else {
             throw ValidationError("--kv-cache-mb must be between 1 and 1048576, got \(kvCacheMiB)")
@@ -34,7 +40,9 @@ struct ModelArguments: ParsableArguments {
 
     var path: String { model ?? ReferenceModel.defaultPath }
 
-    var options: ExecutorOptions { ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB) }
+    var options: ExecutorOptions {
+        ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, tensorParallel: tensorParallel)
+    }
 
     /// Loads the model, drawing a progress bar on stderr when it is a terminal.
     func load() async throws -> LocalExecutor {

@@ -14,14 +14,26 @@ struct Worker: ParsableCommand {
     @Option var reply: String
     @Option var lifelineFd: Int32
     @Option var parentPid: Int32
+    @Option var model: String?
+    @Option var threads = 1
+    @Option(name: .customLong("kv-cache-mb")) var kvCacheMiB = 256
+    @Flag var precise = false
+    @Option var tensorRank = 0
+    @Option var communicator: String?
 
     func validate() throws {
         guard rank >= 1 else { throw ValidationError("--rank must be ≥ 1 for a worker process, got \(rank)") }
     }
 
     func run() throws {
+        var shard: WorkerProcess.ModelShard?
+        if let model, let communicator {
+            shard = .init(
+                path: model, options: ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB),
+                tensorRank: tensorRank, communicator: communicator)
+        }
         let status = WorkerProcess.run(.init(
-            rank: rank, broadcast: broadcast, reply: reply, lifelineDescriptor: lifelineFd, parentPID: parentPid))
+            rank: rank, broadcast: broadcast, reply: reply, lifelineDescriptor: lifelineFd, parentPID: parentPid, model: shard))
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -14,12 +14,18 @@ public struct ExecutorOptions: Sendable, Equatable {
     public var kvCacheMiB: Int
     /// Most tokens per forward pass.
     public var maxBatchTokens: Int
+    /// Tensor-parallel ranks: rank 0 in this process, the others in worker processes.
+    public var tensorParallel: Int
 
-    public init(threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512) {
+    public init(
+        threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512,
+        tensorParallel: Int = 1
+    ) {
         self.threads = threads
         self.precise = precise
         self.kvCacheMiB = kvCacheMiB
         self.maxBatchTokens = maxBatchTokens
+        self.tensorParallel = tensorParallel
     }
 
     /// One thread per online CPU.

@@ -1,11 +1,15 @@
 public import ExecutorCore
 public import ModelRunner
+import Collectives
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Runs requests through the executor on one in-process worker that owns the whole model
-/// (TP = PP = 1): `Driver` → `ModelWorker`, one `StepRequest` per step.
+/// Runs requests through the executor, one `StepRequest` per step: at TP 1 on one
+/// in-process `ModelWorker` under a `Driver`; at TP > 1 with rank 0's shard in this process
+/// and the other ranks' shards in worker processes (`WorkerGroup`), joined by a
+/// shared-memory communicator: each step is broadcast, rank 0 runs its part (its
+/// collectives meet the workers'), then the workers' replies are gathered.
 ///
 /// It turns prompts into tokens, keeps each request's KV block table, prefills prompts in
 /// chunks of at most `maxBatchTokens`, then decodes one token per step (the worker samples
@@ -14,7 +18,12 @@ import Glibc
 public final class LocalExecutor {
     public let loaded: LoadedModel
     public let loadSeconds: Double
-    public let driver: Driver
+    private let backend: Backend
+
+    enum Backend {
+        case driver(Driver)
+        case tensorParallel(rank0: ModelWorker, workers: WorkerGroup, communicator: SharedMemoryCommunicator)
+    }
     private var allocator: BlockAllocator
     private var nextSequenceID: UInt64 = 1
     private var nextStep: UInt64 = 0
@@ -24,19 +33,70 @@ public final class LocalExecutor {
     /// Loads the model into a worker and starts the driver.
     public init(modelPath: String, options: ExecutorOptions, progress: @escaping @Sendable (Double) -> Void = { _ in }) async throws {
         let start = MonotonicClock.now()
-        let worker = ModelWorker(modelPath: modelPath, options: options.modelOptions, progress: progress)
-        driver = Driver(layout: .single, workers: [worker], maxParallelLoadingWorkers: 1, virtualEngines: 1)
-        try await driver.start(contexts: [
-            WorkerContext(rank: 0, localRank: 0, worldSize: 1, layout: .single, rendezvous: "in-process", environment: [:]),
-        ])
-        loaded = worker.loaded!
+        let tp = options.tensorParallel
+        guard tp >= 1 else { throw GenerationError("tensor-parallel size must be ≥ 1, got \(tp)") }
+        if tp == 1 {
+            let worker = ModelWorker(modelPath: modelPath, options: options.modelOptions, progress: progress)
+            let driver = Driver(layout: .single, workers: [worker], maxParallelLoadingWorkers: 1, virtualEngines: 1)
+            try await driver.start(contexts: [
+                WorkerContext(rank: 0, localRank: 0, worldSize: 1, layout: .single, rendezvous: "in-process", environment: [:]),
+            ])
+            loaded = worker.loaded!
+            backend = .driver(driver)
+            allocator = BlockAllocator(blockCount: await driver.blocksPerVirtualEngine, blockSize: loaded.model.cache.blockSize)
+        } else {
+            // Check the layout before any process starts.
+            let file = try GGUFFile(path: modelPath)
+            var configuration = try LlamaConfiguration(file: file, architecture: try file.string("general.architecture"))
+            _ = try LlamaWeights(file: file, configuration: &configuration)
+            _ = try TensorShard.plan(configuration, rank: 0, ranks: tp)
+            let communicator = try SharedMemoryCommunicator.create(ranks: tp, capacity: 1 << 18)
+            let workers: WorkerGroup
+            do {
+                workers = try WorkerGroup(workers: tp - 1, configuration: .init(stepTimeout: 120)) { index in
+                    WorkerProcess.ModelShard(path: modelPath, options: options, tensorRank: index + 1, communicator: communicator.name).arguments
+                }
+            } catch {
+                communicator.close()
+                throw error
+            }
+            communicator.unlinkName()
+            let worker = ModelWorker(modelPath: modelPath, options: options.modelOptions, group: communicator, progress: progress)
+            do { try worker.loadNow() } catch {
+                workers.shutdown()
+                throw error
+            }
+            loaded = worker.loaded!
+            backend = .tensorParallel(rank0: worker, workers: workers, communicator: communicator)
+            // Rank 0 holds the most KV heads (extra heads go to the first ranks): the fewest blocks.
+            allocator = BlockAllocator(blockCount: loaded.model.cache.blockCount, blockSize: loaded.model.cache.blockSize)
+        }
         loadSeconds = MonotonicClock.now() - start
-        let cache = loaded.model.cache
-        allocator = BlockAllocator(blockCount: await driver.blocksPerVirtualEngine, blockSize: cache.blockSize)
     }
 
-    /// Stops the worker. Idempotent.
-    public func shutdown() async { await driver.shutdown() }
+    /// Stops the workers. Idempotent.
+    public func shutdown() async {
+        switch backend {
+        case let .driver(driver):
+            await driver.shutdown()
+        case let .tensorParallel(rank0, workers, communicator):
+            workers.shutdown()
+            await rank0.shutdown()
+            communicator.close()
+        }
+    }
+
+    private func execute(_ request: StepRequest) async throws -> StepOutput {
+        switch backend {
+        case let .driver(driver):
+            return try await driver.execute(request)
+        case let .tensorParallel(rank0, workers, _):
+            try workers.broadcast(request)
+            let output = try rank0.executeNow(request)
+            _ = try workers.collect(request)
+            return output
+        }
+    }
 
     public var tokenizer: Tokenizer { loaded.tokenizer }
 
@@ -153,7 +213,7 @@ public final class LocalExecutor {
         nextStep += 1
         finished.removeAll()
         do {
-            let output = try await driver.execute(request)
+            let output = try await execute(request)
             return sample ? output.samples.first : nil
         } catch {
             throw GenerationError("\(error)")

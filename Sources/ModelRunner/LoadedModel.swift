@@ -45,22 +45,22 @@ public final class LoadedModel {
     /// With a tensor-parallel `group`, this instance holds only its rank's shard.
     public init(
         path: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil, progress: (Double) -> Void = { _ in }
-    ) throws(GGUFError) {
+    ) throws {
         let file = try GGUFFile(path: path)
         let architecture = try file.string("general.architecture")
         guard let makeConfiguration = ModelRegistry.architectures[architecture] else {
-            throw .unsupportedArchitecture(found: architecture, supported: ModelRegistry.architectures.keys.sorted())
+            throw GGUFError.unsupportedArchitecture(found: architecture, supported: ModelRegistry.architectures.keys.sorted())
         }
         var configuration = try makeConfiguration(file, architecture)
         let weights = try LlamaWeights(file: file, configuration: &configuration)
         let tokenizer = try Tokenizer(file: file)
         guard tokenizer.vocabularySize == configuration.vocabularySize else {
-            throw .invalidValue(
+            throw GGUFError.invalidValue(
                 key: "tokenizer.ggml.tokens", expected: "\(configuration.vocabularySize) tokens (the embedding's rows)",
                 found: "\(tokenizer.vocabularySize)")
         }
         if let source = try file.optionalString(ChatTemplate.key) {
-            do throws(ChatTemplate.UnsupportedTemplate) {
+            do {
                 chatTemplate = .success(try ChatTemplate(source: source))
             } catch {
                 chatTemplate = .failure(error)

@@ -132,6 +132,21 @@ struct CLI {
         #expect(cut["finish_reason"] as? String == "stop")
     }
 
+    @Test("--tp 2 runs a shard in a worker process and gives the tokens of --tp 1", arguments: ["fast", "precise"])
+    func tensorParallel(mode: String) throws {
+        let base = ["generate", "--model", model, "--prompt-tokens", "5,77,200,3,14", "--temperature", "0", "--max-tokens", "12",
+                    "--threads", "1", "--output", "json"] + (mode == "precise" ? ["--precise"] : [])
+        let one = try json(CLI.run(base)), two = try json(CLI.run(base + ["--tp", "2"]))
+        #expect(try #require(one["tokens"] as? [Int]).count == 12)
+        #expect(two["tokens"] as? [Int] == one["tokens"] as? [Int])
+    }
+
+    @Test("an impossible layout fails before any worker starts")
+    func impossibleLayout() throws {
+        let r = try CLI.run(["generate", "--model", model, "--prompt", "hi", "--tp", "3"])
+        #expect(r.status != 0 && r.stderr.contains("TP 3 is larger than the model's 2 KV heads"), "\(r.stderr)")
+    }
+
     @Test("prompt token ids outside the vocabulary are rejected")
     func tokenOutOfRange() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "1,99999"])

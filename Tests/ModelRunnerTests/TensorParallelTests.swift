@@ -1,4 +1,5 @@
 import Collectives
+import ExecutorCore
 import ExecutorTestSupport
 import Foundation
 import Kernels
@@ -87,6 +88,8 @@ import Testing
         #expect(two.map(\.feedForward) == [0..<768, 768..<1536])
         #expect(two.map(\.vocabulary) == [0..<24576, 24576..<49152])
         #expect(two[1].local(c).attentionHeads == 3 && two[0].local(c).attentionHeads == 6)
-        #expect(throws: GGUFError.self) { try TensorShard.plan(c, rank: 0, ranks: 4) }
+        #expect(throws: LayoutError("TP 4 is larger than the model's 3 KV heads: every tensor-parallel rank needs at least one")) {
+            try TensorShard.plan(c, rank: 0, ranks: 4)
+        }
     }
 }

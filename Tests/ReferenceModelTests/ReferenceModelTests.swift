@@ -118,6 +118,29 @@ struct ReferenceModelTests {
         await executor.shutdown()
     }
 
+    @Test("TP 2 and TP 3 across worker processes give TP 1's --precise greedy tokens", arguments: [2, 3])
+    func tensorParallel(ranks: Int) throws {
+        try requireModel()
+        let cohort = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("cohort").path
+        func tokens(_ tp: Int, _ prompt: [Int32]) throws -> [Int] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: cohort)
+            p.arguments = ["generate", "--precise", "--tp", "\(tp)", "--threads", "1", "--temperature", "0", "--max-tokens", "32",
+                           "--output", "json", "--prompt-tokens", prompt.map(String.init).joined(separator: ",")]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            return try #require(object["tokens"] as? [Int])
+        }
+        for c in try greedyCases("float_reference.json").prefix(2) {
+            #expect(try tokens(ranks, c.promptTokens) == (try tokens(1, c.promptTokens)))
+        }
+    }
+
     @Test("the chat prompt renders and tokenizes like llama.cpp's run of the same text")
     func chatPromptTokens() async throws {
         try requireModel()

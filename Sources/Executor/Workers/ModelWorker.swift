@@ -3,8 +3,9 @@ public import ModelRunner
 import Kernels
 import Synchronization
 
-/// A worker that runs the whole model in this process (TP = PP = 1): the forward pass over
-/// its paged KV cache and sampling for every sequence that asks for a token.
+/// A worker that runs the model, or its tensor-parallel shard, in this process: the forward
+/// pass over its paged KV cache and, on tensor rank 0, sampling for every sequence that
+/// asks for a token (the other ranks return empty outputs).
 ///
 /// It keeps, per sequence id, what sampling needs across steps (penalty history and the
 /// request's random stream) and drops it when the id comes back in `finishedRequestIDs`.
@@ -13,6 +14,8 @@ import Synchronization
 public final class ModelWorker: Worker {
     public let modelPath: String
     public let options: ModelOptions
+    /// The tensor-parallel group this worker's shard belongs to (nil: the whole model).
+    private let group: SendableGroup?
     private let progress: @Sendable (Double) -> Void
     private let state = Mutex<State?>(nil)
 
@@ -39,10 +42,19 @@ public final class ModelWorker: Worker {
         deinit { logits.deallocate() }
     }
 
-    public init(modelPath: String, options: ModelOptions, progress: @escaping @Sendable (Double) -> Void = { _ in }) {
+    public init(
+        modelPath: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil,
+        progress: @escaping @Sendable (Double) -> Void = { _ in }
+    ) {
         self.modelPath = modelPath
         self.options = options
+        self.group = group.map(SendableGroup.init)
         self.progress = progress
+    }
+
+    /// A communicator handle used only by this worker's steps, which never overlap.
+    struct SendableGroup: @unchecked Sendable {
+        let group: any TensorParallelGroup
     }
 
     /// The loaded model (after `loadModel`).
@@ -51,15 +63,19 @@ public final class ModelWorker: Worker {
     // MARK: - Worker
 
     public func initialize(_ context: WorkerContext) async throws {
-        guard context.worldSize == 1 else {
-            throw ExecutorError("a ModelWorker runs the whole model: expected a world of 1, found \(context.worldSize) (\(context.layout))")
+        let ranks = group?.group.ranks ?? 1
+        guard context.layout.tensorParallel == ranks, context.layout.pipelineParallel == 1 else {
+            throw ExecutorError("this worker holds a TP \(ranks) shard: expected TP \(ranks) × PP 1, found \(context.layout)")
         }
     }
 
     public func initializeDevice() async throws {}
 
-    public func loadModel() async throws {
-        let loaded = try LoadedModel(path: modelPath, options: options, progress: progress)
+    public func loadModel() async throws { try loadNow() }
+
+    /// `loadModel` for callers outside Swift concurrency (a worker process's loop).
+    public func loadNow() throws {
+        let loaded = try LoadedModel(path: modelPath, options: options, group: group?.group, progress: progress)
         state.withLock { $0 = State(loaded: loaded) }
     }
 
@@ -75,8 +91,12 @@ public final class ModelWorker: Worker {
         }
     }
 
-    public func execute(_ step: StepRequest) async throws -> StepOutput? {
-        try withState { s in try Self.run(step, on: s) }
+    public func execute(_ step: StepRequest) async throws -> StepOutput? { try executeNow(step) }
+
+    /// `execute` for callers outside Swift concurrency (a worker process's loop).
+    public func executeNow(_ step: StepRequest) throws -> StepOutput {
+        let samples = (group?.group.rank ?? 0) == 0
+        return try withState { s in try Self.run(step, on: s, sample: samples) }
     }
 
     public func checkHealth() async throws {
@@ -96,7 +116,7 @@ public final class ModelWorker: Worker {
 
     // MARK: - Steps
 
-    static func run(_ step: StepRequest, on s: State) throws -> StepOutput {
+    static func run(_ step: StepRequest, on s: State, sample: Bool) throws -> StepOutput {
         for id in step.finishedRequestIDs { s.sequences[id] = nil }
         let model = s.loaded.model
         let vocabulary = s.loaded.configuration.vocabularySize
@@ -131,6 +151,7 @@ public final class ModelWorker: Worker {
         }
         if !s.batch.tokens.isEmpty { try model.forward(s.batch, logits: s.logits) }
         var samples: [StepOutput.Sample] = []
+        guard sample else { return StepOutput(step: step.step, samples: samples) }
         var row = 0
         for sequence in step.sequences where sequence.sample {
             var state = s.sequences[sequence.id]!

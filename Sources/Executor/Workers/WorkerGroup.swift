@@ -57,7 +57,11 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Starts `workers` worker processes and waits until each has attached and answered a
     /// health check.
-    public init(workers: Int, configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil) throws {
+    /// `extraArguments(i)` are added to worker `i`'s command line (a model shard to serve).
+    public init(
+        workers: Int, configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil,
+        extraArguments: (Int) -> [String] = { _ in [] }
+    ) throws {
         precondition(workers >= 1, "a worker group needs at least one worker, got \(workers)")
         self.workerCount = workers
         self.configuration = configuration
@@ -85,6 +89,7 @@ public final class WorkerGroup: @unchecked Sendable {
                 arguments: { index in
                     ["worker", "--rank", "\(index + 1)", "--broadcast", broadcastName, "--reply", replies[index].name,
                      "--lifeline-fd", "\(LocalProcessLauncher.lifelineDescriptor)", "--parent-pid", "\(parent)"]
+                        + extraArguments(index)
                 },
                 environment: { index in
                     Placement.cpuEnvironment(cpuSets[index]).merging([Placement.Environment.instanceID: instanceID]) { $1 }
@@ -116,8 +121,22 @@ public final class WorkerGroup: @unchecked Sendable {
     public func step(_ request: StepRequest) throws -> [StepOutput] {
         let start = MonotonicClock.nanoseconds()
         defer { stepTimer.recordNanoseconds(MonotonicClock.nanoseconds() - start) }
+        try broadcast(request)
+        return try collect(request)
+    }
+
+    /// Sends a step to every worker without waiting (the driver runs rank 0's part meanwhile).
+    public func broadcast(_ request: StepRequest) throws {
         try send(.step(request))
-        return try gather(what: "step \(request.step)") { rank, bytes throws(WireError) in
+    }
+
+    /// Gathers every worker's output for `request`, in rank order.
+    public func collect(_ request: StepRequest) throws -> [StepOutput] {
+        try gather(what: "step \(request.step)") { rank, bytes throws(WireError) in
+            if bytes.count >= 4 && bytes.prefix(4).elementsEqual("CRPL".utf8),
+               case let .failed(_, message) = try WorkerReply(decoding: bytes) {
+                throw WireError.invalidValue(offset: 0, reading: "step \(request.step) on rank \(rank)", found: message)
+            }
             let output = try StepOutput(decoding: bytes)
             guard output.step == request.step else {
                 throw WireError.invalidValue(offset: 6, reading: "step number from rank \(rank)", found: "\(output.step), expected \(request.step)")

@@ -1,5 +1,6 @@
 public import ExecutorCore
 import CSystem
+import Collectives
 import Transports
 #if canImport(Glibc)
 import Glibc
@@ -17,13 +18,38 @@ public enum WorkerProcess {
         public var reply: String
         public var lifelineDescriptor: Int32
         public var parentPID: Int32
+        /// The model shard to serve; nil: answer steps without a model (control-plane benchmark).
+        public var model: ModelShard?
 
-        public init(rank: Int, broadcast: String, reply: String, lifelineDescriptor: Int32, parentPID: Int32) {
+        public init(rank: Int, broadcast: String, reply: String, lifelineDescriptor: Int32, parentPID: Int32, model: ModelShard? = nil) {
             self.rank = rank
             self.broadcast = broadcast
             self.reply = reply
             self.lifelineDescriptor = lifelineDescriptor
             self.parentPID = parentPID
+            self.model = model
+        }
+    }
+
+    /// A tensor-parallel shard of a model for a worker process to load and run.
+    public struct ModelShard: Sendable, Equatable {
+        public var path: String
+        public var options: ExecutorOptions
+        public var tensorRank: Int
+        /// The shared-memory communicator of the tensor-parallel group.
+        public var communicator: String
+
+        public init(path: String, options: ExecutorOptions, tensorRank: Int, communicator: String) {
+            self.path = path
+            self.options = options
+            self.tensorRank = tensorRank
+            self.communicator = communicator
+        }
+
+        /// The `cohort worker` arguments that describe this shard.
+        var arguments: [String] {
+            ["--model", path, "--threads", "\(options.threads)", "--kv-cache-mb", "\(options.kvCacheMiB)",
+             "--tensor-rank", "\(tensorRank)", "--communicator", communicator] + (options.precise ? ["--precise"] : [])
         }
     }
 
@@ -46,7 +72,13 @@ public enum WorkerProcess {
             // Names go as soon as every peer is in: nothing else can attach, nothing is left behind.
             commands.markAttached(expected: commands.readers)
             replies.markAttached(expected: 1)
-            try serve(rank: arguments.rank, commands: commands, replies: replies)
+            var worker: ModelWorker?
+            if let shard = arguments.model {
+                let group = try SharedMemoryCommunicator.attach(name: shard.communicator, rank: shard.tensorRank)
+                worker = ModelWorker(modelPath: shard.path, options: shard.options.modelOptions, group: group)
+                try worker!.loadNow()
+            }
+            try serve(rank: arguments.rank, commands: commands, replies: replies, worker: worker)
             return 0
         } catch {
             let message = "cohort worker rank \(arguments.rank): \(error)\n"
@@ -55,7 +87,7 @@ public enum WorkerProcess {
         }
     }
 
-    static func serve(rank: Int, commands: SharedMemoryRing, replies: SharedMemoryRing) throws {
+    static func serve(rank: Int, commands: SharedMemoryRing, replies: SharedMemoryRing, worker: ModelWorker?) throws {
         var writer = WireWriter()
         var request = StepRequest(step: 0, sequences: [])  // decoded into, step after step
         var lastStep: UInt64?
@@ -75,9 +107,16 @@ public enum WorkerProcess {
                     if let lastStep, request.step != lastStep + 1 {
                         WorkerReply.failed(rank: Int32(rank), message: "expected step \(lastStep + 1), got \(request.step)")
                             .encode(into: &writer)
+                    } else if let worker {
+                        lastStep = request.step
+                        do {
+                            try worker.executeNow(request).encode(into: &writer)
+                        } catch {
+                            WorkerReply.failed(rank: Int32(rank), message: "\(error)").encode(into: &writer)
+                        }
                     } else {
                         lastStep = request.step
-                        // No model yet: one placeholder sample per sequence that asked for one.
+                        // No model: one placeholder sample per sequence that asked for one.
                         StepOutput.encodePlaceholder(for: request, into: &writer)
                     }
                 }

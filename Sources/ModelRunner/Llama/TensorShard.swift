@@ -1,3 +1,5 @@
+public import ExecutorCore
+
 /// Which part of a Llama model one tensor-parallel rank holds.
 ///
 /// KV heads are split as evenly as possible, first ranks taking the extra ones (9 query
@@ -28,12 +30,12 @@ public struct TensorShard: Sendable, Equatable {
 
     /// The shard of `rank` among `ranks`.
     /// - Throws: when there are more ranks than KV heads or the FFN cannot be split on blocks.
-    public static func plan(_ c: LlamaConfiguration, rank: Int, ranks: Int) throws(GGUFError) -> TensorShard {
+    public static func plan(_ c: LlamaConfiguration, rank: Int, ranks: Int) throws(LayoutError) -> TensorShard {
         guard ranks >= 1, rank >= 0, rank < ranks else {
-            throw .invalidValue(key: "tensor parallel rank", expected: "0..<\(ranks)", found: "\(rank)")
+            throw LayoutError("tensor-parallel rank \(rank) is outside 0..<\(ranks)")
         }
         guard ranks <= c.kvHeads else {
-            throw .invalidValue(key: "tensor parallel size", expected: "at most the \(c.kvHeads) KV heads", found: "\(ranks)")
+            throw LayoutError("TP \(ranks) is larger than the model's \(c.kvHeads) KV heads: every tensor-parallel rank needs at least one")
         }
         func split(_ count: Int, unit: Int) -> Range<Int> {
             let units = count / unit
@@ -43,7 +45,7 @@ public struct TensorShard: Sendable, Equatable {
             return (begin * unit)..<(rank == ranks - 1 ? count : end * unit)
         }
         guard c.feedForwardSize % 32 == 0, c.feedForwardSize / 32 >= ranks else {
-            throw .invalidValue(key: "feed_forward_length", expected: "a multiple of 32 with a block per rank", found: "\(c.feedForwardSize)")
+            throw LayoutError("TP \(ranks) cannot split an FFN of \(c.feedForwardSize) into 32-value blocks, one or more per rank")
         }
         return TensorShard(
             rank: rank, ranks: ranks, kvHeads: split(c.kvHeads, unit: 1), feedForward: split(c.feedForwardSize, unit: 32),
