@@ -11,12 +11,15 @@ public import ExecutorCore
 ///
 /// Segment layout (64-byte lines): header (magic, version, ranks, capacity); barrier words
 /// (generation, arrivals, sleepers); per rank its pid and the last barrier it reached;
-/// then one slot of `capacity` floats per rank and one result region.
+/// then two buffer sets, each one slot of `capacity` floats per rank and a result region.
 ///
 /// All-reduce per chunk: every rank copies its part into its slot; barrier; rank r sums
 /// its 1/ranks of the elements over all slots, in rank order, into the result region;
-/// barrier; every rank copies the result out; barrier. Summing in rank order makes every
-/// rank's result identical, bit for bit, to a serial sum in that order.
+/// barrier; every rank copies the result out. Summing in rank order makes every rank's
+/// result identical, bit for bit, to a serial sum in that order. Successive operations
+/// alternate between the two buffer sets, so no barrier is needed before a set is
+/// reused: a rank can only write a set again after every rank passed the barriers of
+/// the operation in between, which come after its last read of that set.
 ///
 /// Waits spin briefly, yield, then sleep on a process-shared futex, checking every 50 ms
 /// that the ranks not yet arrived are alive: a dead peer fails the collective at once,
@@ -32,6 +35,8 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
     /// Longest wait for the other ranks at a barrier.
     public var timeout: Double = 30
     private let segment: SharedMemorySegment
+    /// The buffer set the next operation uses (every rank flips it in step).
+    private var bufferSet = 0
 
     static let magic: UInt32 = 0x4D4F_4343  // "CCOM"
     static let layoutVersion: UInt32 = 1
@@ -43,7 +48,7 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
         static func pid(_ r: Int) -> Int { perRank + 64 * r }
         static func reached(_ r: Int) -> Int { perRank + 64 * r + 4 }
         static func dataStart(ranks: Int) -> Int { perRank + 64 * ranks }
-        static func size(ranks: Int, capacity: Int) -> Int { dataStart(ranks: ranks) + (ranks + 1) * capacity * 4 }
+        static func size(ranks: Int, capacity: Int) -> Int { dataStart(ranks: ranks) + 2 * (ranks + 1) * capacity * 4 }
     }
 
     // MARK: - Life cycle
@@ -111,7 +116,7 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
             }
             try barrier("all-reduce")
             (buffer.baseAddress! + offset).update(from: result, count: n)
-            try barrier("all-reduce")
+            bufferSet ^= 1
             offset += n
         }
     }
@@ -125,7 +130,7 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
             if n > 0 { slot(rank).update(from: input.baseAddress! + offset, count: n) }
             try barrier("all-gather")
             for r in 0..<ranks where n > 0 { (output.baseAddress! + r * input.count + offset).update(from: slot(r), count: n) }
-            try barrier("all-gather")
+            bufferSet ^= 1
             offset += max(n, 1)
         }
     }
@@ -139,7 +144,7 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
             if rank == root { slot(root).update(from: buffer.baseAddress! + offset, count: n) }
             try barrier("broadcast")
             if rank != root { (buffer.baseAddress! + offset).update(from: slot(root), count: n) }
-            try barrier("broadcast")
+            bufferSet ^= 1
             offset += n
         }
     }
@@ -201,7 +206,8 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
     }
 
     private func slot(_ r: Int) -> UnsafeMutablePointer<Float> {
-        segment.base.advanced(by: Layout.dataStart(ranks: ranks) + r * capacity * 4).assumingMemoryBound(to: Float.self)
+        let set = bufferSet * (ranks + 1) * capacity * 4
+        return segment.base.advanced(by: Layout.dataStart(ranks: ranks) + set + r * capacity * 4).assumingMemoryBound(to: Float.self)
     }
 
     private var result: UnsafeMutablePointer<Float> { slot(ranks) }
