@@ -39,8 +39,8 @@ public final class LoadedModel {
     public let model: LlamaModel
     public let options: ModelOptions
 
-    /// Opens and checks `path`, then touches every weight page (reporting progress from 0
-    /// to 1) so that the first step does not pay for page faults.
+    /// Opens and checks `path`, then (for a whole model) touches every weight page,
+    /// reporting progress from 0 to 1, so that the first step does not pay for page faults.
     ///
     /// With a tensor-parallel `group`, this instance holds only its rank's shard.
     public init(
@@ -73,7 +73,9 @@ public final class LoadedModel {
             layers: configuration.layers, blockSize: options.blockSize, kvDimensions: shard.local(configuration).kvDimensions)
         let blocks = max(1, options.kvCacheBytes / blockBytes)
 
-        Self.touchPages(file, progress: progress)
+        // A whole model reads every page: fault them in now. A shard reads only its own,
+        // and leaves the rest of the file unmapped from its resident set.
+        if (group?.ranks ?? 1) == 1 { Self.touchPages(file, progress: progress) } else { progress(1) }
         self.file = file
         self.configuration = configuration
         self.tokenizer = tokenizer

@@ -28,6 +28,12 @@ import Testing
         StepRequest(step: step, sequences: [.init(id: 1, tokens: [5], startPosition: 3, blockTable: [0]), .init(id: 2, tokens: [6, 7], startPosition: 0, blockTable: [1], sample: false)])
     }
 
+    /// The state letter in /proc/PID/stat (R, S, T, Z…).
+    func state(_ pid: Int32) -> Substring? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return nil }
+        return stat.split(separator: ")").last?.split(separator: " ").first
+    }
+
     func isRunning(_ pid: Int32) -> Bool {
         // kill(pid, 0) succeeds for zombies too; /proc/PID/stat's state tells them apart.
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
@@ -79,6 +85,8 @@ import Testing
         _ = try g.step(Self.request(0))
         let victim = g.processes[0]
         kill(victim.pid, SIGSTOP)
+        // kill() returns before the signal lands: wait until the process is really stopped.
+        while state(victim.pid) != "T" { usleep(1_000) }
         let start = Date()
         #expect(throws: WorkerFailure.stuck(rank: 1, pid: victim.pid, waitingFor: "step 1", seconds: 0.5)) {
             _ = try g.step(Self.request(1))

@@ -23,8 +23,9 @@ public final class PagedKVCache {
         self.blockSize = blockSize
         self.kvDimensions = kvDimensions
         let count = layers * 2 * blockCount * blockSize * kvDimensions
+        // Not initialised: a slot is read only after its token was written, so blocks cost
+        // resident memory only once used.
         storage = .allocate(capacity: count)
-        storage.initialize(repeating: 0, count: count)
     }
 
     deinit { storage.deallocate() }

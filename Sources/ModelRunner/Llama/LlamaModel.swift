@@ -249,8 +249,9 @@ extension LlamaModel {
             self.maxContext = maxContext
             var owned: [UnsafeMutablePointer<Float>] = []
             func buffer(_ count: Int) -> UnsafeMutablePointer<Float> {
+                // Not initialised: every buffer is written before it is read, and untouched
+                // pages (logit rows of a full batch, say) then cost no resident memory.
                 let p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
-                p.initialize(repeating: 0, count: max(count, 1))
                 owned.append(p)
                 return p
             }
