@@ -91,6 +91,7 @@ public final class LocalExecutor {
         case let .driver(driver):
             return try await driver.execute(request)
         case let .tensorParallel(rank0, workers, _):
+            try rank0.validateNow(request)  // a bad step must not reach ranks already in their collectives
             try workers.broadcast(request)
             let output = try rank0.executeNow(request)
             _ = try workers.collect(request)

@@ -22,7 +22,17 @@ import Testing
         ]
         for (sequence, message) in bad {
             await #expect { _ = try await worker.execute(step(sequence)) } throws: { "\($0)".contains(message) }
+            #expect { try worker.validateNow(step(sequence)) } throws: { "\($0)".contains(message) }
         }
+        // More tokens than one step may carry (three prompts of 200 within the context of 256).
+        var prompts: [StepRequest.Sequence] = []
+        for i in 0..<3 {
+            let first = Int32(i * 50)
+            let table = Array(first..<(first + 50))
+            prompts.append(StepRequest.Sequence(id: UInt64(10 + i), tokens: [Int32](repeating: 1, count: 200), startPosition: 0, blockTable: table))
+        }
+        let crowded = StepRequest(step: 0, sequences: prompts)
+        #expect { try worker.validateNow(crowded) } throws: { "\($0)".contains("has 600 tokens; this worker runs at most 512 per step") }
         // A good step still works afterwards, and samples only where asked.
         let output = try await worker.execute(StepRequest(step: 1, sequences: [
             .init(id: 2, tokens: [1, 2], startPosition: 0, blockTable: [0], sample: true),

@@ -116,11 +116,14 @@ public final class ModelWorker: Worker {
 
     // MARK: - Steps
 
-    static func run(_ step: StepRequest, on s: State, sample: Bool) throws -> StepOutput {
-        for id in step.finishedRequestIDs { s.sequences[id] = nil }
-        let model = s.loaded.model
-        let vocabulary = s.loaded.configuration.vocabularySize
-        s.batch.removeAll()
+    /// Checks a step against this worker's model and cache without running it (the driver
+    /// calls it before broadcasting, so that a bad step never reaches the other ranks).
+    public func validateNow(_ step: StepRequest) throws {
+        try withState { s in try Self.validate(step, model: s.loaded.model, vocabulary: s.loaded.configuration.vocabularySize) }
+    }
+
+    static func validate(_ step: StepRequest, model: LlamaModel, vocabulary: Int) throws {
+        var tokens = 0
         for sequence in step.sequences {
             guard !sequence.tokens.isEmpty, sequence.startPosition >= 0 else {
                 throw ExecutorError("sequence \(sequence.id): expected at least one token at a position ≥ 0, "
@@ -137,6 +140,21 @@ public final class ModelWorker: Worker {
             for b in sequence.blockTable where b < 0 || Int(b) >= model.cache.blockCount {
                 throw ExecutorError("sequence \(sequence.id): KV block \(b) is outside 0..<\(model.cache.blockCount)")
             }
+            tokens += sequence.tokens.count
+        }
+        guard tokens <= model.maxBatchTokens else {
+            throw ExecutorError("step \(step.step) has \(tokens) tokens; this worker runs at most \(model.maxBatchTokens) per step")
+        }
+    }
+
+    static func run(_ step: StepRequest, on s: State, sample: Bool) throws -> StepOutput {
+        let model = s.loaded.model
+        let vocabulary = s.loaded.configuration.vocabularySize
+        // Validate the whole step before changing any state.
+        try validate(step, model: model, vocabulary: vocabulary)
+        for id in step.finishedRequestIDs { s.sequences[id] = nil }
+        s.batch.removeAll()
+        for sequence in step.sequences {
             if s.sequences[sequence.id] == nil {
                 s.sequences[sequence.id] = SequenceState(
                     history: PenaltyHistory(prompt: []), random: RandomStream(seed: sequence.sampling.seed ?? .random(in: 0...UInt64.max)))
@@ -145,9 +163,6 @@ public final class ModelWorker: Worker {
             if !s.sequences[sequence.id]!.sampled { s.sequences[sequence.id]!.history.addPrompt(sequence.tokens) }
             s.batch.append(sequence.tokens, startPosition: Int(sequence.startPosition), blockTable: sequence.blockTable,
                            wantLogits: sequence.sample)
-        }
-        guard s.batch.tokens.count <= model.maxBatchTokens else {
-            throw ExecutorError("step \(step.step) has \(s.batch.tokens.count) tokens; this worker runs at most \(model.maxBatchTokens) per step")
         }
         if !s.batch.tokens.isEmpty { try model.forward(s.batch, logits: s.logits) }
         var samples: [StepOutput.Sample] = []
