@@ -1,9 +1,6 @@
 public import ExecutorCore
 public import ModelRunner
 import Collectives
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Runs requests through the executor, one `StepRequest` per step: at TP 1 on one
 /// in-process `ModelWorker` under a `Driver`; at TP > 1 with rank 0's shard in this process
@@ -64,6 +61,7 @@ public final class LocalExecutor {
             let worker = ModelWorker(modelPath: modelPath, options: options.modelOptions, group: communicator, progress: progress)
             do { try worker.loadNow() } catch {
                 workers.shutdown()
+                communicator.close()
                 throw error
             }
             loaded = worker.loaded!
