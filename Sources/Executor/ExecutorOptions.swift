@@ -1,4 +1,4 @@
-public import ModelRunner
+import ModelRunner
 import Kernels
 #if canImport(Glibc)
 import Glibc

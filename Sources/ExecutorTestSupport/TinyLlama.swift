@@ -1,4 +1,4 @@
-public import ModelRunner
+import ModelRunner
 public import Kernels
 
 /// A tiny Llama model with random weights and a byte-level vocabulary, for tests.

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 internal import CSystem
-public import ExecutorCore
+import ExecutorCore
 import Synchronization
 
 /// Starts workers as child processes on this machine (`cohort worker …`).

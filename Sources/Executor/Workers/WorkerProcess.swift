@@ -1,4 +1,4 @@
-public import ExecutorCore
+import ExecutorCore
 import CSystem
 import Collectives
 import Transports
@@ -120,7 +120,7 @@ public enum WorkerProcess {
                         StepOutput.encodePlaceholder(for: request, into: &writer)
                     }
                 }
-                try writer.bytes.withUnsafeBytes { try replies.write($0) }
+                _ = try writer.bytes.withUnsafeBytes { try replies.write($0) }
             }
         }
     }
