@@ -5,6 +5,8 @@
 #include <sched.h>
 #include <dirent.h>
 #include <stdlib.h>
+#include <signal.h>
+#include <string.h>
 
 #include <errno.h>
 #include <time.h>
@@ -87,4 +89,31 @@ int cohort_set_affinity(const int *ids, int count) {
     }
     closedir(dir);
     return rc;
+}
+
+static char orphan_paths[2][300];
+
+static void orphan_cleanup(int signal) {
+    (void)signal;
+    for (int i = 0; i < 2; i++) {
+        if (orphan_paths[i][0]) unlink(orphan_paths[i]);
+    }
+    _exit(0);
+}
+
+void cohort_install_orphan_cleanup(const char *name1, const char *name2) {
+    const char *names[2] = {name1, name2};
+    for (int i = 0; i < 2; i++) {
+        orphan_paths[i][0] = 0;
+        // shm_open names live under /dev/shm on Linux; unlink is async-signal-safe, shm_unlink is not listed.
+        if (names[i] && strlen(names[i]) + 9 < sizeof(orphan_paths[i])) {
+            strcpy(orphan_paths[i], "/dev/shm");
+            strcat(orphan_paths[i], names[i]);
+        }
+    }
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = orphan_cleanup;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
 }

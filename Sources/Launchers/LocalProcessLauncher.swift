@@ -9,7 +9,8 @@ import Synchronization
 ///
 /// Every child inherits the read end of one lifeline pipe as fd 3; the driver keeps the
 /// only write end. When the driver dies, even by SIGKILL, the kernel closes it and every
-/// worker sees end-of-file and exits at once. Workers also ask for SIGKILL on parent death.
+/// worker sees end-of-file and exits at once. Workers also ask for SIGTERM on parent death,
+/// whose handler removes the shared-memory names they were given before exiting.
 public final class LocalProcessLauncher: Launcher {
     /// The executable that runs `worker` (default: this process's own binary).
     public let executable: String

@@ -55,7 +55,9 @@ public enum WorkerProcess {
 
     /// Runs the worker; returns its exit status.
     public static func run(_ arguments: Arguments) -> Int32 {
-        _ = cohort_set_parent_death_signal(SIGKILL)
+        // If the driver dies, SIGTERM: the handler removes the rings' names and exits.
+        cohort_install_orphan_cleanup(arguments.broadcast, arguments.reply)
+        _ = cohort_set_parent_death_signal(SIGTERM)
         // The parent may have died before the signal was armed: then clean up its rings.
         guard getppid() == arguments.parentPID else {
             for name in [arguments.broadcast, arguments.reply] { shm_unlink(name) }
