@@ -77,7 +77,7 @@ let package = Package(
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "ExecutorTests", dependencies: ["Executor", "ExecutorCore", "ModelRunner", "ExecutorTestSupport"],
+            name: "ExecutorTests", dependencies: ["Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
             swiftSettings: swiftSettings),
         // Real worker processes: kill -9, SIGSTOP, driver death, shutdown.
         .testTarget(

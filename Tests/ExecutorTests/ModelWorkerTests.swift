@@ -1,6 +1,7 @@
 import Executor
 import ExecutorCore
 import ExecutorTestSupport
+import Kernels
 import ModelRunner
 import Testing
 
@@ -39,6 +40,31 @@ import Testing
             .init(id: 3, tokens: [3], startPosition: 0, blockTable: [1], sample: false),
         ]))
         #expect(output?.samples.map(\.sequenceID) == [2])
+        await #expect { _ = try await worker.execute(StepRequest(step: 2, sequences: [], blockCopies: [.init(source: 0, destination: Int32(blocks))])) }
+            throws: { "\($0)".contains("KV block \(blocks) is outside") }
+        await worker.shutdown()
+    }
+
+    @Test("block copies run before the step: a sequence decoding over a copied block sees the original's keys")
+    func blockCopies() async throws {
+        let path = try TinyLlama().write()
+        defer { TemporaryFiles.remove(path) }
+        let worker = ModelWorker(modelPath: path, options: ModelOptions(threads: 1, mode: .precise, kvCacheBytes: 1 << 20, blockSize: 4))
+        try await worker.loadModel()
+        let greedy = SamplingParameters(temperature: 0, logprobs: 3)
+        func decode(_ id: UInt64, table: [Int32], copies: [StepRequest.BlockCopy], step: UInt64) async throws -> [TokenLogprob] {
+            let request = StepRequest(step: step, sequences: [.init(id: id, tokens: [42], startPosition: 3, blockTable: table, sampling: greedy)],
+                                      blockCopies: copies)
+            return try #require(try await worker.execute(request)?.samples.first?.top)
+        }
+        // Prompt of 3 tokens into block 0, then decode one token on block 0 and on a copy in block 5.
+        _ = try await worker.execute(StepRequest(step: 0, sequences: [.init(id: 1, tokens: [7, 8, 9], startPosition: 0, blockTable: [0], sample: false)]))
+        let original = try await decode(1, table: [0], copies: [], step: 1)
+        let copied = try await decode(2, table: [5], copies: [.init(source: 0, destination: 5)], step: 2)
+        #expect(copied == original)
+        // Without the copy, block 6 holds no prompt and the result differs.
+        let uncopied = try await decode(3, table: [6], copies: [], step: 3)
+        #expect(uncopied != original)
         await worker.shutdown()
     }
 }

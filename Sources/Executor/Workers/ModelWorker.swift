@@ -142,6 +142,11 @@ public final class ModelWorker: Worker {
             }
             tokens += sequence.tokens.count
         }
+        for copy in step.blockCopies {
+            for b in [copy.source, copy.destination] where b < 0 || Int(b) >= model.cache.blockCount {
+                throw ExecutorError("block copy \(copy.source) → \(copy.destination): KV block \(b) is outside 0..<\(model.cache.blockCount)")
+            }
+        }
         guard tokens <= model.maxBatchTokens else {
             throw ExecutorError("step \(step.step) has \(tokens) tokens; this worker runs at most \(model.maxBatchTokens) per step")
         }
@@ -153,6 +158,8 @@ public final class ModelWorker: Worker {
         // Validate the whole step before changing any state.
         try validate(step, model: model, vocabulary: vocabulary)
         for id in step.finishedRequestIDs { s.sequences[id] = nil }
+        // Cache operations come before the step that relies on them (copy-on-write forks).
+        for copy in step.blockCopies { model.cache.copyBlock(from: Int(copy.source), to: Int(copy.destination)) }
         s.batch.removeAll()
         for sequence in step.sequences {
             if s.sequences[sequence.id] == nil {
