@@ -58,8 +58,7 @@ struct BenchControlPlane: ParsableCommand {
             _ = try group.step(request)
             if step >= 200 { latencies.append((MonotonicClock.now() - start) * 1e6) }
         }
-        latencies.sort()
-        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        func percentile(_ p: Double) -> Double { Percentile.of(latencies, p) }
         let report = Report(
             workers: workers, payload_bytes: writer.bytes.count, steps: steps,
             median_us: percentile(0.5), p90_us: percentile(0.9), p99_us: percentile(0.99))

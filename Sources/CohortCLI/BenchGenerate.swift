@@ -62,14 +62,9 @@ struct BenchGenerate: AsyncParsableCommand {
         let report = Report(
             model: modelArguments.path, threads: modelArguments.threads, precise: modelArguments.precise,
             prompt_length: prompt.count, max_tokens: maxTokens, repeats: `repeat`,
-            prefill_tokens_per_s: median(prefill), decode_tokens_per_s: median(decode))
+            prefill_tokens_per_s: Percentile.median(prefill), decode_tokens_per_s: Percentile.median(decode))
         Output.standardOutput(try JSONOutput.line(report) + "\n")
         await executor.shutdown()
-    }
-
-    func median(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     func format(_ x: Double) -> String { String(Int(x.rounded())) }
