@@ -11,13 +11,28 @@ public struct ModelOptions: Sendable, Equatable {
     public var blockSize: Int
     /// Most tokens in one forward pass (longer prompts are split into chunks).
     public var maxBatchTokens: Int
+    /// KV blocks to allocate; nil: as many as `kvCacheBytes` holds. Every rank of a grid
+    /// gets the same count (the smallest worker's), since they share block tables.
+    public var kvBlocks: Int?
+    /// The pipeline stage this instance runs, of `pipelineStages`.
+    public var pipelineStage: Int
+    public var pipelineStages: Int
+    /// Layers per stage; nil: an even split.
+    public var pipelineLayers: [Int]?
 
-    public init(threads: Int = 1, mode: NumericMode = .fast, kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxBatchTokens: Int = 512) {
+    public init(
+        threads: Int = 1, mode: NumericMode = .fast, kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxBatchTokens: Int = 512,
+        kvBlocks: Int? = nil, pipelineStage: Int = 0, pipelineStages: Int = 1, pipelineLayers: [Int]? = nil
+    ) {
         self.threads = threads
         self.mode = mode
         self.kvCacheBytes = kvCacheBytes
         self.blockSize = blockSize
         self.maxBatchTokens = maxBatchTokens
+        self.kvBlocks = kvBlocks
+        self.pipelineStage = pipelineStage
+        self.pipelineStages = pipelineStages
+        self.pipelineLayers = pipelineLayers
     }
 }
 
@@ -42,7 +57,8 @@ public final class LoadedModel {
     /// Opens and checks `path`, then (for a whole model) touches every weight page,
     /// reporting progress from 0 to 1, so that the first step does not pay for page faults.
     ///
-    /// With a tensor-parallel `group`, this instance holds only its rank's shard.
+    /// With a tensor-parallel `group`, this instance holds only its rank's shard; with
+    /// `options.pipelineStages` > 1, only the layers of its stage.
     public init(
         path: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil, progress: (Double) -> Void = { _ in }
     ) throws {
@@ -69,20 +85,28 @@ public final class LoadedModel {
             chatTemplate = nil
         }
         let shard = try TensorShard.plan(configuration, rank: group?.rank ?? 0, ranks: group?.ranks ?? 1)
+        let stages = try PipelineStage.plan(
+            layers: configuration.layers, stages: options.pipelineStages, layerCounts: options.pipelineLayers)
+        guard stages.indices.contains(options.pipelineStage) else {
+            throw LayoutError("pipeline stage \(options.pipelineStage) is outside 0..<\(stages.count)")
+        }
+        let stage = stages[options.pipelineStage]
         let blockBytes = PagedKVCache.bytesPerBlock(
-            layers: configuration.layers, blockSize: options.blockSize, kvDimensions: shard.local(configuration).kvDimensions)
-        let blocks = max(1, options.kvCacheBytes / blockBytes)
+            layers: stage.layers.count, blockSize: options.blockSize, kvDimensions: shard.local(configuration).kvDimensions)
+        let blocks = options.kvBlocks ?? max(1, options.kvCacheBytes / blockBytes)
+        guard blocks >= 1 else { throw LayoutError("a KV cache needs at least one block, got \(blocks)") }
 
         // A whole model reads every page: fault them in now. A shard reads only its own,
         // and leaves the rest of the file unmapped from its resident set.
-        if (group?.ranks ?? 1) == 1 { Self.touchPages(file, progress: progress) } else { progress(1) }
+        if (group?.ranks ?? 1) == 1 && stages.count == 1 { Self.touchPages(file, progress: progress) } else { progress(1) }
         self.file = file
         self.configuration = configuration
         self.tokenizer = tokenizer
         self.options = options
         self.model = LlamaModel(
             weights: weights, configuration: configuration, cacheBlocks: blocks, blockSize: options.blockSize,
-            maxBatchTokens: options.maxBatchTokens, mode: options.mode, threads: options.threads, shard: shard, group: group)
+            maxBatchTokens: options.maxBatchTokens, mode: options.mode, threads: options.threads, shard: shard, group: group,
+            stage: stage)
     }
 
     private static func touchPages(_ file: GGUFFile, progress: (Double) -> Void) {

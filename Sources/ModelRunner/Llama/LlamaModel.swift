@@ -13,6 +13,8 @@ public final class LlamaModel {
     /// What this instance computes: its shard's heads and FFN width (the whole model at TP 1).
     public let local: LlamaConfiguration
     public let shard: TensorShard
+    /// The layers this instance runs (all of them at PP 1).
+    public let stage: PipelineStage
     /// The tensor-parallel group (nil at TP 1).
     public let group: (any TensorParallelGroup)?
     /// Every rank's vocabulary range, to assemble gathered logits.
@@ -29,38 +31,54 @@ public final class LlamaModel {
 
     public init(
         weights: LlamaWeights, configuration: LlamaConfiguration, cacheBlocks: Int, blockSize: Int,
-        maxBatchTokens: Int, mode: NumericMode, threads: Int, shard: TensorShard? = nil, group: (any TensorParallelGroup)? = nil
+        maxBatchTokens: Int, mode: NumericMode, threads: Int, shard: TensorShard? = nil, group: (any TensorParallelGroup)? = nil,
+        stage: PipelineStage? = nil
     ) {
         let shard = shard ?? .whole(configuration)
+        let stage = stage ?? .whole(layers: configuration.layers)
+        precondition(stage.layers.upperBound <= configuration.layers, "\(stage) is outside the model's \(configuration.layers) layers")
         precondition((group?.ranks ?? 1) == shard.ranks, "a shard of \(shard.ranks) ranks needs a group of that size")
         self.configuration = configuration
         self.shard = shard
         self.group = shard.ranks > 1 ? group : nil
         self.local = shard.local(configuration)
         self.vocabularyRanges = (0..<shard.ranks).map { (try? TensorShard.plan(configuration, rank: $0, ranks: shard.ranks))?.vocabulary ?? 0..<0 }
-        self.weights = weights.sharded(shard, configuration: configuration)
+        self.stage = stage
+        self.weights = weights.sharded(shard, configuration: configuration).staged(stage)
         self.mode = mode
         self.maxBatchTokens = maxBatchTokens
         self.maxContext = min(configuration.contextLength, cacheBlocks * blockSize)
         let c = local
-        cache = PagedKVCache(layers: c.layers, blockCount: cacheBlocks, blockSize: blockSize, kvDimensions: c.kvDimensions)
+        cache = PagedKVCache(layers: stage.layers.count, blockCount: cacheBlocks, blockSize: blockSize, kvDimensions: c.kvDimensions)
         pool = ThreadPool(threads: threads)
         matmul = MatMul(
             maxTokens: maxBatchTokens,
             maxColumns: max(c.hiddenSize, c.feedForwardSize, c.queryDimensions).roundedUp(to: 32))
         scratch = Scratch(
             configuration: c, maxTokens: maxBatchTokens, maxContext: maxContext, threads: threads,
-            vocabularyShare: shard.ranks > 1 ? shard.maxVocabularyShare(configuration) : 0, ranks: shard.ranks)
+            vocabularyShare: shard.ranks > 1 && stage.isLast ? shard.maxVocabularyShare(configuration) : 0, ranks: shard.ranks)
     }
 
     // MARK: - Forward
 
-    /// Runs one batched step and writes `batch.logitTokens.count` rows of
-    /// `vocabularySize` logits into `logits`.
+    /// Runs one batched step of the whole model and writes `batch.logitTokens.count` rows
+    /// of `vocabularySize` logits into `logits`.
     /// - Precondition: the batch fits `maxBatchTokens`, positions fit `maxContext`, token ids
     ///   are in the vocabulary and block tables cover every position (checked by the caller).
     /// - Throws: only when a tensor-parallel collective fails (a peer died or is stuck).
     public func forward(_ batch: ForwardBatch, logits: UnsafeMutablePointer<Float>) throws {
+        precondition(stage.count == 1, "\(stage) needs forward(_:hiddenStates:output:)")
+        try forward(batch, hiddenStates: nil, output: logits)
+    }
+
+    /// Runs this pipeline stage's part of one batched step.
+    ///
+    /// The first stage embeds `batch.tokens`; later stages start from `hiddenStates`, the
+    /// previous stage's output ([T, hidden]). The last stage writes `batch.logitTokens.count`
+    /// rows of logits into `output`; earlier stages write their hidden states ([T, hidden]).
+    /// - Precondition: `hiddenStates` is nil exactly on the first stage; as for `forward(_:logits:)`.
+    public func forward(_ batch: ForwardBatch, hiddenStates input: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) throws {
+        precondition(stage.isFirst == (input == nil), "\(stage): hidden states are the input of every stage but the first")
         let c = local
         let T = batch.tokens.count
         precondition(T > 0 && T <= maxBatchTokens, "batch of \(T) tokens exceeds \(maxBatchTokens)")
@@ -75,7 +93,9 @@ public final class LlamaModel {
                 for t in 0..<T {
                     let token = Int(tokens[t])
                     precondition(token >= 0 && token < c.vocabularySize, "token \(token) outside the vocabulary")
-                    if shard.vocabulary.contains(token) {
+                    if !stage.isFirst {
+                        // The previous stage embedded the tokens.
+                    } else if shard.vocabulary.contains(token) {
                         let row = weights.tokenEmbedding.row(token - shard.vocabulary.lowerBound)
                         Dequantize.row(weights.tokenEmbedding.type, from: row, into: s.x + t * D, count: D)
                     } else {
@@ -86,7 +106,11 @@ public final class LlamaModel {
                 }
             }
         }
-        try allReduce(s.x, count: T * D)
+        if let input {
+            s.x.update(from: input, count: T * D)
+        } else {
+            try allReduce(s.x, count: T * D)
+        }
         // Cache slot of every token of the batch.
         batch.positions.withUnsafeBufferPointer { positions in
             batch.sequenceOfToken.withUnsafeBufferPointer { sequenceOf in
@@ -141,6 +165,11 @@ public final class LlamaModel {
             VectorMath.add(s.xn, into: s.x, count: T * D)
         }
 
+        guard stage.isLast else {
+            output.update(from: s.x, count: T * D)
+            return
+        }
+        let logits = output
         // Final norm and output head, only for the tokens whose logits are wanted.
         let wanted = batch.logitTokens.count
         guard wanted > 0 else { return }

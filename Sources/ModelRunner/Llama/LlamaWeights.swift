@@ -67,6 +67,13 @@ public struct LlamaWeights: @unchecked Sendable {
         return w
     }
 
+    /// Keeps only the layers of a pipeline stage (still views of the mapping).
+    public func staged(_ stage: PipelineStage) -> LlamaWeights {
+        var w = self
+        w.layers = Array(layers[stage.layers])
+        return w
+    }
+
     /// Finds and checks every tensor. `configuration.vocabularySize` is filled from the
     /// embedding when the metadata lacked it.
     public init(file: GGUFFile, configuration: inout LlamaConfiguration) throws(GGUFError) {

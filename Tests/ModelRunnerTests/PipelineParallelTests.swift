@@ -1,0 +1,167 @@
+import Collectives
+import ExecutorCore
+import ExecutorTestSupport
+import Foundation
+import Kernels
+import ModelRunner
+import Synchronization
+import Testing
+
+/// Pipeline stages (and tensor-parallel shards within each stage, one thread per rank,
+/// joined by real shared-memory communicators), against the whole model: stage after
+/// stage, each stage's rank 0 hands its hidden states to the next.
+@Suite struct PipelineParallelTests {
+    @Test("an even split gives the extra layers to the stages before the last")
+    func evenSplit() throws {
+        #expect(try PipelineStage.plan(layers: 30, stages: 3).map(\.layers) == [0..<10, 10..<20, 20..<30])
+        #expect(try PipelineStage.plan(layers: 5, stages: 2).map(\.layers) == [0..<3, 3..<5])
+        #expect(try PipelineStage.plan(layers: 7, stages: 3).map(\.layers) == [0..<2, 2..<5, 5..<7])
+        #expect(try PipelineStage.plan(layers: 8, stages: 3).map(\.layers) == [0..<3, 3..<6, 6..<8])
+        #expect(try PipelineStage.plan(layers: 5, stages: 1).map(\.layers) == [0..<5])
+        let explicit = try PipelineStage.plan(layers: 30, stages: 3, layerCounts: [12, 10, 8])
+        #expect(explicit.map(\.layers) == [0..<12, 12..<22, 22..<30])
+        #expect(explicit.map(\.isFirst) == [true, false, false] && explicit.map(\.isLast) == [false, false, true])
+    }
+
+    @Test("impossible pipeline splits are named")
+    func impossibleSplits() {
+        #expect(throws: LayoutError("PP 31 is larger than the model's 30 layers: every pipeline stage needs at least one")) {
+            try PipelineStage.plan(layers: 30, stages: 31)
+        }
+        #expect(throws: LayoutError("the pipeline layer split 10,10,9 adds up to 29 layers; the model has 30")) {
+            try PipelineStage.plan(layers: 30, stages: 3, layerCounts: [10, 10, 9])
+        }
+        #expect(throws: LayoutError("the pipeline layer split 15,15 has 2 stages; expected 3, one per pipeline stage")) {
+            try PipelineStage.plan(layers: 30, stages: 3, layerCounts: [15, 15])
+        }
+        #expect(throws: LayoutError("the pipeline layer split 30,0 gives a stage no layers; every stage needs at least one")) {
+            try PipelineStage.plan(layers: 30, stages: 2, layerCounts: [30, 0])
+        }
+    }
+
+    @Test("the KV cache is sized to the smallest worker of the grid")
+    func gridBlocks() throws {
+        let c = LlamaConfiguration(layers: 30, hiddenSize: 576, feedForwardSize: 1536, attentionHeads: 9, kvHeads: 3, vocabularySize: 49152)
+        let whole = try ModelGrid(configuration: c, layout: .single)
+        let perBlock = PagedKVCache.bytesPerBlock(layers: 30, blockSize: 16, kvDimensions: 192)
+        #expect(whole.kvBlocks(budgetBytes: 64 << 20, blockSize: 16) == (64 << 20) / perBlock)
+        // PP 2 with 20 + 10 layers and TP 2 (2 + 1 KV heads): the 20-layer, 2-head ranks hold the fewest.
+        let grid = try ModelGrid(configuration: c, layout: try ParallelLayout(tensorParallel: 2, pipelineParallel: 2), layerCounts: [20, 10])
+        let smallest = PagedKVCache.bytesPerBlock(layers: 20, blockSize: 16, kvDimensions: 128)
+        #expect(grid.kvBlocks(budgetBytes: 64 << 20, blockSize: 16) == (64 << 20) / smallest)
+    }
+
+    struct Shape: Sendable, CustomStringConvertible {
+        var heads: Int, kvHeads: Int, hidden: Int, ffn: Int, layers: Int
+        var description: String { "\(heads) heads / \(kvHeads) KV, hidden \(hidden), FFN \(ffn), \(layers) layers" }
+    }
+
+    static let shapes = [
+        Shape(heads: 6, kvHeads: 3, hidden: 192, ffn: 128, layers: 3),  // TP 2 splits KV heads 2 + 1
+        Shape(heads: 4, kvHeads: 4, hidden: 128, ffn: 128, layers: 5),  // GQA 1, odd layer count
+        Shape(heads: 8, kvHeads: 2, hidden: 256, ffn: 96, layers: 4),  // GQA 4
+    ]
+
+    /// A model instance used by one rank's thread at a time.
+    final class Rank: @unchecked Sendable {
+        let loaded: LoadedModel
+        var output: [Float]
+        init(_ loaded: LoadedModel, outputs: Int) {
+            self.loaded = loaded
+            output = [Float](repeating: 0, count: outputs)
+        }
+    }
+
+    /// Logits of the last prompt token and of one decode step after it, for a TP × PP grid.
+    func logits(_ path: String, tp: Int, pp: Int, mode: NumericMode) throws -> [[Float]] {
+        let prompt: [Int32] = [5, 77, 200, 3, 14, 15, 92, 65, 35]
+        var communicators: [SharedMemoryCommunicator] = []
+        defer { communicators.forEach { $0.close() } }
+        var grid: [[Rank]] = []
+        for stage in 0..<pp {
+            let root = tp > 1 ? try SharedMemoryCommunicator.create(ranks: tp, capacity: 4096) : nil
+            if let root { communicators.append(root) }
+            var ranks: [Rank] = []
+            for r in 0..<tp {
+                let group = try root.map { r == 0 ? $0 : try SharedMemoryCommunicator.attach(name: $0.name, rank: r) }
+                if let group, r > 0 { communicators.append(group) }
+                let options = ModelOptions(
+                    threads: 1, mode: mode, blockSize: 4, maxBatchTokens: 16, kvBlocks: 8, pipelineStage: stage, pipelineStages: pp)
+                let loaded = try LoadedModel(path: path, options: options, group: group)
+                let width = stage == pp - 1 ? loaded.configuration.vocabularySize : 16 * loaded.configuration.hiddenSize
+                ranks.append(Rank(loaded, outputs: width))
+            }
+            grid.append(ranks)
+        }
+        let table: [Int32] = [0, 1, 2, 3]
+        var results: [[Float]] = []
+        for (tokens, start) in [(prompt, 0), ([42], prompt.count)] {
+            let batch = {
+                var batch = ForwardBatch()
+                batch.append(tokens, startPosition: start, blockTable: table, wantLogits: true)
+                return batch
+            }()
+            var hidden: [Float]?
+            for stage in grid {
+                let input = hidden
+                try Self.concurrently(stage.count) { r in
+                    try stage[r].output.withUnsafeMutableBufferPointer { out in
+                        if let input {
+                            try input.withUnsafeBufferPointer {
+                                try stage[r].loaded.model.forward(batch, hiddenStates: $0.baseAddress!, output: out.baseAddress!)
+                            }
+                        } else {
+                            try stage[r].loaded.model.forward(batch, hiddenStates: nil, output: out.baseAddress!)
+                        }
+                    }
+                }
+                hidden = stage[0].output
+            }
+            results.append(hidden!)
+        }
+        return results
+    }
+
+    /// Runs `body(0..<n)` on n threads at once (collectives need every rank running).
+    static func concurrently(_ n: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
+        let errors = Mutex<[String]>([])
+        let done = Mutex(0)
+        for i in 0..<n {
+            Thread {
+                defer { done.withLock { $0 += 1 } }
+                do { try body(i) } catch { errors.withLock { $0.append("rank \(i): \(error)") } }
+            }.start()
+        }
+        while done.withLock({ $0 }) < n { usleep(200) }
+        let failures = errors.withLock { $0 }
+        try #require(failures.isEmpty, "\(failures)")
+    }
+
+    /// Stages alone change no arithmetic: their logits are bit-identical. Tensor parallelism
+    /// sums in another order; in `.precise` that stays within 1e-4 (the bound), while
+    /// `.fast` re-quantizes activations to 8 bits after every layer, so a last-bit difference
+    /// can flip a rounding and grow over the layers: a looser bound there.
+    @Test("every TP × PP grid up to 3 × 3 gives the logits of one worker", arguments: shapes, NumericMode.allCases)
+    func matchesSingleWorker(shape: Shape, mode: NumericMode) throws {
+        var tiny = TinyLlama()
+        tiny.attentionHeads = shape.heads
+        tiny.kvHeads = shape.kvHeads
+        tiny.hiddenSize = shape.hidden
+        tiny.feedForwardSize = shape.ffn
+        tiny.layers = shape.layers
+        let path = try tiny.write()
+        defer { TemporaryFiles.remove(path) }
+        let reference = try logits(path, tp: 1, pp: 1, mode: mode)
+        let vocabulary = tiny.vocabularySize
+        #expect(reference.allSatisfy { $0.count == vocabulary })
+        for tp in 1...3 where tp <= shape.kvHeads && shape.ffn / 32 >= tp {
+            for pp in 1...3 where tp * pp > 1 {
+                let got = try logits(path, tp: tp, pp: pp, mode: mode)
+                let bound = tp == 1 ? 0 : mode == .precise ? 1e-4 : 2e-2
+                for (g, want) in zip(got, reference) {
+                    #expect(Tolerance.relativeL2(g, want) <= bound, "\(shape), TP \(tp) × PP \(pp), \(mode)")
+                }
+            }
+        }
+    }
+}
