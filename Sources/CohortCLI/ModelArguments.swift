@@ -1,5 +1,6 @@
 import ArgumentParser
 import Executor
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,8 +19,14 @@ struct ModelArguments: ParsableArguments {
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache memory in MiB.")
     var kvCacheMiB = 256
 
-    @Option(name: .customLong("tp"), help: "Tensor-parallel ranks (rank 0 here, the others in worker processes).")
+    @Option(name: .customLong("tp"), help: "Tensor-parallel ranks per pipeline stage.")
     var tensorParallel = 1
+
+    @Option(name: .customLong("pp"), help: "Pipeline stages (rank 0 runs here, every other rank of the TP × PP grid in a worker process).")
+    var pipelineParallel = 1
+
+    @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage, comma-separated (default: an even split), e.g. 10,10,10.")
+    var pipelineLayers: String?
 
     func validate() throws {
         guard threads >= 1 && threads <= 256 else {
@@ -27,6 +34,15 @@ struct ModelArguments: ParsableArguments {
         }
         guard tensorParallel >= 1 && tensorParallel <= 64 else {
             throw ValidationError("--tp must be between 1 and 64, got \(tensorParallel)")
+        }
+        guard pipelineParallel >= 1 && pipelineParallel <= 64 else {
+            throw ValidationError("--pp must be between 1 and 64, got \(pipelineParallel)")
+        }
+        if let pipelineLayers {
+            let layers = try Self.parseLayerList(pipelineLayers)
+            guard layers.count == pipelineParallel else {
+                throw ValidationError("--pp-layers lists \(layers.count) stages (\(pipelineLayers)); --pp is \(pipelineParallel): give one count per stage")
+            }
         }
         guard kvCacheMiB >= 1 && kvCacheMiB <= 1 << 20 else {
             throw ValidationError("--kv-cache-mb must be between 1 and 1048576, got \(kvCacheMiB)")
@@ -41,7 +57,20 @@ struct ModelArguments: ParsableArguments {
     var path: String { model ?? ReferenceModel.defaultPath }
 
     var options: ExecutorOptions {
-        ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, tensorParallel: tensorParallel)
+        ExecutorOptions(
+            threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, tensorParallel: tensorParallel, pipelineParallel: pipelineParallel,
+            pipelineLayers: pipelineLayers.flatMap { try? Self.parseLayerList($0) })
+    }
+
+    /// `10,10,10` → [10, 10, 10]: layer counts, each ≥ 1.
+    static func parseLayerList(_ text: String) throws -> [Int] {
+        try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
+            let trimmed = part.trimmingCharacters(in: .whitespaces)
+            guard let n = Int(trimmed), n >= 1 else {
+                throw ValidationError("--pp-layers must be comma-separated layer counts ≥ 1, got '\(trimmed)' in '\(text)'")
+            }
+            return n
+        }
     }
 
     /// Loads the model, drawing a progress bar on stderr when it is a terminal.

@@ -18,8 +18,14 @@ struct Worker: ParsableCommand {
     @Option var threads = 1
     @Option(name: .customLong("kv-cache-mb")) var kvCacheMiB = 256
     @Flag var precise = false
-    @Option var tensorRank = 0
+    @Option(name: .customLong("kv-blocks")) var kvBlocks = 1
+    @Option var maxBatchTokens = 512
+    @Option(name: .customLong("tp")) var tensorParallel = 1
+    @Option(name: .customLong("pp")) var pipelineParallel = 1
+    @Option(name: .customLong("pp-layers")) var pipelineLayers: String?
     @Option var communicator: String?
+    @Option var previousStage: String?
+    @Option var nextStage: String?
 
     func validate() throws {
         guard rank >= 1 else { throw ValidationError("--rank must be ≥ 1 for a worker process, got \(rank)") }
@@ -27,10 +33,13 @@ struct Worker: ParsableCommand {
 
     func run() throws {
         var shard: WorkerProcess.ModelShard?
-        if let model, let communicator {
+        if let model {
+            let options = ExecutorOptions(
+                threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, maxBatchTokens: maxBatchTokens, tensorParallel: tensorParallel,
+                pipelineParallel: pipelineParallel, pipelineLayers: try pipelineLayers.map(ModelArguments.parseLayerList))
             shard = .init(
-                path: model, options: ExecutorOptions(threads: threads, precise: precise, kvCacheMiB: kvCacheMiB),
-                tensorRank: tensorRank, communicator: communicator)
+                path: model, options: options, kvBlocks: kvBlocks, communicator: communicator, previousStage: previousStage,
+                nextStage: nextStage)
         }
         let status = WorkerProcess.run(.init(
             rank: rank, broadcast: broadcast, reply: reply, lifelineDescriptor: lifelineFd, parentPID: parentPid, model: shard))

@@ -1,5 +1,6 @@
 import ModelRunner
 import Kernels
+public import ExecutorCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,25 +15,43 @@ public struct ExecutorOptions: Sendable, Equatable {
     public var kvCacheMiB: Int
     /// Most tokens per forward pass.
     public var maxBatchTokens: Int
-    /// Tensor-parallel ranks: rank 0 in this process, the others in worker processes.
+    /// Tensor-parallel ranks per pipeline stage.
     public var tensorParallel: Int
+    /// Pipeline stages. Rank 0 (stage 0, tensor rank 0) runs in this process, every other
+    /// rank of the TP × PP grid in a worker process.
+    public var pipelineParallel: Int
+    /// Layers per pipeline stage; nil: an even split.
+    public var pipelineLayers: [Int]?
 
     public init(
         threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512,
-        tensorParallel: Int = 1
+        tensorParallel: Int = 1, pipelineParallel: Int = 1, pipelineLayers: [Int]? = nil
     ) {
         self.threads = threads
         self.precise = precise
         self.kvCacheMiB = kvCacheMiB
         self.maxBatchTokens = maxBatchTokens
         self.tensorParallel = tensorParallel
+        self.pipelineParallel = pipelineParallel
+        self.pipelineLayers = pipelineLayers
+    }
+
+    /// The TP × PP grid.
+    public var layout: ParallelLayout {
+        get throws(LayoutError) { try ParallelLayout(tensorParallel: tensorParallel, pipelineParallel: pipelineParallel) }
     }
 
     /// One thread per online CPU.
     public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
-    var modelOptions: ModelOptions {
-        ModelOptions(threads: threads, mode: precise ? .precise : .fast, kvCacheBytes: kvCacheMiB << 20, maxBatchTokens: maxBatchTokens)
+    var modelOptions: ModelOptions { modelOptions(stage: 0, kvBlocks: nil) }
+
+    /// What one rank of pipeline stage `stage` loads, with `kvBlocks` KV blocks (nil: all
+    /// that `kvCacheMiB` holds).
+    func modelOptions(stage: Int, kvBlocks: Int?) -> ModelOptions {
+        ModelOptions(
+            threads: threads, mode: precise ? .precise : .fast, kvCacheBytes: kvCacheMiB << 20, maxBatchTokens: maxBatchTokens,
+            kvBlocks: kvBlocks, pipelineStage: stage, pipelineStages: pipelineParallel, pipelineLayers: pipelineLayers)
     }
 }
 

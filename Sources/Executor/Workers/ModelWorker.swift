@@ -3,9 +3,11 @@ public import ModelRunner
 import Kernels
 import Synchronization
 
-/// A worker that runs the model, or its tensor-parallel shard, in this process: the forward
-/// pass over its paged KV cache and, on tensor rank 0, sampling for every sequence that
-/// asks for a token (the other ranks return empty outputs).
+/// A worker that runs the model, or its part of a TP × PP grid, in this process: the forward
+/// pass of its stage's layers (its tensor shard of them) over its paged KV cache and, on
+/// tensor rank 0 of the last stage, sampling for every sequence that asks for a token (the
+/// other ranks return empty outputs). Between stages, hidden states travel through its
+/// `StageLinks`: received from the previous stage, sent on by tensor rank 0.
 ///
 /// It keeps, per sequence id, what sampling needs across steps (penalty history and the
 /// request's random stream) and drops it when the id comes back in `finishedRequestIDs`.
@@ -16,6 +18,7 @@ public final class ModelWorker: Worker {
     public let options: ModelOptions
     /// The tensor-parallel group this worker's shard belongs to (nil: the whole model).
     private let group: SendableGroup?
+    private let links: StageLinks
     private let progress: @Sendable (Double) -> Void
     private let state = Mutex<State?>(nil)
 
@@ -31,24 +34,27 @@ public final class ModelWorker: Worker {
         var sampler: Sampler
         var batch = ForwardBatch()
         var sequences: [UInt64: SequenceState] = [:]
-        let logits: UnsafeMutablePointer<Float>
+        /// Logits on the last stage, hidden states on the others.
+        let output: UnsafeMutablePointer<Float>
 
         init(loaded: LoadedModel) {
             self.loaded = loaded
             sampler = Sampler(vocabularySize: loaded.configuration.vocabularySize)
-            logits = .allocate(capacity: loaded.configuration.vocabularySize * loaded.model.maxBatchTokens)
+            let width = loaded.model.stage.isLast ? loaded.configuration.vocabularySize : loaded.configuration.hiddenSize
+            output = .allocate(capacity: width * loaded.model.maxBatchTokens)
         }
 
-        deinit { logits.deallocate() }
+        deinit { output.deallocate() }
     }
 
     public init(
-        modelPath: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil,
+        modelPath: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil, links: StageLinks = StageLinks(),
         progress: @escaping @Sendable (Double) -> Void = { _ in }
     ) {
         self.modelPath = modelPath
         self.options = options
         self.group = group.map(SendableGroup.init)
+        self.links = links
         self.progress = progress
     }
 
@@ -63,9 +69,9 @@ public final class ModelWorker: Worker {
     // MARK: - Worker
 
     public func initialize(_ context: WorkerContext) async throws {
-        let ranks = group?.group.ranks ?? 1
-        guard context.layout.tensorParallel == ranks, context.layout.pipelineParallel == 1 else {
-            throw ExecutorError("this worker holds a TP \(ranks) shard: expected TP \(ranks) × PP 1, found \(context.layout)")
+        let ranks = group?.group.ranks ?? 1, stages = options.pipelineStages
+        guard context.layout.tensorParallel == ranks, context.layout.pipelineParallel == stages else {
+            throw ExecutorError("this worker holds a TP \(ranks) shard of a PP \(stages) stage: expected TP \(ranks) × PP \(stages), found \(context.layout)")
         }
     }
 
@@ -95,8 +101,10 @@ public final class ModelWorker: Worker {
 
     /// `execute` for callers outside Swift concurrency (a worker process's loop).
     public func executeNow(_ step: StepRequest) throws -> StepOutput {
-        let samples = (group?.group.rank ?? 0) == 0
-        return try withState { s in try Self.run(step, on: s, sample: samples) }
+        let tensorRank = group?.group.rank ?? 0
+        return try withState { s in
+            try Self.run(step, on: s, sample: tensorRank == 0 && s.loaded.model.stage.isLast, links: links, tensorRank: tensorRank)
+        }
     }
 
     public func checkHealth() async throws {
@@ -152,7 +160,7 @@ public final class ModelWorker: Worker {
         }
     }
 
-    static func run(_ step: StepRequest, on s: State, sample: Bool) throws -> StepOutput {
+    static func run(_ step: StepRequest, on s: State, sample: Bool, links: StageLinks, tensorRank: Int) throws -> StepOutput {
         let model = s.loaded.model
         let vocabulary = s.loaded.configuration.vocabularySize
         // Validate the whole step before changing any state.
@@ -171,14 +179,14 @@ public final class ModelWorker: Worker {
             s.batch.append(sequence.tokens, startPosition: Int(sequence.startPosition), blockTable: sequence.blockTable,
                            wantLogits: sequence.sample)
         }
-        if !s.batch.tokens.isEmpty { try model.forward(s.batch, logits: s.logits) }
+        if !s.batch.tokens.isEmpty { try forward(step.step, s.batch, model: model, output: s.output, links: links, tensorRank: tensorRank) }
         var samples: [StepOutput.Sample] = []
         guard sample else { return StepOutput(step: step.step, samples: samples) }
         var row = 0
         for sequence in step.sequences where sequence.sample {
             var state = s.sequences[sequence.id]!
             let sampled = s.sampler.sample(
-                logits: s.logits + row * vocabulary, parameters: sequence.sampling, history: state.history, random: &state.random)
+                logits: s.output + row * vocabulary, parameters: sequence.sampling, history: state.history, random: &state.random)
             state.history.record(sampled.token)
             state.sampled = true
             s.sequences[sequence.id] = state
@@ -186,5 +194,46 @@ public final class ModelWorker: Worker {
             row += 1
         }
         return StepOutput(step: step.step, samples: samples)
+    }
+
+    /// This stage's forward pass: from the previous stage's hidden states (or the tokens),
+    /// on to the next stage (tensor rank 0 sends) or into logits.
+    static func forward(
+        _ step: UInt64, _ batch: ForwardBatch, model: LlamaModel, output: UnsafeMutablePointer<Float>, links: StageLinks, tensorRank: Int
+    ) throws {
+        let stage = model.stage, hidden = model.configuration.hiddenSize, tokens = batch.tokens.count
+        if stage.isFirst {
+            try model.forward(batch, hiddenStates: nil, output: output)
+        } else {
+            guard let previous = links.previous else { throw ExecutorError("\(stage) has no channel from the previous stage") }
+            try previous.receive(
+                reader: tensorRank, step: step, tokens: tokens, hiddenSize: hidden, timeout: links.timeout, check: links.check
+            ) { states in
+                try model.forward(batch, hiddenStates: states, output: output)
+            }
+        }
+        if !stage.isLast && tensorRank == 0 {
+            guard let next = links.next else { throw ExecutorError("\(stage) has no channel to the next stage") }
+            try next.send(step: step, tokens: tokens, hiddenSize: hidden, output, timeout: links.timeout, check: links.check)
+        }
+    }
+}
+
+/// A worker's ends of the pipeline's hidden-state channels (none at PP 1).
+public struct StageLinks: Sendable {
+    /// From the previous stage; nil on the first stage.
+    public var previous: StageChannel?
+    /// To the next stage; used by tensor rank 0 of every stage but the last.
+    public var next: StageChannel?
+    /// Longest wait for the other end (nil: until `check` throws).
+    public var timeout: Double?
+    /// Called while waiting; throws when the other end is known dead.
+    public var check: @Sendable () throws -> Void
+
+    public init(previous: StageChannel? = nil, next: StageChannel? = nil, timeout: Double? = nil, check: @escaping @Sendable () throws -> Void = {}) {
+        self.previous = previous
+        self.next = next
+        self.timeout = timeout
+        self.check = check
     }
 }

@@ -125,14 +125,26 @@ public final class WorkerGroup: @unchecked Sendable {
         return try collect(request)
     }
 
-    /// Sends a step to every worker without waiting (the driver runs rank 0's part meanwhile).
+    /// Sends a step to every worker without waiting (the driver runs rank 0's part
+    /// meanwhile). Several steps may be in flight (pipeline stages work on different
+    /// steps); `collect` gathers them in the order they were sent.
     public func broadcast(_ request: StepRequest) throws {
-        try send(.step(request))
+        inFlight.append((request.step, try send(.step(request))))
     }
 
-    /// Gathers every worker's output for `request`, in rank order.
+    /// Steps sent and not yet collected: (step number, message sequence), oldest first.
+    private var inFlight: [(step: UInt64, sequence: UInt64)] = []
+
+    /// Steps broadcast and not yet collected.
+    public var stepsInFlight: Int { inFlight.count }
+
+    /// Gathers every worker's output for `request` (the oldest step not yet collected), in rank order.
     public func collect(_ request: StepRequest) throws -> [StepOutput] {
-        try gather(what: "step \(request.step)") { rank, bytes throws(WireError) in
+        guard let oldest = inFlight.first, oldest.step == request.step else {
+            throw fail(.transport("collect for step \(request.step), but the oldest step in flight is \(inFlight.first.map { "\($0.step)" } ?? "none")"))
+        }
+        inFlight.removeFirst()
+        return try gather(what: "step \(request.step)", sequence: oldest.sequence) { rank, bytes throws(WireError) in
             if bytes.count >= 4 && bytes.prefix(4).elementsEqual("CRPL".utf8),
                case let .failed(_, message) = try WorkerReply(decoding: bytes) {
                 throw WireError.invalidValue(offset: 0, reading: "step \(request.step) on rank \(rank)", found: message)
@@ -147,8 +159,9 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Asks every worker whether it can work.
     public func healthCheck() throws {
-        try send(.healthCheck)
-        let answers = try gather(what: "a health check") { _, bytes throws(WireError) in try WorkerReply(decoding: bytes) }
+        precondition(inFlight.isEmpty, "a health check waits for every step in flight to be collected first")
+        let sequence = try send(.healthCheck)
+        let answers = try gather(what: "a health check", sequence: sequence) { _, bytes throws(WireError) in try WorkerReply(decoding: bytes) }
         for (i, answer) in answers.enumerated() {
             if case let .failed(rank, message) = answer {
                 throw fail(.unhealthy(rank: Int(rank), pid: processes[i].pid, message: message))
@@ -156,24 +169,22 @@ public final class WorkerGroup: @unchecked Sendable {
         }
     }
 
-    /// The sequence number of the last command sent.
-    private var lastSent: UInt64 = 0
-
-    private func send(_ command: WorkerCommand) throws {
+    /// Publishes a command; returns its message sequence number.
+    private func send(_ command: WorkerCommand) throws -> UInt64 {
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
         command.encode(into: &writer)
-        lastSent = try writer.bytes.withUnsafeBytes { bytes in
+        return try writer.bytes.withUnsafeBytes { bytes in
             try broadcast.write(bytes, timeout: configuration.stepTimeout, check: checkAlive)
         }
     }
 
-    private func gather<T>(what: String, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T) throws -> [T] {
+    private func gather<T>(what: String, sequence: UInt64, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T) throws -> [T] {
         // Workers acknowledge a command after writing their reply: one wait, one wake-up.
         do {
-            try broadcast.waitForAcknowledgement(of: lastSent, timeout: configuration.stepTimeout, check: checkAlive)
+            try broadcast.waitForAcknowledgement(of: sequence, timeout: configuration.stepTimeout, check: checkAlive)
         } catch let error as SharedMemoryError {
-            if case .timedOut = error, let reader = broadcast.readersBehind(lastSent).first {
+            if case .timedOut = error, let reader = broadcast.readersBehind(sequence).first {
                 throw fail(.stuck(rank: reader + 1, pid: processes[reader].pid, waitingFor: what, seconds: configuration.stepTimeout))
             }
             throw fail(.transport(error.description))
@@ -199,7 +210,8 @@ public final class WorkerGroup: @unchecked Sendable {
     }
 
     /// Throws (and shuts the group down) if any worker has ended.
-    private func checkAlive() throws {
+    public func checkAlive() throws {
+        if let failure { throw failure }
         for (i, p) in processes.enumerated() {
             if let t = p.termination() { throw fail(.died(rank: i + 1, pid: p.pid, termination: t)) }
         }

@@ -31,26 +31,46 @@ public enum WorkerProcess {
         }
     }
 
-    /// A tensor-parallel shard of a model for a worker process to load and run.
+    /// One rank's part of a TP × PP model grid for a worker process to load and run.
     public struct ModelShard: Sendable, Equatable {
         public var path: String
+        /// The grid (TP, PP, layer split) and the per-rank knobs.
         public var options: ExecutorOptions
-        public var tensorRank: Int
-        /// The shared-memory communicator of the tensor-parallel group.
-        public var communicator: String
+        /// KV blocks (the same on every rank: the smallest rank's count).
+        public var kvBlocks: Int
+        /// The shared-memory communicator of this rank's tensor-parallel group (TP > 1).
+        public var communicator: String?
+        /// Hidden-state channels from the previous stage and to the next.
+        public var previousStage: String?
+        public var nextStage: String?
 
-        public init(path: String, options: ExecutorOptions, tensorRank: Int, communicator: String) {
+        public init(
+            path: String, options: ExecutorOptions, kvBlocks: Int, communicator: String? = nil, previousStage: String? = nil,
+            nextStage: String? = nil
+        ) {
             self.path = path
             self.options = options
-            self.tensorRank = tensorRank
+            self.kvBlocks = kvBlocks
             self.communicator = communicator
+            self.previousStage = previousStage
+            self.nextStage = nextStage
         }
 
         /// The `cohort worker` arguments that describe this shard.
         var arguments: [String] {
-            ["--model", path, "--threads", "\(options.threads)", "--kv-cache-mb", "\(options.kvCacheMiB)",
-             "--tensor-rank", "\(tensorRank)", "--communicator", communicator] + (options.precise ? ["--precise"] : [])
+            var a = ["--model", path, "--threads", "\(options.threads)", "--kv-cache-mb", "\(options.kvCacheMiB)",
+                     "--kv-blocks", "\(kvBlocks)", "--max-batch-tokens", "\(options.maxBatchTokens)",
+                     "--tp", "\(options.tensorParallel)", "--pp", "\(options.pipelineParallel)"]
+            if let layers = options.pipelineLayers { a += ["--pp-layers", layers.map(String.init).joined(separator: ",")] }
+            if options.precise { a.append("--precise") }
+            if let communicator { a += ["--communicator", communicator] }
+            if let previousStage { a += ["--previous-stage", previousStage] }
+            if let nextStage { a += ["--next-stage", nextStage] }
+            return a
         }
+
+        /// Every shared-memory name this shard attaches to.
+        var names: [String] { [communicator, previousStage, nextStage].compactMap { $0 } }
     }
 
     /// Runs the worker; returns its exit status.
@@ -63,7 +83,7 @@ public enum WorkerProcess {
             for name in [arguments.broadcast, arguments.reply] { shm_unlink(name) }
             return 3
         }
-        orphanedNames = [arguments.broadcast, arguments.reply]
+        orphanedNames = [arguments.broadcast, arguments.reply] + (arguments.model?.names ?? [])
         watchLifeline(arguments.lifelineDescriptor)
         if let cpus = getenv(Placement.Environment.cpuSet).map({ String(cString: $0) }), !cpus.isEmpty {
             CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
@@ -76,8 +96,16 @@ public enum WorkerProcess {
             replies.markAttached(expected: 1)
             var worker: ModelWorker?
             if let shard = arguments.model {
-                let group = try SharedMemoryCommunicator.attach(name: shard.communicator, rank: shard.tensorRank)
-                worker = ModelWorker(modelPath: shard.path, options: shard.options.modelOptions, group: group)
+                let layout = try shard.options.layout
+                let stage = layout.stage(ofRank: arguments.rank), tensorRank = layout.tensorRank(ofRank: arguments.rank)
+                let group = try shard.communicator.map { try SharedMemoryCommunicator.attach(name: $0, rank: tensorRank) }
+                // Upstream waits need no timeout: if a peer dies the driver sees it and ends this process.
+                let links = StageLinks(
+                    previous: try shard.previousStage.map { try StageChannel.attach(name: $0) },
+                    next: try shard.nextStage.map { try StageChannel.attach(name: $0) })
+                worker = ModelWorker(
+                    modelPath: shard.path, options: shard.options.modelOptions(stage: stage, kvBlocks: shard.kvBlocks), group: group,
+                    links: links)
                 try worker!.loadNow()
             }
             try serve(rank: arguments.rank, commands: commands, replies: replies, worker: worker)

@@ -1,0 +1,140 @@
+import ExecutorCore
+import ModelRunner
+import Collectives
+import Transports
+
+/// A model's TP × PP grid over processes on this machine, wired once as a static graph of
+/// shared-memory channels (the compiled mode):
+///
+///     driver ──step ring──▶ every rank
+///     stage 0 ─hidden─▶ stage 1 ─hidden─▶ … ─▶ last stage (tensor rank 0 samples)
+///     every worker ──reply ring──▶ driver
+///
+/// Rank 0 (stage 0, tensor rank 0) runs in the driver's process, on the caller's thread;
+/// every other rank is a `cohort worker` process. Each stage's ranks share a
+/// `SharedMemoryCommunicator` for their all-reduces; tensor rank 0 of each stage sends its
+/// hidden states to all ranks of the next. A step costs one ring write, rank 0's part of
+/// the forward pass, and the gather of the replies: no per-rank call.
+///
+/// `submit` returns as soon as rank 0's part is done, so with P stages up to P steps
+/// (from P virtual engines) are in flight at once; `receive` returns their outputs in
+/// submission order. Any failure shuts the whole grid down and names the rank.
+final class WorkerGrid {
+    let layout: ParallelLayout
+    let rank0: ModelWorker
+    let workers: WorkerGroup
+    /// KV blocks of every rank (the smallest rank's count).
+    let kvBlocks: Int
+    private let communicators: [SharedMemoryCommunicator]
+    private let channels: [StageChannel]
+    /// The worker whose reply carries the samples (tensor rank 0 of the last stage); nil
+    /// when that is rank 0 itself (PP 1).
+    private let samplingWorker: Int?
+    private var inFlight: [StepRequest] = []
+    private var rank0Outputs: [StepOutput] = []
+
+    /// Starts the workers, then loads rank 0's part here.
+    /// - Throws: before any process starts when the layout cannot split this model.
+    init(modelPath: String, options: ExecutorOptions, progress: @escaping @Sendable (Double) -> Void) throws {
+        let file = try GGUFFile(path: modelPath)
+        var configuration = try LlamaConfiguration(file: file, architecture: try file.string("general.architecture"))
+        _ = try LlamaWeights(file: file, configuration: &configuration)
+        let layout = try options.layout
+        let grid = try ModelGrid(configuration: configuration, layout: layout, layerCounts: options.pipelineLayers)
+        let kvBlocks = grid.kvBlocks(budgetBytes: options.kvCacheMiB << 20, blockSize: ModelOptions().blockSize)
+        self.layout = layout
+        self.kvBlocks = kvBlocks
+
+        var communicators: [SharedMemoryCommunicator] = []
+        var channels: [StageChannel] = []
+        func closeAll() {
+            communicators.forEach { $0.close() }
+            channels.forEach { $0.ring.close() }
+        }
+        do {
+            if layout.tensorParallel > 1 {
+                for _ in 0..<layout.pipelineParallel {
+                    communicators.append(try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18))
+                }
+            }
+            for _ in 0..<(layout.pipelineParallel - 1) {
+                channels.append(try StageChannel.create(
+                    readers: layout.tensorParallel, maxTokens: options.maxBatchTokens, hiddenSize: configuration.hiddenSize))
+            }
+        } catch {
+            closeAll()
+            throw error
+        }
+        let workers: WorkerGroup
+        do {
+            workers = try WorkerGroup(workers: layout.worldSize - 1, configuration: .init(stepTimeout: 120)) { index in
+                let rank = index + 1
+                let stage = layout.stage(ofRank: rank), tensorRank = layout.tensorRank(ofRank: rank)
+                return WorkerProcess.ModelShard(
+                    path: modelPath, options: options, kvBlocks: kvBlocks,
+                    communicator: communicators.isEmpty ? nil : communicators[stage].name,
+                    previousStage: stage > 0 ? channels[stage - 1].ring.name : nil,
+                    nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage].ring.name : nil
+                ).arguments
+            }
+        } catch {
+            closeAll()
+            throw error
+        }
+        // Every worker is attached (they answered a health check): nothing else may attach.
+        communicators.forEach { $0.unlinkName() }
+        channels.forEach { $0.ring.unlinkName() }
+        let links = StageLinks(next: channels.first, timeout: workers.configuration.stepTimeout, check: { try workers.checkAlive() })
+        let worker = ModelWorker(
+            modelPath: modelPath, options: options.modelOptions(stage: 0, kvBlocks: kvBlocks), group: communicators.first, links: links,
+            progress: progress)
+        do { try worker.loadNow() } catch {
+            workers.shutdown()
+            closeAll()
+            throw error
+        }
+        self.rank0 = worker
+        self.workers = workers
+        self.communicators = communicators
+        self.channels = channels
+        let sampler = layout.rank(stage: layout.pipelineParallel - 1, tensorRank: 0)
+        samplingWorker = sampler == 0 ? nil : sampler - 1
+    }
+
+    /// Steps submitted and not yet received.
+    var stepsInFlight: Int { inFlight.count }
+
+    /// Sends a step through the grid and runs rank 0's part of it; returns once rank 0 is
+    /// done (later stages may still be working).
+    func submit(_ request: StepRequest) throws {
+        // A bad step must not reach ranks already in their collectives; nothing is sent yet,
+        // so the grid stays usable.
+        try rank0.validateNow(request)
+        do {
+            try workers.broadcast(request)
+            inFlight.append(request)
+            let output = try rank0.executeNow(request)
+            if samplingWorker == nil { rank0Outputs.append(output) }
+        } catch {
+            workers.shutdown()
+            throw workers.failure ?? error
+        }
+    }
+
+    /// The output of the oldest step in flight (waits for it).
+    func receive() throws -> StepOutput {
+        precondition(!inFlight.isEmpty, "receive() without a step in flight")
+        let request = inFlight.removeFirst()
+        let outputs = try workers.collect(request)
+        if let samplingWorker { return outputs[samplingWorker] }
+        return rank0Outputs.removeFirst()
+    }
+
+    /// Stops the workers and unmaps everything. Idempotent.
+    func shutdown() async {
+        workers.shutdown()
+        await rank0.shutdown()
+        communicators.forEach { $0.close() }
+        channels.forEach { $0.ring.close() }
+    }
+}
