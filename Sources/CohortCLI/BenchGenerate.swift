@@ -5,7 +5,12 @@ import ExecutorCore
 struct BenchGenerate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Prefill and decode speed at batch 1; the last line is JSON with medians over the repeats.")
+        abstract: "Prefill and decode speed; the last line is JSON with medians over the repeats.",
+        discussion: """
+            With --sequences N, N copies of the prompt run as one batch (dealt round-robin to \
+            --virtual-engines groups whose steps are in flight at once); speeds are totals over \
+            the batch. Over a TP × PP grid the report adds where the driver's time went per step.
+            """)
 
     @OptionGroup var modelArguments: ModelArguments
 
@@ -18,6 +23,12 @@ struct BenchGenerate: AsyncParsableCommand {
     @Option(help: "Measured runs (after one warm-up).")
     var `repeat` = 3
 
+    @Option(help: "Requests run together as one batch.")
+    var sequences = 1
+
+    @Option(help: "Groups of requests in flight at once (default: the pipeline stages, --pp).")
+    var virtualEngines: Int?
+
     @Option(help: "text or json.")
     var output: Generate.OutputFormat = .json
 
@@ -25,17 +36,32 @@ struct BenchGenerate: AsyncParsableCommand {
         guard promptLength >= 1 else { throw ValidationError("--prompt-length must be ≥ 1, got \(promptLength)") }
         guard maxTokens >= 2 else { throw ValidationError("--max-tokens must be ≥ 2, got \(maxTokens)") }
         guard `repeat` >= 1 else { throw ValidationError("--repeat must be ≥ 1, got \(`repeat`)") }
+        guard sequences >= 1 && sequences <= 256 else { throw ValidationError("--sequences must be between 1 and 256, got \(sequences)") }
+        if let virtualEngines, virtualEngines < 1 || virtualEngines > sequences {
+            throw ValidationError("--virtual-engines must be between 1 and --sequences (\(sequences)), got \(virtualEngines)")
+        }
     }
 
     struct Report: Encodable {
         let model: String
         let threads: Int
+        let tp: Int
+        let pp: Int
+        let sequences: Int
+        let virtual_engines: Int
         let precise: Bool
         let prompt_length: Int
         let max_tokens: Int
         let repeats: Int
         let prefill_tokens_per_s: Double
         let decode_tokens_per_s: Double
+        /// Per step, medians over the repeats (grid runs only): the driver's ring writes,
+        /// rank 0's own part, rank 0's time in collectives, and gathering the replies.
+        let step_ms: Double?
+        let broadcast_us_per_step: Double?
+        let rank0_ms_per_step: Double?
+        let collective_ms_per_step: Double?
+        let receive_ms_per_step: Double?
     }
 
     func run() async throws {
@@ -45,24 +71,47 @@ struct BenchGenerate: AsyncParsableCommand {
         var prompt = try executor.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 2)))
         prompt = Array(prompt.prefix(promptLength))
         let parameters = SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: maxTokens)
+        let engines = virtualEngines ?? min(sequences, modelArguments.pipelineParallel)
         var prefill: [Double] = [], decode: [Double] = []
+        var perStep: [String: [Double]] = [:]
         for run in 0...`repeat` {
-            let result: GenerationResult
-            do { result = try await executor.generate(promptTokens: prompt, parameters: parameters) } catch {
+            let before = executor.gridStatistics
+            let results: [GenerationResult]
+            do {
+                results = try await executor.generate(
+                    batch: Array(repeating: .init(promptTokens: prompt, parameters: parameters), count: sequences), virtualEngines: engines)
+            } catch {
                 throw CLIError(error.description)
             }
             if run == 0 { continue }  // warm-up
-            prefill.append(result.timings.prefillTokensPerSecond)
-            decode.append(result.timings.decodeTokensPerSecond)
+            // Batch totals over the slowest request's time.
+            let timings = results.map(\.timings)
+            let prefillRate = Double(timings.map(\.prefillTokens).reduce(0, +)) / timings.map(\.prefillSeconds).max()!
+            let decodeRate = Double(timings.map(\.decodeTokens).reduce(0, +)) / timings.map(\.decodeSeconds).max()!
+            prefill.append(prefillRate)
+            decode.append(decodeRate)
+            if let before, let after = executor.gridStatistics, after.steps > before.steps {
+                let steps = Double(after.steps - before.steps)
+                perStep["step", default: []].append(
+                    (after.rank0Seconds + after.broadcastSeconds + after.receiveSeconds
+                        - before.rank0Seconds - before.broadcastSeconds - before.receiveSeconds) / steps * 1e3)
+                perStep["broadcast", default: []].append((after.broadcastSeconds - before.broadcastSeconds) / steps * 1e6)
+                perStep["rank0", default: []].append((after.rank0Seconds - before.rank0Seconds) / steps * 1e3)
+                perStep["collective", default: []].append((after.collectiveSeconds - before.collectiveSeconds) / steps * 1e3)
+                perStep["receive", default: []].append((after.receiveSeconds - before.receiveSeconds) / steps * 1e3)
+            }
             if output == .text {
-                Output.standardOutput(
-                    "run \(run): prefill \(format(result.timings.prefillTokensPerSecond)) tok/s, decode \(format(result.timings.decodeTokensPerSecond)) tok/s\n")
+                Output.standardOutput("run \(run): prefill \(format(prefillRate)) tok/s, decode \(format(decodeRate)) tok/s\n")
             }
         }
+        let median = { (key: String) in perStep[key].map { Percentile.median($0) } }
         let report = Report(
-            model: modelArguments.path, threads: modelArguments.threads, precise: modelArguments.precise,
+            model: modelArguments.path, threads: modelArguments.threads, tp: modelArguments.tensorParallel,
+            pp: modelArguments.pipelineParallel, sequences: sequences, virtual_engines: engines, precise: modelArguments.precise,
             prompt_length: prompt.count, max_tokens: maxTokens, repeats: `repeat`,
-            prefill_tokens_per_s: Percentile.median(prefill), decode_tokens_per_s: Percentile.median(decode))
+            prefill_tokens_per_s: Percentile.median(prefill), decode_tokens_per_s: Percentile.median(decode),
+            step_ms: median("step"), broadcast_us_per_step: median("broadcast"), rank0_ms_per_step: median("rank0"),
+            collective_ms_per_step: median("collective"), receive_ms_per_step: median("receive"))
         Output.standardOutput(try JSONOutput.line(report) + "\n")
         await executor.shutdown()
     }

@@ -99,8 +99,15 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
 
     // MARK: - Collectives
 
+    /// Time this rank spent in all-reduces and all-gathers (waiting for peers included), and
+    /// how many it ran: what a step pays for tensor parallelism.
+    public private(set) var collectiveNanoseconds: Int64 = 0
+    public private(set) var collectiveCount = 0
+
     /// buffer ← Σ over ranks of every rank's buffer (same count on every rank).
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws(CollectiveError) {
+        let start = MonotonicClock.nanoseconds()
+        defer { account(since: start) }
         var offset = 0
         while offset < buffer.count {
             let n = min(capacity, buffer.count - offset)
@@ -124,6 +131,8 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
     /// output ← the inputs of ranks 0, 1, … concatenated (`output.count == ranks × input.count`).
     public func allGather(_ input: UnsafeBufferPointer<Float>, into output: UnsafeMutableBufferPointer<Float>) throws(CollectiveError) {
         precondition(output.count == ranks * input.count, "all-gather output must hold ranks × input")
+        let start = MonotonicClock.nanoseconds()
+        defer { account(since: start) }
         var offset = 0
         while offset < input.count || (offset == 0 && input.isEmpty) {
             let n = min(capacity, input.count - offset)
@@ -147,6 +156,11 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
             bufferSet ^= 1
             offset += n
         }
+    }
+
+    private func account(since start: Int64) {
+        collectiveNanoseconds += MonotonicClock.nanoseconds() - start
+        collectiveCount += 1
     }
 
     // MARK: - Barrier

@@ -22,11 +22,15 @@ public struct ExecutorOptions: Sendable, Equatable {
     public var pipelineParallel: Int
     /// Layers per pipeline stage; nil: an even split.
     public var pipelineLayers: [Int]?
+    /// The binary whose `worker` subcommand runs the worker processes (default: this
+    /// process's own executable).
+    public var workerExecutable: String?
 
     public init(
         threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512,
-        tensorParallel: Int = 1, pipelineParallel: Int = 1, pipelineLayers: [Int]? = nil
+        tensorParallel: Int = 1, pipelineParallel: Int = 1, pipelineLayers: [Int]? = nil, workerExecutable: String? = nil
     ) {
+        self.workerExecutable = workerExecutable
         self.threads = threads
         self.precise = precise
         self.kvCacheMiB = kvCacheMiB

@@ -1,5 +1,6 @@
 public import ExecutorCore
 public import ModelRunner
+import Launchers
 
 /// Runs requests through the executor, one `StepRequest` per step: at TP × PP = 1 on one
 /// in-process `ModelWorker` under a `Driver`; otherwise over a `WorkerGrid`, with rank 0 in
@@ -56,6 +57,16 @@ public final class LocalExecutor {
         case let .driver(driver): await driver.shutdown()
         case let .grid(grid): await grid.shutdown()
         }
+    }
+
+    /// Where the driver's time went, when the model runs over a grid of processes.
+    public var gridStatistics: GridStatistics? {
+        if case let .grid(grid) = backend { grid.statistics } else { nil }
+    }
+
+    /// The worker processes' ids, by rank (1, 2, …); empty when the model runs in this process.
+    public var workerPIDs: [Int32] {
+        if case let .grid(grid) = backend { grid.workers.processes.map(\.pid) } else { [] }
     }
 
     /// Sends a step on its way (the driver backend runs it at once).

@@ -31,6 +31,8 @@ final class WorkerGrid {
     /// when that is rank 0 itself (PP 1).
     private let samplingWorker: Int?
     private var inFlight: [StepRequest] = []
+    /// Where the driver's time went, summed over steps.
+    private(set) var statistics = GridStatistics()
     private var rank0Outputs: [StepOutput] = []
 
     /// Starts the workers, then loads rank 0's part here.
@@ -67,7 +69,7 @@ final class WorkerGrid {
         }
         let workers: WorkerGroup
         do {
-            workers = try WorkerGroup(workers: layout.worldSize - 1, configuration: .init(stepTimeout: 120)) { index in
+            workers = try WorkerGroup(workers: layout.worldSize - 1, configuration: .init(executable: options.workerExecutable, stepTimeout: 120)) { index in
                 let rank = index + 1
                 let stage = layout.stage(ofRank: rank), tensorRank = layout.tensorRank(ofRank: rank)
                 return WorkerProcess.ModelShard(
@@ -111,10 +113,17 @@ final class WorkerGrid {
         // so the grid stays usable.
         try rank0.validateNow(request)
         do {
+            let start = MonotonicClock.nanoseconds()
             try workers.broadcast(request)
             inFlight.append(request)
+            statistics.maxStepsInFlight = max(statistics.maxStepsInFlight, inFlight.count)
+            let sent = MonotonicClock.nanoseconds()
             let output = try rank0.executeNow(request)
             if samplingWorker == nil { rank0Outputs.append(output) }
+            statistics.steps += 1
+            statistics.broadcastSeconds += Double(sent - start) * 1e-9
+            statistics.rank0Seconds += Double(MonotonicClock.nanoseconds() - sent) * 1e-9
+            statistics.collectiveSeconds = Double(communicators.first?.collectiveNanoseconds ?? 0) * 1e-9
         } catch {
             workers.shutdown()
             throw workers.failure ?? error
@@ -125,7 +134,9 @@ final class WorkerGrid {
     func receive() throws -> StepOutput {
         precondition(!inFlight.isEmpty, "receive() without a step in flight")
         let request = inFlight.removeFirst()
+        let start = MonotonicClock.nanoseconds()
         let outputs = try workers.collect(request)
+        statistics.receiveSeconds += Double(MonotonicClock.nanoseconds() - start) * 1e-9
         if let samplingWorker { return outputs[samplingWorker] }
         return rank0Outputs.removeFirst()
     }
@@ -137,4 +148,21 @@ final class WorkerGrid {
         communicators.forEach { $0.close() }
         channels.forEach { $0.ring.close() }
     }
+}
+
+/// Where the driver's time went in a grid, summed over its steps.
+public struct GridStatistics: Sendable, Equatable {
+    public var steps = 0
+    /// Most steps ever in flight at once (pipelining: up to one per virtual engine).
+    public var maxStepsInFlight = 0
+    /// Writing steps into the ring (the control plane's send side).
+    public var broadcastSeconds = 0.0
+    /// Rank 0's part of each step (its stage's layers, its collectives included).
+    public var rank0Seconds = 0.0
+    /// Rank 0 in all-reduces and all-gathers, waiting for its peers included.
+    public var collectiveSeconds = 0.0
+    /// Gathering the replies: waiting for the later stages, then reading the replies.
+    public var receiveSeconds = 0.0
+
+    public init() {}
 }

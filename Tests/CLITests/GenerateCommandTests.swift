@@ -141,6 +141,43 @@ struct CLI {
         #expect(two["tokens"] as? [Int] == one["tokens"] as? [Int])
     }
 
+    @Test("--pp 2 and --tp 2 --pp 2 run stages in worker processes and give the tokens of one worker", arguments: ["fast", "precise"])
+    func pipelineParallel(mode: String) throws {
+        let base = ["generate", "--model", model, "--prompt-tokens", "5,77,200,3,14", "--temperature", "0", "--max-tokens", "12",
+                    "--threads", "1", "--output", "json"] + (mode == "precise" ? ["--precise"] : [])
+        let one = try json(CLI.run(base))
+        #expect(try #require(one["tokens"] as? [Int]).count == 12)
+        for layout in [["--pp", "2"], ["--pp", "2", "--pp-layers", "1,1"], ["--tp", "2", "--pp", "2"]] {
+            #expect(try json(CLI.run(base + layout))["tokens"] as? [Int] == one["tokens"] as? [Int], "\(layout)")
+        }
+    }
+
+    @Test("impossible pipeline layouts are named before any worker starts")
+    func impossiblePipeline() throws {
+        let base = ["generate", "--model", model, "--prompt", "hi"]
+        for (flags, message) in [
+            (["--pp", "3"], "PP 3 is larger than the model's 2 layers"),
+            (["--pp", "2", "--pp-layers", "2,1"], "the pipeline layer split 2,1 adds up to 3 layers; the model has 2"),
+            (["--pp", "2", "--pp-layers", "2"], "--pp-layers lists 1 stages (2); --pp is 2"),
+            (["--pp", "2", "--pp-layers", "1,x"], "--pp-layers must be comma-separated layer counts ≥ 1, got 'x'"),
+        ] {
+            let r = try CLI.run(base + flags)
+            #expect(r.status != 0 && r.stderr.contains(message), "\(flags): \(r.stderr)")
+        }
+    }
+
+    @Test("bench generate over a pipeline reports where the driver's time went per step")
+    func benchPipeline() throws {
+        let r = try CLI.run(["bench", "generate", "--model", model, "--prompt-length", "8", "--max-tokens", "4", "--repeat", "1",
+                             "--threads", "1", "--pp", "2", "--sequences", "4"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r)
+        #expect(o["virtual_engines"] as? Int == 2 && o["sequences"] as? Int == 4)
+        for key in ["decode_tokens_per_s", "step_ms", "rank0_ms_per_step", "receive_ms_per_step"] {
+            #expect((o[key] as? Double ?? 0) > 0, "\(key)")
+        }
+    }
+
     @Test("an impossible layout fails before any worker starts")
     func impossibleLayout() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt", "hi", "--tp", "3"])

@@ -180,6 +180,9 @@ public final class WorkerGroup: @unchecked Sendable {
     }
 
     private func gather<T>(what: String, sequence: UInt64, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T) throws -> [T] {
+        // After a failure or shutdown the rings are unmapped: nothing more to gather.
+        if let failure { throw failure }
+        guard !isShutDown else { throw WorkerFailure.shutDown }
         // Workers acknowledge a command after writing their reply: one wait, one wake-up.
         do {
             try broadcast.waitForAcknowledgement(of: sequence, timeout: configuration.stepTimeout, check: checkAlive)

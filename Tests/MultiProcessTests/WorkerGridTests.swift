@@ -1,0 +1,100 @@
+import Executor
+import ExecutorCore
+import ExecutorTestSupport
+import Foundation
+import Testing
+
+/// TP × PP grids of real worker processes (`cohort worker`) on tiny generated models,
+/// through the executor's batched generation.
+@Suite(.serialized) struct WorkerGridTests {
+    static var cohort: String { WorkerGroupTests.cohort }
+
+    /// A model with an odd layer count, 3 KV heads (TP 2 splits them 2 + 1) and an FFN of
+    /// 4 blocks.
+    static func model() throws -> String {
+        var tiny = TinyLlama()
+        tiny.layers = 5
+        tiny.attentionHeads = 6
+        tiny.kvHeads = 3
+        tiny.hiddenSize = 96
+        tiny.feedForwardSize = 128
+        return try tiny.write()
+    }
+
+    static func options(tp: Int = 1, pp: Int = 1, layers: [Int]? = nil) -> ExecutorOptions {
+        // Batches of at most 8 tokens: prompts are prefilled in chunks.
+        ExecutorOptions(
+            threads: 1, precise: true, kvCacheMiB: 4, maxBatchTokens: 8, tensorParallel: tp, pipelineParallel: pp,
+            pipelineLayers: layers, workerExecutable: cohort)
+    }
+
+    /// Prompts of different lengths (1 to 19 tokens: one to three prefill chunks) with
+    /// different lengths of output.
+    static var requests: [LocalExecutor.BatchRequest] {
+        (0..<6).map { i in
+        let prompt = (0..<(1 + i * 18 / 5)).map { Int32(($0 * 37 + i * 11) % 250 + 3) }
+        return .init(
+            promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: 4 + i))
+        }
+    }
+
+    @Test("every grid up to TP 2 × PP 3 gives one worker's tokens for a batch, with one step in flight per virtual engine")
+    func gridsMatchOneWorker() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        // The reference: each request alone, on one in-process worker.
+        let single = try await LocalExecutor(modelPath: path, options: Self.options())
+        var expected: [[Int32]] = []
+        for r in Self.requests {
+            expected.append(try await single.generate(promptTokens: r.promptTokens, parameters: r.parameters).tokens)
+        }
+        await single.shutdown()
+        #expect(expected.map(\.count) == Self.requests.map(\.parameters.maxTokens))
+
+        for (tp, pp, layers) in [(1, 2, nil), (1, 3, [1, 3, 1]), (2, 1, nil), (2, 2, nil), (2, 3, nil)] as [(Int, Int, [Int]?)] {
+            let executor = try await LocalExecutor(modelPath: path, options: Self.options(tp: tp, pp: pp, layers: layers))
+            let results = try await executor.generate(batch: Self.requests, virtualEngines: pp)
+            let statistics = try #require(executor.gridStatistics)
+            await executor.shutdown()
+            #expect(results.map(\.tokens) == expected, "TP \(tp) × PP \(pp)")
+            // With P stages and P virtual engines, P steps were in flight at once.
+            #expect(statistics.maxStepsInFlight == pp, "TP \(tp) × PP \(pp)")
+        }
+    }
+
+    @Test("a worker killed in a pipeline fails the batch within a second, naming its rank; no process is left")
+    func killedStage() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        let executor = try await LocalExecutor(modelPath: path, options: Self.options(pp: 3))
+        let pids = executor.workerPIDs
+        #expect(pids.count == 2)
+        kill(pids[1], SIGKILL)  // rank 2: the last stage
+        let start = Date()
+        await #expect {
+            _ = try await executor.generate(batch: Self.requests, virtualEngines: 3)
+        } throws: { error in
+            "\(error)".contains("worker rank 2 (pid \(pids[1])) was killed by signal 9")
+        }
+        #expect(Date().timeIntervalSince(start) < 1.5)
+        await executor.shutdown()
+        for pid in pids { #expect(kill(pid, 0) != 0, "pid \(pid) still exists") }
+    }
+
+    @Test("impossible grids fail before any worker starts, naming what is missing")
+    func impossibleGrids() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        for (options, message) in [
+            (Self.options(pp: 6), "PP 6 is larger than the model's 5 layers"),
+            (Self.options(pp: 2, layers: [2, 2]), "the pipeline layer split 2,2 adds up to 4 layers; the model has 5"),
+            (Self.options(tp: 4, pp: 2), "TP 4 is larger than the model's 3 KV heads"),
+        ] {
+            await #expect {
+                _ = try await LocalExecutor(modelPath: path, options: options)
+            } throws: { error in
+                "\(error)".contains(message)
+            }
+        }
+    }
+}
