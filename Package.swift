@@ -65,7 +65,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Tiny GGUF writer and float tolerance helpers for tests.
-        .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels"], swiftSettings: swiftSettings),
+        .target(name: "ExecutorTestSupport", dependencies: ["ModelRunner", "Kernels", "Collectives"], swiftSettings: swiftSettings),
         .testTarget(name: "ExecutorCoreTests", dependencies: ["ExecutorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Transports", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TransportsTests", dependencies: ["Transports", "ExecutorCore"], swiftSettings: swiftSettings),

@@ -120,6 +120,9 @@ struct SamplingArguments: ParsableArguments {
     @Option(help: "Report the K most likely tokens per generated token (0…20).")
     var logprobs = 0
 
+    @Flag(help: "Keep generating past end-of-generation tokens (up to --max-tokens).")
+    var ignoreEos = false
+
     func validate() throws {
         do { try parameters().validate() } catch let error as SamplingParametersError {
             throw ValidationError("--\(error.field) must be \(error.allowed), got \(error.value)")
@@ -130,7 +133,7 @@ struct SamplingArguments: ParsableArguments {
         SamplingParameters(
             temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetitionPenalty,
             presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty, seed: seed, stopStrings: stop,
-            maxTokens: maxTokens, logprobs: logprobs)
+            ignoreEndOfGeneration: ignoreEos, maxTokens: maxTokens, logprobs: logprobs)
     }
 }
 

@@ -62,81 +62,6 @@ import Testing
         Shape(heads: 8, kvHeads: 2, hidden: 256, ffn: 96, layers: 4),  // GQA 4
     ]
 
-    /// A model instance used by one rank's thread at a time.
-    final class Rank: @unchecked Sendable {
-        let loaded: LoadedModel
-        var output: [Float]
-        init(_ loaded: LoadedModel, outputs: Int) {
-            self.loaded = loaded
-            output = [Float](repeating: 0, count: outputs)
-        }
-    }
-
-    /// Logits of the last prompt token and of one decode step after it, for a TP × PP grid.
-    func logits(_ path: String, tp: Int, pp: Int, mode: NumericMode) throws -> [[Float]] {
-        let prompt: [Int32] = [5, 77, 200, 3, 14, 15, 92, 65, 35]
-        var communicators: [SharedMemoryCommunicator] = []
-        defer { communicators.forEach { $0.close() } }
-        var grid: [[Rank]] = []
-        for stage in 0..<pp {
-            let root = tp > 1 ? try SharedMemoryCommunicator.create(ranks: tp, capacity: 4096) : nil
-            if let root { communicators.append(root) }
-            var ranks: [Rank] = []
-            for r in 0..<tp {
-                let group = try root.map { r == 0 ? $0 : try SharedMemoryCommunicator.attach(name: $0.name, rank: r) }
-                if let group, r > 0 { communicators.append(group) }
-                let options = ModelOptions(
-                    threads: 1, mode: mode, blockSize: 4, maxBatchTokens: 16, kvBlocks: 8, pipelineStage: stage, pipelineStages: pp)
-                let loaded = try LoadedModel(path: path, options: options, group: group)
-                let width = stage == pp - 1 ? loaded.configuration.vocabularySize : 16 * loaded.configuration.hiddenSize
-                ranks.append(Rank(loaded, outputs: width))
-            }
-            grid.append(ranks)
-        }
-        let table: [Int32] = [0, 1, 2, 3]
-        var results: [[Float]] = []
-        for (tokens, start) in [(prompt, 0), ([42], prompt.count)] {
-            let batch = {
-                var batch = ForwardBatch()
-                batch.append(tokens, startPosition: start, blockTable: table, wantLogits: true)
-                return batch
-            }()
-            var hidden: [Float]?
-            for stage in grid {
-                let input = hidden
-                try Self.concurrently(stage.count) { r in
-                    try stage[r].output.withUnsafeMutableBufferPointer { out in
-                        if let input {
-                            try input.withUnsafeBufferPointer {
-                                try stage[r].loaded.model.forward(batch, hiddenStates: $0.baseAddress!, output: out.baseAddress!)
-                            }
-                        } else {
-                            try stage[r].loaded.model.forward(batch, hiddenStates: nil, output: out.baseAddress!)
-                        }
-                    }
-                }
-                hidden = stage[0].output
-            }
-            results.append(hidden!)
-        }
-        return results
-    }
-
-    /// Runs `body(0..<n)` on n threads at once (collectives need every rank running).
-    static func concurrently(_ n: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
-        let errors = Mutex<[String]>([])
-        let done = Mutex(0)
-        for i in 0..<n {
-            Thread {
-                defer { done.withLock { $0 += 1 } }
-                do { try body(i) } catch { errors.withLock { $0.append("rank \(i): \(error)") } }
-            }.start()
-        }
-        while done.withLock({ $0 }) < n { usleep(200) }
-        let failures = errors.withLock { $0 }
-        try #require(failures.isEmpty, "\(failures)")
-    }
-
     /// Stages alone change no arithmetic: their logits are bit-identical. Tensor parallelism
     /// sums in another order; in `.precise` that stays within 1e-4 (the bound), while
     /// `.fast` re-quantizes activations to 8 bits after every layer, so a last-bit difference
@@ -151,12 +76,12 @@ import Testing
         tiny.layers = shape.layers
         let path = try tiny.write()
         defer { TemporaryFiles.remove(path) }
-        let reference = try logits(path, tp: 1, pp: 1, mode: mode)
+        let reference = try GridLogits.run(path, tp: 1, pp: 1, mode: mode)
         let vocabulary = tiny.vocabularySize
         #expect(reference.allSatisfy { $0.count == vocabulary })
         for tp in 1...3 where tp <= shape.kvHeads && shape.ffn / 32 >= tp {
             for pp in 1...3 where tp * pp > 1 {
-                let got = try logits(path, tp: tp, pp: pp, mode: mode)
+                let got = try GridLogits.run(path, tp: tp, pp: pp, mode: mode)
                 let bound = tp == 1 ? 0 : mode == .precise ? 1e-4 : 2e-2
                 for (g, want) in zip(got, reference) {
                     #expect(Tolerance.relativeL2(g, want) <= bound, "\(shape), TP \(tp) × PP \(pp), \(mode)")

@@ -118,26 +118,47 @@ struct ReferenceModelTests {
         await executor.shutdown()
     }
 
-    @Test("TP 2 and TP 3 across worker processes give TP 1's --precise greedy tokens", arguments: [2, 3])
-    func tensorParallel(ranks: Int) throws {
+    /// Every TP × PP grid up to 3 × 3 except the single worker.
+    static let grids: [(tp: Int, pp: Int)] = [(1, 2), (1, 3), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)]
+
+    @Test("every TP × PP grid up to 3 × 3 across worker processes gives one worker's --precise greedy tokens for 32 tokens")
+    func gridTokens() throws {
         try requireModel()
         let cohort = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
             .appendingPathComponent("cohort").path
-        func tokens(_ tp: Int, _ prompt: [Int32]) throws -> [Int] {
+        func tokens(_ tp: Int, _ pp: Int, _ prompt: [Int32]) throws -> [Int] {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: cohort)
-            p.arguments = ["generate", "--precise", "--tp", "\(tp)", "--threads", "1", "--temperature", "0", "--max-tokens", "32",
-                           "--output", "json", "--prompt-tokens", prompt.map(String.init).joined(separator: ",")]
+            p.arguments = ["generate", "--precise", "--tp", "\(tp)", "--pp", "\(pp)", "--threads", "1", "--temperature", "0",
+                           "--max-tokens", "32", "--ignore-eos", "--output", "json", "--prompt-tokens",
+                           prompt.map(String.init).joined(separator: ",")]
             let out = Pipe()
             p.standardOutput = out
             try p.run()
             let data = out.fileHandleForReading.readDataToEndOfFile()
             p.waitUntilExit()
-            let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "TP \(tp) × PP \(pp)")
             return try #require(object["tokens"] as? [Int])
         }
         for c in try greedyCases("float_reference.json").prefix(2) {
-            #expect(try tokens(ranks, c.promptTokens) == (try tokens(1, c.promptTokens)))
+            let one = try tokens(1, 1, c.promptTokens)
+            #expect(one.count == 32)
+            for (tp, pp) in Self.grids {
+                #expect(try tokens(tp, pp, c.promptTokens) == one, "TP \(tp) × PP \(pp)")
+            }
+        }
+    }
+
+    @Test("every TP × PP grid up to 3 × 3 gives one worker's --precise last-position logits within 1e-4 relative L2")
+    func gridLogits() throws {
+        try requireModel()
+        let prompt = try #require(try greedyCases("float_reference.json").first).promptTokens
+        let reference = try GridLogits.run(Self.modelPath, tp: 1, pp: 1, mode: .precise, prompt: prompt)
+        for (tp, pp) in Self.grids {
+            let got = try GridLogits.run(Self.modelPath, tp: tp, pp: pp, mode: .precise, prompt: prompt)
+            for (g, want) in zip(got, reference) {
+                #expect(Tolerance.relativeL2(g, want) < 1e-4, "TP \(tp) × PP \(pp)")
+            }
         }
     }
 
