@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Distribution overhead on one machine: decode speed of TP 2 (1 thread per rank) and of
-# PP 2 (1 thread per stage, 2 virtual engines) against TP 1 with 2 threads, side by side,
+# PP 2 (1 thread per stage, 2 virtual engines; the even split, then `--pp-layers balanced`,
+# which counts the output head's work on the last stage) against TP 1 with 2 threads, side by side,
 # at batch 1 and over SEQUENCES requests; for grid runs, where the driver's time went per
 # step (its ring writes, rank 0's own part, rank 0's collectives, gathering the replies).
 # Usage: SEQUENCES=8 PROMPT=64 TOKENS=64 REPEAT=3 scripts/bench-parallel.sh [--precise]
@@ -26,5 +27,6 @@ run() {  # label, batch, flags…
         run "TP1x2threads" "$batch" --threads 2 "$@"
         run "TP2x1thread" "$batch" --threads 1 --tp 2 "$@"
         run "PP2x1thread" "$batch" --threads 1 --pp 2 "$@"
+        run "PP2balanced" "$batch" --threads 1 --pp 2 --pp-layers balanced "$@"
     done
 } | python3 scripts/bench_parallel_table.py

@@ -55,7 +55,7 @@ struct BenchGenerate: AsyncParsableCommand {
         let repeats: Int
         let prefill_tokens_per_s: Double
         let decode_tokens_per_s: Double
-        /// Per step, medians over the repeats (grid runs only): the driver's ring writes,
+        /// Per decode step, medians over the repeats (grid runs only): the driver's ring writes,
         /// rank 0's own part, rank 0's time in collectives, and gathering the replies.
         let step_ms: Double?
         let broadcast_us_per_step: Double?
@@ -84,14 +84,13 @@ struct BenchGenerate: AsyncParsableCommand {
                 throw CLIError(error.description)
             }
             if run == 0 { continue }  // warm-up
-            // Batch totals over the slowest request's time.
             let timings = results.map(\.timings)
             let prefillRate = Double(timings.map(\.prefillTokens).reduce(0, +)) / timings.map(\.prefillSeconds).max()!
-            let decodeRate = Double(timings.map(\.decodeTokens).reduce(0, +)) / timings.map(\.decodeSeconds).max()!
+            let decodeRate = Self.decodeRate(timings)
             prefill.append(prefillRate)
             decode.append(decodeRate)
-            if let before, let after = executor.gridStatistics, after.steps > before.steps {
-                let steps = Double(after.steps - before.steps)
+            if let before, let after = executor.gridStatistics, after.decodeSteps > before.decodeSteps {
+                let steps = Double(after.decodeSteps - before.decodeSteps)
                 perStep["step", default: []].append(
                     (after.rank0Seconds + after.broadcastSeconds + after.receiveSeconds
                         - before.rank0Seconds - before.broadcastSeconds - before.receiveSeconds) / steps * 1e3)
@@ -114,6 +113,21 @@ struct BenchGenerate: AsyncParsableCommand {
             collective_ms_per_step: median("collective"), receive_ms_per_step: median("receive"))
         Output.standardOutput(try JSONOutput.line(report) + "\n")
         await executor.shutdown()
+    }
+
+    /// Decode tokens per second of a batch, counted once every request has its first
+    /// token (until then other requests' prompts share the steps). Requests start together;
+    /// each one's tokens are taken as evenly spread over its decode time.
+    static func decodeRate(_ timings: [GenerationResult.Timings]) -> Double {
+        let steady = timings.map(\.prefillSeconds).max()!
+        let end = timings.map { $0.prefillSeconds + $0.decodeSeconds }.max()!
+        guard end > steady else { return 0 }
+        var tokens = 0.0
+        for t in timings where t.decodeSeconds > 0 {
+            let inWindow = max(0, t.prefillSeconds + t.decodeSeconds - steady)
+            tokens += Double(t.decodeTokens) * min(1, inWindow / t.decodeSeconds)
+        }
+        return tokens / (end - steady)
     }
 
     func format(_ x: Double) -> String { String(Int(x.rounded())) }

@@ -25,7 +25,9 @@ struct ModelArguments: ParsableArguments {
     @Option(name: .customLong("pp"), help: "Pipeline stages (rank 0 runs here, every other rank of the TP × PP grid in a worker process).")
     var pipelineParallel = 1
 
-    @Option(name: .customLong("pp-layers"), help: "Layers per pipeline stage, comma-separated (default: an even split), e.g. 10,10,10.")
+    @Option(
+        name: .customLong("pp-layers"),
+        help: "Layers per pipeline stage, comma-separated (default: an even split), e.g. 10,10,10; or 'balanced': even work, the output head counted on the last stage.")
     var pipelineLayers: String?
 
     func validate() throws {
@@ -38,7 +40,7 @@ struct ModelArguments: ParsableArguments {
         guard pipelineParallel >= 1 && pipelineParallel <= 64 else {
             throw ValidationError("--pp must be between 1 and 64, got \(pipelineParallel)")
         }
-        if let pipelineLayers {
+        if let pipelineLayers, pipelineLayers != "balanced" {
             let layers = try Self.parseLayerList(pipelineLayers)
             guard layers.count == pipelineParallel else {
                 throw ValidationError("--pp-layers lists \(layers.count) stages (\(pipelineLayers)); --pp is \(pipelineParallel): give one count per stage")
@@ -59,7 +61,7 @@ struct ModelArguments: ParsableArguments {
     var options: ExecutorOptions {
         ExecutorOptions(
             threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, tensorParallel: tensorParallel, pipelineParallel: pipelineParallel,
-            pipelineLayers: pipelineLayers.flatMap { try? Self.parseLayerList($0) })
+            pipelineLayers: pipelineLayers.flatMap { try? Self.parseLayerList($0) }, balancedPipeline: pipelineLayers == "balanced")
     }
 
     /// `10,10,10` → [10, 10, 10]: layer counts, each ≥ 1.

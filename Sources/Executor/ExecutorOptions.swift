@@ -20,16 +20,21 @@ public struct ExecutorOptions: Sendable, Equatable {
     /// Pipeline stages. Rank 0 (stage 0, tensor rank 0) runs in this process, every other
     /// rank of the TP × PP grid in a worker process.
     public var pipelineParallel: Int
-    /// Layers per pipeline stage; nil: an even split.
+    /// Layers per pipeline stage; nil: an even split (or a balanced one, below).
     public var pipelineLayers: [Int]?
+    /// Without explicit `pipelineLayers`, split the layers so that the stages' work is
+    /// even, counting the output head on the last stage (`PipelineStage.balancedLayerCounts`).
+    public var balancedPipeline = false
     /// The binary whose `worker` subcommand runs the worker processes (default: this
     /// process's own executable).
     public var workerExecutable: String?
 
     public init(
         threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512,
-        tensorParallel: Int = 1, pipelineParallel: Int = 1, pipelineLayers: [Int]? = nil, workerExecutable: String? = nil
+        tensorParallel: Int = 1, pipelineParallel: Int = 1, pipelineLayers: [Int]? = nil, balancedPipeline: Bool = false,
+        workerExecutable: String? = nil
     ) {
+        self.balancedPipeline = balancedPipeline
         self.workerExecutable = workerExecutable
         self.threads = threads
         self.precise = precise

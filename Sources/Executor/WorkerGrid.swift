@@ -42,6 +42,10 @@ final class WorkerGrid {
         var configuration = try LlamaConfiguration(file: file, architecture: try file.string("general.architecture"))
         _ = try LlamaWeights(file: file, configuration: &configuration)
         let layout = try options.layout
+        var options = options
+        if options.pipelineLayers == nil && options.balancedPipeline {
+            options.pipelineLayers = try PipelineStage.balancedLayerCounts(configuration, stages: layout.pipelineParallel)
+        }
         let grid = try ModelGrid(configuration: configuration, layout: layout, layerCounts: options.pipelineLayers)
         let kvBlocks = grid.kvBlocks(budgetBytes: options.kvCacheMiB << 20, blockSize: ModelOptions().blockSize)
         self.layout = layout
@@ -114,16 +118,19 @@ final class WorkerGrid {
         try rank0.validateNow(request)
         do {
             let start = MonotonicClock.nanoseconds()
+            let collectivesBefore = communicators.first?.collectiveNanoseconds ?? 0
             try workers.broadcast(request)
             inFlight.append(request)
             statistics.maxStepsInFlight = max(statistics.maxStepsInFlight, inFlight.count)
             let sent = MonotonicClock.nanoseconds()
             let output = try rank0.executeNow(request)
             if samplingWorker == nil { rank0Outputs.append(output) }
-            statistics.steps += 1
-            statistics.broadcastSeconds += Double(sent - start) * 1e-9
-            statistics.rank0Seconds += Double(MonotonicClock.nanoseconds() - sent) * 1e-9
-            statistics.collectiveSeconds = Double(communicators.first?.collectiveNanoseconds ?? 0) * 1e-9
+            if Self.isDecode(request) {
+                statistics.decodeSteps += 1
+                statistics.broadcastSeconds += Double(sent - start) * 1e-9
+                statistics.rank0Seconds += Double(MonotonicClock.nanoseconds() - sent) * 1e-9
+                statistics.collectiveSeconds += Double((communicators.first?.collectiveNanoseconds ?? 0) - collectivesBefore) * 1e-9
+            }
         } catch {
             workers.shutdown()
             throw workers.failure ?? error
@@ -136,9 +143,14 @@ final class WorkerGrid {
         let request = inFlight.removeFirst()
         let start = MonotonicClock.nanoseconds()
         let outputs = try workers.collect(request)
-        statistics.receiveSeconds += Double(MonotonicClock.nanoseconds() - start) * 1e-9
+        if Self.isDecode(request) { statistics.receiveSeconds += Double(MonotonicClock.nanoseconds() - start) * 1e-9 }
         if let samplingWorker { return outputs[samplingWorker] }
         return rank0Outputs.removeFirst()
+    }
+
+    /// A step of single-token decodes only (the steady state the statistics describe).
+    static func isDecode(_ request: StepRequest) -> Bool {
+        !request.sequences.isEmpty && request.sequences.allSatisfy { $0.tokens.count == 1 }
     }
 
     /// Stops the workers and unmaps everything. Idempotent.
@@ -150,9 +162,10 @@ final class WorkerGrid {
     }
 }
 
-/// Where the driver's time went in a grid, summed over its steps.
+/// Where the driver's time went in a grid, summed over its decode steps (steps whose
+/// sequences all decode one token: prompt chunks would swamp the steady state).
 public struct GridStatistics: Sendable, Equatable {
-    public var steps = 0
+    public var decodeSteps = 0
     /// Most steps ever in flight at once (pipelining: up to one per virtual engine).
     public var maxStepsInFlight = 0
     /// Writing steps into the ring (the control plane's send side).

@@ -58,6 +58,42 @@ public struct PipelineStage: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+extension PipelineStage {
+    /// Layer counts that balance the stages' work rather than their layer counts: the last
+    /// stage also runs the output head (vocabulary × hidden weights, as much as several
+    /// layers for a small model), so it gets fewer layers. Each stage's cost is its weights
+    /// per token; the split minimises the largest stage (contiguous ranges, ≥ 1 layer each).
+    public static func balancedLayerCounts(_ c: LlamaConfiguration, stages: Int) throws(LayoutError) -> [Int] {
+        _ = try plan(layers: c.layers, stages: stages)  // the same limits as any split
+        let layer = Double(c.hiddenSize * (c.queryDimensions * 2 + c.kvDimensions * 2) + 3 * c.hiddenSize * c.feedForwardSize)
+        let head = Double(c.vocabularySize * c.hiddenSize)
+        // best[s][n]: the smallest largest-stage cost with n layers over the first s stages.
+        let L = c.layers
+        var best = Array(repeating: Array(repeating: Double.infinity, count: L + 1), count: stages + 1)
+        var cut = Array(repeating: Array(repeating: 0, count: L + 1), count: stages + 1)
+        best[0][0] = 0
+        for s in 1...stages {
+            for n in s...L {
+                for k in 1...(n - s + 1) {  // layers of stage s
+                    let cost = Double(k) * layer + (s == stages ? head : 0)
+                    let value = max(best[s - 1][n - k], cost)
+                    if value < best[s][n] {
+                        best[s][n] = value
+                        cut[s][n] = k
+                    }
+                }
+            }
+        }
+        var counts: [Int] = []
+        var n = L
+        for s in stride(from: stages, through: 1, by: -1) {
+            counts.append(cut[s][n])
+            n -= cut[s][n]
+        }
+        return counts.reversed()
+    }
+}
+
 /// The TP × PP grid of one model: every rank's tensor shard and pipeline stage, checked
 /// before any worker starts.
 public struct ModelGrid: Sendable, Equatable {
