@@ -1,10 +1,7 @@
-import Collectives
 import ExecutorCore
 import ExecutorTestSupport
-import Foundation
 import Kernels
 import ModelRunner
-import Synchronization
 import Testing
 
 /// Pipeline stages (and tensor-parallel shards within each stage, one thread per rank,
