@@ -246,10 +246,13 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
 public enum CollectiveError: Error, Equatable, CustomStringConvertible {
     case peerDied(rank: Int, pid: Int32, operation: String)
     case peerStuck(ranks: [Int], operation: String, seconds: Double)
+    /// A peer over TCP closed its connection or failed (a TCP peer's pid is not known here).
+    case peerLost(rank: Int, operation: String, reason: String)
 
     public var description: String {
         switch self {
         case let .peerDied(rank, pid, operation): "\(operation) failed: rank \(rank) (pid \(pid)) died"
+        case let .peerLost(rank, operation, reason): "\(operation) failed: rank \(rank) is gone (\(reason))"
         case let .peerStuck(ranks, operation, seconds): "\(operation) failed: rank\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", ")) did not arrive within \(seconds) s"
         }
     }
