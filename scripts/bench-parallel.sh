@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Distribution overhead on one machine: decode speed of TP 2 (1 thread per rank) and of
+# Distribution overhead on one machine: decode speed of TP 2 (1 thread per rank, over
+# shared-memory collectives and over the TCP ring on loopback) and of
 # PP 2 (1 thread per stage, 2 virtual engines; the even split, then `--pp-layers balanced`,
 # which counts the output head's work on the last stage) against TP 1 with 2 threads, side by side,
 # at batch 1 and over SEQUENCES requests; for grid runs, where the driver's time went per
@@ -26,6 +27,7 @@ run() {  # label, batch, flags…
     for batch in 1 "$sequences"; do
         run "TP1x2threads" "$batch" --threads 2 "$@"
         run "TP2x1thread" "$batch" --threads 1 --tp 2 "$@"
+        run "TP2tcp" "$batch" --threads 1 --tp 2 --collectives tcp "$@"
         run "PP2x1thread" "$batch" --threads 1 --pp 2 "$@"
         run "PP2balanced" "$batch" --threads 1 --pp 2 --pp-layers balanced "$@"
     done

@@ -16,6 +16,9 @@ struct ModelArguments: ParsableArguments {
     @Flag(help: "Float32 activations on dequantized weights (slower; matches a float reference).")
     var precise = false
 
+    @Option(help: "How tensor-parallel ranks exchange activations: shm (shared memory, one machine) or tcp (a ring of TCP sockets).")
+    var collectives = ExecutorOptions.CollectiveTransport.sharedMemory.rawValue
+
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache memory in MiB.")
     var kvCacheMiB = 256
 
@@ -46,6 +49,9 @@ struct ModelArguments: ParsableArguments {
                 throw ValidationError("--pp-layers lists \(layers.count) stages (\(pipelineLayers)); --pp is \(pipelineParallel): give one count per stage")
             }
         }
+        guard ExecutorOptions.CollectiveTransport(rawValue: collectives) != nil else {
+            throw ValidationError("--collectives must be shm or tcp, got '\(collectives)'")
+        }
         guard kvCacheMiB >= 1 && kvCacheMiB <= 1 << 20 else {
             throw ValidationError("--kv-cache-mb must be between 1 and 1048576, got \(kvCacheMiB)")
         }
@@ -59,9 +65,11 @@ struct ModelArguments: ParsableArguments {
     var path: String { model ?? ReferenceModel.defaultPath }
 
     var options: ExecutorOptions {
-        ExecutorOptions(
+        var options = ExecutorOptions(
             threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, tensorParallel: tensorParallel, pipelineParallel: pipelineParallel,
             pipelineLayers: pipelineLayers.flatMap { try? Self.parseLayerList($0) }, balancedPipeline: pipelineLayers == "balanced")
+        options.collectives = ExecutorOptions.CollectiveTransport(rawValue: collectives) ?? .sharedMemory
+        return options
     }
 
     /// `10,10,10` → [10, 10, 10]: layer counts, each ≥ 1.
@@ -86,6 +94,7 @@ struct ModelArguments: ParsableArguments {
         }
     }
 }
+
 
 /// An error printed as is, with exit status 1.
 struct CLIError: Error, CustomStringConvertible {

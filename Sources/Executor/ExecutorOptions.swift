@@ -25,6 +25,16 @@ public struct ExecutorOptions: Sendable, Equatable {
     /// Without explicit `pipelineLayers`, split the layers so that the stages' work is
     /// even, counting the output head on the last stage (`PipelineStage.balancedLayerCounts`).
     public var balancedPipeline = false
+    /// How tensor-parallel ranks exchange activations.
+    public var collectives: CollectiveTransport = .sharedMemory
+
+    public enum CollectiveTransport: String, Sendable, Equatable, CaseIterable {
+        /// One shared-memory segment per group: ranks on one machine.
+        case sharedMemory = "shm"
+        /// A TCP ring per group, authenticated by the instance secret: ranks on any machines.
+        case tcp
+    }
+
     /// The binary whose `worker` subcommand runs the worker processes (default: this
     /// process's own executable).
     public var workerExecutable: String?

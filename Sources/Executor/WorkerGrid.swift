@@ -25,6 +25,9 @@ final class WorkerGrid {
     let workers: WorkerGroup
     /// KV blocks of every rank (the smallest rank's count).
     let kvBlocks: Int
+    /// Rank 0's tensor-parallel group (nil at TP 1).
+    private let rank0Group: (any TensorParallelGroup)?
+    /// Shared-memory groups, one per stage (empty with TCP collectives or TP 1).
     private let communicators: [SharedMemoryCommunicator]
     private let channels: [StageChannel]
     /// The worker whose reply carries the samples (tensor rank 0 of the last stage); nil
@@ -53,6 +56,10 @@ final class WorkerGrid {
 
         var communicators: [SharedMemoryCommunicator] = []
         var channels: [StageChannel] = []
+        /// Each stage's group as workers find it: a segment name or a TCP rendezvous address.
+        var groupAddresses: [String] = []
+        let secret = InstanceSecret.random()
+        let tcp = layout.tensorParallel > 1 && options.collectives == .tcp
         func closeAll() {
             communicators.forEach { $0.close() }
             channels.forEach { $0.ring.close() }
@@ -60,7 +67,16 @@ final class WorkerGrid {
         do {
             if layout.tensorParallel > 1 {
                 for _ in 0..<layout.pipelineParallel {
-                    communicators.append(try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18))
+                    if tcp {
+                        // The driver binds each group's rendezvous and serves it while the ranks start.
+                        let rendezvous = try TCPRendezvous(secret: secret)
+                        groupAddresses.append("tcp://\(rendezvous.host):\(rendezvous.port)")
+                        Background.run { try rendezvous.serve(ranks: layout.tensorParallel, timeout: 120) }
+                    } else {
+                        let communicator = try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18)
+                        communicators.append(communicator)
+                        groupAddresses.append(communicator.name)
+                    }
                 }
             }
             for _ in 0..<(layout.pipelineParallel - 1) {
@@ -71,14 +87,21 @@ final class WorkerGrid {
             closeAll()
             throw error
         }
+        // Rank 0 joins its TCP group while the workers start (they wait in the same rendezvous).
+        let rank0Join = tcp ? { [address = groupAddresses[0]] in
+            Background.run { try WorkerProcess.joinGroup(address, rank: 0, ranks: layout.tensorParallel, secret: secret) }
+        }() : nil
         let workers: WorkerGroup
         do {
-            workers = try WorkerGroup(workers: layout.worldSize - 1, configuration: .init(executable: options.workerExecutable, stepTimeout: 120)) { index in
+            workers = try WorkerGroup(
+                workers: layout.worldSize - 1, configuration: .init(executable: options.workerExecutable, stepTimeout: 120),
+                environment: tcp ? [InstanceSecret.environmentName: secret.hex] : [:]
+            ) { index in
                 let rank = index + 1
                 let stage = layout.stage(ofRank: rank), tensorRank = layout.tensorRank(ofRank: rank)
                 return WorkerProcess.ModelShard(
                     path: modelPath, options: options, kvBlocks: kvBlocks,
-                    communicator: communicators.isEmpty ? nil : communicators[stage].name,
+                    communicator: groupAddresses.isEmpty ? nil : groupAddresses[stage],
                     previousStage: stage > 0 ? channels[stage - 1].ring.name : nil,
                     nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage].ring.name : nil
                 ).arguments
@@ -91,8 +114,16 @@ final class WorkerGrid {
         communicators.forEach { $0.unlinkName() }
         channels.forEach { $0.ring.unlinkName() }
         let links = StageLinks(next: channels.first, timeout: workers.configuration.stepTimeout, check: { try workers.checkAlive() })
+        let rank0Group: (any TensorParallelGroup)?
+        do {
+            rank0Group = try rank0Join.map { try $0.wait() }?.group ?? communicators.first
+        } catch {
+            workers.shutdown()
+            closeAll()
+            throw error
+        }
         let worker = ModelWorker(
-            modelPath: modelPath, options: options.modelOptions(stage: 0, kvBlocks: kvBlocks), group: communicators.first, links: links,
+            modelPath: modelPath, options: options.modelOptions(stage: 0, kvBlocks: kvBlocks), group: rank0Group, links: links,
             progress: progress)
         do { try worker.loadNow() } catch {
             workers.shutdown()
@@ -102,6 +133,7 @@ final class WorkerGrid {
         self.rank0 = worker
         self.workers = workers
         self.communicators = communicators
+        self.rank0Group = rank0Group
         self.channels = channels
         let sampler = layout.rank(stage: layout.pipelineParallel - 1, tensorRank: 0)
         samplingWorker = sampler == 0 ? nil : sampler - 1
@@ -118,7 +150,7 @@ final class WorkerGrid {
         try rank0.validateNow(request)
         do {
             let start = MonotonicClock.nanoseconds()
-            let collectivesBefore = communicators.first?.collectiveNanoseconds ?? 0
+            let collectivesBefore = rank0Group?.collectiveNanoseconds ?? 0
             try workers.broadcast(request)
             inFlight.append(request)
             statistics.maxStepsInFlight = max(statistics.maxStepsInFlight, inFlight.count)
@@ -129,7 +161,7 @@ final class WorkerGrid {
                 statistics.decodeSteps += 1
                 statistics.broadcastSeconds += Double(sent - start) * 1e-9
                 statistics.rank0Seconds += Double(MonotonicClock.nanoseconds() - sent) * 1e-9
-                statistics.collectiveSeconds += Double((communicators.first?.collectiveNanoseconds ?? 0) - collectivesBefore) * 1e-9
+                statistics.collectiveSeconds += Double((rank0Group?.collectiveNanoseconds ?? 0) - collectivesBefore) * 1e-9
             }
         } catch {
             workers.shutdown()
@@ -158,6 +190,7 @@ final class WorkerGrid {
         workers.shutdown()
         await rank0.shutdown()
         communicators.forEach { $0.close() }
+        (rank0Group as? TCPCommunicator)?.close()
         channels.forEach { $0.ring.close() }
     }
 }

@@ -1,5 +1,5 @@
 /// The collectives a tensor-parallel model shard needs from its group. Implemented over
-/// shared memory (`SharedMemoryCommunicator`) and, later, over TCP.
+/// shared memory (`SharedMemoryCommunicator`) and over TCP (`TCPCommunicator`).
 public protocol TensorParallelGroup: AnyObject {
     /// This shard's index in the group.
     var rank: Int { get }
@@ -9,4 +9,6 @@ public protocol TensorParallelGroup: AnyObject {
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
     /// output ← every rank's input, concatenated in rank order.
     func allGather(_ input: UnsafeBufferPointer<Float>, into output: UnsafeMutableBufferPointer<Float>) throws
+    /// Time this rank has spent in collectives so far (waiting for peers included).
+    var collectiveNanoseconds: Int64 { get }
 }

@@ -141,13 +141,13 @@ struct CLI {
         #expect(two["tokens"] as? [Int] == one["tokens"] as? [Int])
     }
 
-    @Test("--pp 2 and --tp 2 --pp 2 run stages in worker processes and give the tokens of one worker", arguments: ["fast", "precise"])
+    @Test("--pp 2, --tp 2 --pp 2 and TCP collectives run in worker processes and give the tokens of one worker", arguments: ["fast", "precise"])
     func pipelineParallel(mode: String) throws {
         let base = ["generate", "--model", model, "--prompt-tokens", "5,77,200,3,14", "--temperature", "0", "--max-tokens", "12",
                     "--threads", "1", "--output", "json"] + (mode == "precise" ? ["--precise"] : [])
         let one = try json(CLI.run(base))
         #expect(try #require(one["tokens"] as? [Int]).count == 12)
-        for layout in [["--pp", "2"], ["--pp", "2", "--pp-layers", "1,1"], ["--tp", "2", "--pp", "2"]] {
+        for layout in [["--pp", "2"], ["--pp", "2", "--pp-layers", "1,1"], ["--tp", "2", "--pp", "2"], ["--tp", "2", "--collectives", "tcp"]] {
             #expect(try json(CLI.run(base + layout))["tokens"] as? [Int] == one["tokens"] as? [Int], "\(layout)")
         }
     }

@@ -81,6 +81,29 @@ import Testing
         for pid in pids { #expect(kill(pid, 0) != 0, "pid \(pid) still exists") }
     }
 
+    @Test("over TCP collectives, a killed tensor-parallel peer fails the step within a second, naming its rank")
+    func killedTCPPeer() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        var options = Self.options(tp: 2)
+        options.collectives = .tcp
+        let executor = try await LocalExecutor(modelPath: path, options: options)
+        // The grid works over TCP first.
+        let before = try await executor.generate(batch: Array(Self.requests.prefix(2)), virtualEngines: 1)
+        #expect(before.map(\.tokens.count) == [4, 5])
+        let pids = executor.workerPIDs
+        kill(pids[0], SIGKILL)
+        let start = Date()
+        await #expect {
+            _ = try await executor.generate(batch: Self.requests, virtualEngines: 1)
+        } throws: { error in
+            "\(error)".contains("rank 1")
+        }
+        #expect(Date().timeIntervalSince(start) < 1.5)
+        await executor.shutdown()
+        #expect(kill(pids[0], 0) != 0)
+    }
+
     @Test("impossible grids fail before any worker starts, naming what is missing")
     func impossibleGrids() async throws {
         let path = try Self.model()

@@ -60,7 +60,7 @@ public final class WorkerGroup: @unchecked Sendable {
     /// `extraArguments(i)` are added to worker `i`'s command line (a model shard to serve).
     public init(
         workers: Int, configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil,
-        extraArguments: (Int) -> [String] = { _ in [] }
+        environment extraEnvironment: [String: String] = [:], extraArguments: (Int) -> [String] = { _ in [] }
     ) throws {
         precondition(workers >= 1, "a worker group needs at least one worker, got \(workers)")
         self.workerCount = workers
@@ -93,6 +93,7 @@ public final class WorkerGroup: @unchecked Sendable {
                 },
                 environment: { index in
                     Placement.cpuEnvironment(cpuSets[index]).merging([Placement.Environment.instanceID: instanceID]) { $1 }
+                        .merging(extraEnvironment) { $1 }
                 }
             ).map(\.handle)
         } catch {

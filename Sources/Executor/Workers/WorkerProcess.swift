@@ -38,7 +38,8 @@ public enum WorkerProcess {
         public var options: ExecutorOptions
         /// KV blocks (the same on every rank: the smallest rank's count).
         public var kvBlocks: Int
-        /// The shared-memory communicator of this rank's tensor-parallel group (TP > 1).
+        /// This rank's tensor-parallel group (TP > 1): a shared-memory communicator's name,
+        /// or `tcp://HOST:PORT`, the group's rendezvous (the secret comes in the environment).
         public var communicator: String?
         /// Hidden-state channels from the previous stage and to the next.
         public var previousStage: String?
@@ -70,7 +71,7 @@ public enum WorkerProcess {
         }
 
         /// Every shared-memory name this shard attaches to.
-        var names: [String] { [communicator, previousStage, nextStage].compactMap { $0 } }
+        var names: [String] { [communicator, previousStage, nextStage].compactMap { $0 }.filter { !$0.hasPrefix("tcp://") } }
     }
 
     /// Runs the worker; returns its exit status.
@@ -98,7 +99,9 @@ public enum WorkerProcess {
             if let shard = arguments.model {
                 let layout = try shard.options.layout
                 let stage = layout.stage(ofRank: arguments.rank), tensorRank = layout.tensorRank(ofRank: arguments.rank)
-                let group = try shard.communicator.map { try SharedMemoryCommunicator.attach(name: $0, rank: tensorRank) }
+                let group = try shard.communicator.map { name in
+                    try Self.joinGroup(name, rank: tensorRank, ranks: layout.tensorParallel).group
+                }
                 // Upstream waits need no timeout: if a peer dies the driver sees it and ends this process.
                 let links = StageLinks(
                     previous: try shard.previousStage.map { try StageChannel.attach(name: $0) },
@@ -115,6 +118,25 @@ public enum WorkerProcess {
             _ = message.withCString { write(2, $0, strlen($0)) }
             return 1
         }
+    }
+
+    /// Attaches to a shared-memory communicator, or joins a TCP group at `tcp://HOST:PORT`.
+    /// `secret`: the instance secret for a TCP group (default: from the environment).
+    static func joinGroup(_ name: String, rank: Int, ranks: Int, secret: InstanceSecret? = nil) throws -> ModelWorker.SendableGroup {
+        guard name.hasPrefix("tcp://") else { return ModelWorker.SendableGroup(group: try SharedMemoryCommunicator.attach(name: name, rank: rank)) }
+        let address = name.dropFirst("tcp://".count).split(separator: ":")
+        guard address.count == 2, let port = UInt16(address[1]) else {
+            throw ExecutorError("a communicator address tcp://HOST:PORT, found '\(name)'")
+        }
+        var instanceSecret = secret
+        if instanceSecret == nil {
+            guard let hex = getenv(InstanceSecret.environmentName) else {
+                throw ExecutorError("a TCP group needs the instance secret in \(InstanceSecret.environmentName); it is not set")
+            }
+            instanceSecret = try InstanceSecret(hex: String(cString: hex))
+        }
+        return ModelWorker.SendableGroup(group: try TCPCommunicator.join(
+            rank: rank, ranks: ranks, rendezvousHost: String(address[0]), rendezvousPort: port, secret: instanceSecret!, timeout: 120))
     }
 
     static func serve(rank: Int, commands: SharedMemoryRing, replies: SharedMemoryRing, worker: ModelWorker?) throws {
