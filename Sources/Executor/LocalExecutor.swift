@@ -21,7 +21,10 @@ public final class LocalExecutor {
         case driver(Driver)
         case grid(WorkerGrid)
     }
-    private var allocator: BlockAllocator
+    /// KV blocks of every worker (the smallest worker's count).
+    public let kvBlocks: Int
+    /// Requests preempted (and recomputed) so far because KV blocks ran out.
+    public private(set) var preemptions = 0
     private var nextSequenceID: UInt64 = 1
     private var nextStep: UInt64 = 0
     /// Requests that ended since the last step: the next step tells the workers.
@@ -41,12 +44,12 @@ public final class LocalExecutor {
             ])
             loaded = worker.loaded!
             backend = .driver(driver)
-            allocator = BlockAllocator(blockCount: await driver.blocksPerVirtualEngine, blockSize: loaded.model.cache.blockSize)
+            kvBlocks = await driver.blocksPerVirtualEngine
         } else {
             let grid = try WorkerGrid(modelPath: modelPath, options: options, progress: progress)
             loaded = grid.rank0.loaded!
             backend = .grid(grid)
-            allocator = BlockAllocator(blockCount: grid.kvBlocks, blockSize: loaded.model.cache.blockSize)
+            kvBlocks = grid.kvBlocks
         }
         loadSeconds = MonotonicClock.now() - start
     }
@@ -134,51 +137,62 @@ public final class LocalExecutor {
         }
     }
 
-    /// Generates for every request, batching the running ones of each virtual engine into
-    /// one step; returns the results in request order.
-    /// - Throws: before any step when a request is invalid; when the KV cache cannot hold
-    ///   the running requests; when a worker fails.
-    public func generate(batch requests: [BatchRequest], virtualEngines: Int) async throws(GenerationError) -> [GenerationResult] {
+    /// Generates for every request through one `Scheduler` per virtual engine (requests
+    /// dealt round-robin, each engine with an equal share of the KV blocks and one step in
+    /// flight); returns the results in request order. When blocks run out, the newest
+    /// running request is preempted and recomputed later, never dropped.
+    /// - Throws: before any step when a request is invalid; when a worker fails.
+    public func generate(
+        batch requests: [BatchRequest], virtualEngines: Int, maxSequences: Int = 256
+    ) async throws(GenerationError) -> [GenerationResult] {
         guard virtualEngines >= 1 else { throw GenerationError("virtual engines must be ≥ 1, got \(virtualEngines)") }
-        var runs: [SequenceRun] = []
-        for request in requests {
-            try check(request)
-            runs.append(SequenceRun(id: nextSequenceID, request: request, tokenizer: tokenizer))
+        guard maxSequences >= 1 else { throw GenerationError("the most running sequences must be ≥ 1, got \(maxSequences)") }
+        let blockSize = loaded.model.cache.blockSize
+        let share = kvBlocks / virtualEngines
+        guard share >= 1 else {
+            throw GenerationError("\(kvBlocks) KV blocks cannot be shared by \(virtualEngines) virtual engines; raise --kv-cache-mb")
+        }
+        // A request may grow to what one engine's share holds.
+        let contextLimit = min(loaded.model.maxContext, share * blockSize)
+        var schedulers = (0..<virtualEngines).map { v in
+            Scheduler(
+                maxSequences: maxSequences, maxBatchTokens: loaded.model.maxBatchTokens,
+                allocator: BlockAllocator(blockCount: share, blockSize: blockSize, firstBlock: Int32(v * share)))
+        }
+        var runs: [UInt64: SequenceRun] = [:]
+        var order: [UInt64] = []
+        for (i, request) in requests.enumerated() {
+            try check(request, contextLimit: contextLimit)
+            let id = nextSequenceID
             nextSequenceID += 1
+            runs[id] = SequenceRun(id: id, request: request, tokenizer: tokenizer)
+            order.append(id)
+            schedulers[i % virtualEngines].add(id: id, prompt: request.promptTokens, parameters: request.parameters)
         }
-        // Whatever happens, every request's blocks go back and its state is dropped.
-        defer {
-            for i in runs.indices where !runs[i].released {
-                allocator.release(&runs[i].table)
-                finished.append(runs[i].id)
-            }
-        }
-        let engines = (0..<virtualEngines).map { v in Array(stride(from: v, to: runs.count, by: virtualEngines)) }
-        var inFlight: [(engine: Int, sequences: [Int])] = []
+        var inFlight: [Int] = []  // the virtual engine of each step in flight, oldest first
         do {
-            for engine in engines.indices {
-                if let members = try await submitStep(engines[engine], engine: engine, runs: &runs) {
-                    inFlight.append((engine, members))
+            defer {
+                // Whatever happens, every request's state is dropped by the next step.
+                for v in schedulers.indices {
+                    preemptions += schedulers[v].preemptionCount
+                    for entry in schedulers[v].running + schedulers[v].waiting { schedulers[v].finish(entry.id) }
+                    finished += schedulers[v].takeFinishedIDs()
                 }
             }
+            for v in schedulers.indices where try await submitStep(&schedulers[v], engine: v) { inFlight.append(v) }
             while !inFlight.isEmpty {
-                let (engine, members) = inFlight.removeFirst()
+                let v = inFlight.removeFirst()
                 let output = try receive()
-                var samples = output.samples.makeIterator()
-                for i in members where runs[i].expectsSample {
-                    guard let sample = samples.next(), sample.sequenceID == runs[i].id else {
-                        throw GenerationError("step \(output.step) returned samples that do not match its sequences")
+                for sample in output.samples {
+                    guard var run = runs[sample.sequenceID] else {
+                        throw GenerationError("step \(output.step) returned a sample for unknown sequence \(sample.sequenceID)")
                     }
-                    runs[i].accept(sample, maxContext: loaded.model.maxContext)
-                    if runs[i].isDone {
-                        allocator.release(&runs[i].table)
-                        runs[i].released = true
-                        finished.append(runs[i].id)
-                    }
+                    run.accept(sample, contextLimit: contextLimit)
+                    runs[sample.sequenceID] = run
+                    schedulers[v].append(sample.token, to: run.id)
+                    if run.isDone { schedulers[v].finish(run.id) }
                 }
-                if let members = try await submitStep(engines[engine], engine: engine, runs: &runs) {
-                    inFlight.append((engine, members))
-                }
+                if try await submitStep(&schedulers[v], engine: v) { inFlight.append(v) }
             }
         } catch {
             // Steps still in flight belong to this batch: collect them so the next call
@@ -186,71 +200,52 @@ public final class LocalExecutor {
             for _ in inFlight { _ = try? receive() }
             throw error as? GenerationError ?? GenerationError("\(error)")
         }
-        return runs.map { $0.result(loadSeconds: loadSeconds) }
+        return order.map { runs[$0]!.result(loadSeconds: loadSeconds) }
     }
 
     /// Checks a request before anything runs.
-    private func check(_ request: BatchRequest) throws(GenerationError) {
+    private func check(_ request: BatchRequest, contextLimit: Int) throws(GenerationError) {
         do { try request.parameters.validate() } catch { throw GenerationError(error.description) }
-        let model = loaded.model
         let vocabulary = loaded.configuration.vocabularySize
         guard !request.promptTokens.isEmpty else { throw GenerationError("the prompt is empty: expected at least one token") }
         for id in request.promptTokens where id < 0 || Int(id) >= vocabulary {
             throw GenerationError("prompt token \(id) is outside the vocabulary 0..<\(vocabulary)")
         }
-        guard request.promptTokens.count < model.maxContext else {
+        guard request.promptTokens.count < contextLimit else {
             throw GenerationError(
-                "the prompt has \(request.promptTokens.count) tokens; this model instance holds at most \(model.maxContext - 1) prompt tokens "
-                    + "(context \(loaded.configuration.contextLength), KV cache \(model.cache.capacityTokens) tokens)")
+                "the prompt has \(request.promptTokens.count) tokens; this model instance holds at most \(contextLimit - 1) prompt tokens "
+                    + "(context \(loaded.configuration.contextLength), KV cache \(loaded.model.cache.capacityTokens) tokens)")
         }
     }
 
-    /// Builds and submits the next step of one virtual engine: every decoding request's
-    /// token, then prompt chunks while the token budget lasts. Returns the requests in the
-    /// step, or nil when the engine has nothing left to run.
-    private func submitStep(_ members: [Int], engine: Int, runs: inout [SequenceRun]) async throws -> [Int]? {
-        var budget = loaded.model.maxBatchTokens
-        var sequences: [StepRequest.Sequence] = []
-        var included: [Int] = []
-        for decoding in [true, false] {
-            for i in members where !runs[i].isDone && runs[i].isDecoding == decoding && budget > 0 {
-                let (tokens, position, sample) = runs[i].nextChunk(budget: budget)
-                guard allocator.reserve(&runs[i].table, tokens: position + tokens.count) else {
-                    throw GenerationError(
-                        "the KV cache is full: \(position + tokens.count) tokens of request \(runs[i].id) need "
-                            + "\(allocator.blocks(forTokens: position + tokens.count)) blocks and \(allocator.freeBlocks) of \(allocator.blockCount) are free; "
-                            + "raise --kv-cache-mb or run fewer requests at once")
-                }
-                runs[i].advance(by: tokens.count, sampling: sample)
-                sequences.append(.init(
-                    id: runs[i].id, tokens: tokens, startPosition: Int32(position), blockTable: runs[i].table, sample: sample,
-                    sampling: runs[i].parameters))
-                included.append(i)
-                budget -= tokens.count
+    /// Schedules and submits one virtual engine's next step; false when it has nothing to run.
+    private func submitStep(_ scheduler: inout Scheduler, engine: Int) async throws -> Bool {
+        guard let sequences = scheduler.schedule() else {
+            if scheduler.hasWork {
+                throw GenerationError(
+                    "virtual engine \(engine) cannot schedule its \(scheduler.running.count + scheduler.waiting.count) requests "
+                        + "with \(scheduler.allocator.freeBlocks) of \(scheduler.allocator.blockCount) KV blocks free")
             }
+            return false
         }
-        guard !sequences.isEmpty else { return nil }
-        let request = StepRequest(step: nextStep, virtualEngine: Int32(engine), sequences: sequences, finishedRequestIDs: finished)
+        let request = StepRequest(
+            step: nextStep, virtualEngine: Int32(engine), sequences: sequences,
+            finishedRequestIDs: finished + scheduler.takeFinishedIDs())
         nextStep += 1
         finished.removeAll()
         try await submit(request)
-        return included
+        return true
     }
 }
 
-/// One request's progress through generation: prompt chunks, then one token per step.
+/// One request's output as it is generated: tokens, log-probabilities, text with stop
+/// strings, timings, and when it is done.
 struct SequenceRun {
     let id: UInt64
     let prompt: [Int32]
     let parameters: SamplingParameters
     let onText: (String) -> Void
     let stopIDs: Set<Int32>
-    var table: [Int32] = []
-    var released = false
-    /// Tokens whose KV is (or is being) computed.
-    private(set) var position = 0
-    /// Whether the step in flight samples a token for this request.
-    private(set) var expectsSample = false
     private(set) var isDone = false
     private var generated: [Int32] = []
     private var logprobs: [[TokenLogprob]] = []
@@ -269,30 +264,15 @@ struct SequenceRun {
         text = TextAccumulator(stopStrings: request.parameters.stopStrings, tokenizer: tokenizer)
     }
 
-    var isDecoding: Bool { position >= prompt.count }
-
-    /// The tokens of the next step (a prompt chunk of at most `budget`, or the last sampled
-    /// token), their first position, and whether the step samples.
-    func nextChunk(budget: Int) -> (tokens: [Int32], position: Int, sample: Bool) {
-        if isDecoding { return ([generated.last!], position, true) }
-        let end = min(prompt.count, position + budget)
-        return (Array(prompt[position..<end]), position, end == prompt.count)
-    }
-
-    mutating func advance(by tokens: Int, sampling: Bool) {
-        position += tokens
-        expectsSample = sampling
-    }
-
-    /// Takes a sampled token; decides whether the request is done.
-    mutating func accept(_ sample: StepOutput.Sample, maxContext: Int) {
-        expectsSample = false
+    /// Takes a sampled token; decides whether the request is done (a stop token or string,
+    /// `maxTokens`, or a sequence as long as `contextLimit`).
+    mutating func accept(_ sample: StepOutput.Sample, contextLimit: Int) {
         if firstToken == nil { firstToken = MonotonicClock.now() }
         generated.append(sample.token)
         if parameters.logprobs > 0 { logprobs.append(sample.top) }
         if stopIDs.contains(sample.token) || text.append(sample.token, emit: onText) {
             finish = .stop
-        } else if generated.count < parameters.maxTokens && position + 1 < maxContext {
+        } else if generated.count < parameters.maxTokens && prompt.count + generated.count < contextLimit {
             return
         }
         isDone = true

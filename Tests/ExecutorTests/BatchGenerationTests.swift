@@ -29,26 +29,32 @@ import Testing
         await executor.shutdown()
     }
 
-    @Test("a batch the KV cache cannot hold fails with the numbers, and frees its blocks")
-    func cacheFull() async throws {
-        let path = try TinyLlama().write()
+    @Test("under a tight block budget, preemption and recompute give the unconstrained tokens; so do chunked prefill and one sequence at a time")
+    func constrainedEqualsUnconstrained() async throws {
+        // 8 layers × K and V × 64 floats: 4 KiB per token, so 1 MiB holds 256 tokens (16 blocks).
+        var tiny = TinyLlama()
+        tiny.layers = 8
+        tiny.kvHeads = 4
+        let path = try tiny.write()
         defer { TemporaryFiles.remove(path) }
-        // 1 MiB of cache at 512 B per token (2 layers × K and V × 32 floats): 2048 tokens.
-        let executor = try await LocalExecutor(
-            modelPath: path, options: ExecutorOptions(threads: 1, kvCacheMiB: 1, maxBatchTokens: 64))
-        let blocks = executor.loaded.model.cache.blockCount
-        let long = LocalExecutor.BatchRequest(
-            promptTokens: Array(repeating: 7, count: 200),
-            parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: 40))
-        let count = blocks * 16 / 200 + 2
-        await #expect {
-            _ = try await executor.generate(batch: Array(repeating: long, count: count), virtualEngines: 1)
-        } throws: { error in
-            "\(error)".contains("the KV cache is full")
+        let requests: [LocalExecutor.BatchRequest] = (0..<6).map { (i: Int) -> LocalExecutor.BatchRequest in
+            let prompt: [Int32] = (0..<(20 + 7 * i)).map { (t: Int) -> Int32 in Int32((t * 13 + i) % 250 + 3) }
+            return .init(promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: 30))
         }
-        // Every block came back: one request still runs.
-        let one = try await executor.generate(batch: [long], virtualEngines: 1)
-        #expect(one[0].tokens.count == 40)
-        await executor.shutdown()
+        func run(kvMiB: Int, maxBatchTokens: Int = 512, maxSequences: Int = 256) async throws -> (tokens: [[Int32]], preemptions: Int) {
+            let executor = try await LocalExecutor(
+                modelPath: path, options: ExecutorOptions(threads: 1, precise: true, kvCacheMiB: kvMiB, maxBatchTokens: maxBatchTokens))
+            let results = try await executor.generate(batch: requests, virtualEngines: 1, maxSequences: maxSequences)
+            await executor.shutdown()
+            return (results.map(\.tokens), executor.preemptions)
+        }
+        let free = try await run(kvMiB: 16)
+        #expect(free.tokens.allSatisfy { $0.count == 30 } && free.preemptions == 0)
+        // The six requests grow to 380 tokens together; 256 fit.
+        let tight = try await run(kvMiB: 1)
+        #expect(tight.tokens == free.tokens)
+        #expect(tight.preemptions > 0)
+        #expect(try await run(kvMiB: 16, maxBatchTokens: 8).tokens == free.tokens, "chunked prefill")
+        #expect(try await run(kvMiB: 16, maxSequences: 1).tokens == free.tokens, "one at a time")
     }
 }

@@ -8,10 +8,15 @@ public struct BlockAllocator: Sendable {
     private var free: [Int32]
     private var references: [Int32]
 
-    public init(blockCount: Int, blockSize: Int) {
+    /// The first block id this allocator hands out (a virtual engine's share of a cache
+    /// starts after the shares before it).
+    public let firstBlock: Int32
+
+    public init(blockCount: Int, blockSize: Int, firstBlock: Int32 = 0) {
         self.blockCount = blockCount
         self.blockSize = blockSize
-        free = (0..<Int32(blockCount)).reversed()
+        self.firstBlock = firstBlock
+        free = (firstBlock..<(firstBlock + Int32(blockCount))).reversed()
         references = Array(repeating: 0, count: blockCount)
     }
 
@@ -28,7 +33,7 @@ public struct BlockAllocator: Sendable {
         guard needed <= free.count else { return false }
         for _ in 0..<needed {
             let block = free.removeLast()
-            references[Int(block)] = 1
+            references[Int(block - firstBlock)] = 1
             table.append(block)
         }
         return true
@@ -37,15 +42,15 @@ public struct BlockAllocator: Sendable {
     /// Releases every block of `table` and empties it.
     public mutating func release(_ table: inout [Int32]) {
         for block in table {
-            references[Int(block)] -= 1
-            precondition(references[Int(block)] >= 0, "block \(block) released more often than reserved")
-            if references[Int(block)] == 0 { free.append(block) }
+            references[Int(block - firstBlock)] -= 1
+            precondition(references[Int(block - firstBlock)] >= 0, "block \(block) released more often than reserved")
+            if references[Int(block - firstBlock)] == 0 { free.append(block) }
         }
         table.removeAll(keepingCapacity: true)
     }
 
     /// Adds a reference to each block of `table` (for a sequence that shares it).
     public mutating func share(_ table: [Int32]) {
-        for block in table { references[Int(block)] += 1 }
+        for block in table { references[Int(block - firstBlock)] += 1 }
     }
 }
