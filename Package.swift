@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // Metrics API (no backend chosen here): the control plane exports its step latency.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // The engine runs as a Service: graceful shutdown finishes running requests first.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Value types shared by every layer: sampling parameters, ids, finish reasons.
@@ -39,11 +41,11 @@ let package = Package(
         .target(name: "CSystem"),
         // CPU ops over raw buffers: quantization formats, mat-vec / mat-mat, norms, rope, thread pool.
         .target(name: "Kernels", dependencies: ["CKernels", "CSystem"], swiftSettings: numericSettings),
-        // Moving step messages between processes: shared-memory rings (later TCP).
+        // Moving messages between processes: shared-memory rings, authenticated TCP connections.
         .target(name: "Transports", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
-        // allReduce, allGather, broadcast among the ranks of a machine (shared memory); TCP next.
+        // allReduce, allGather among ranks: shared memory on a machine, a TCP ring across machines.
         .target(name: "Collectives", dependencies: ["Transports", "ExecutorCore", "CSystem"], swiftSettings: numericSettings),
         // Start workers and hand back their processes: local processes now, MPI and Ray next.
         .target(name: "Launchers", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
@@ -55,11 +57,19 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
-        // The `cohort` command tree: parses, validates, calls Executor.
+        // Requests into batched steps: schedulers per virtual engine, the engine service.
+        .target(
+            name: "Engine",
+            dependencies: [
+                "Executor", "ExecutorCore", "ModelRunner",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings),
+        // The `cohort` command tree: parses, validates, calls Engine and Executor.
         .executableTarget(
             name: "CohortCLI",
             dependencies: [
-                "Executor", "ExecutorCore",
+                "Engine", "Executor", "ExecutorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -77,20 +87,20 @@ let package = Package(
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "ExecutorTests", dependencies: ["Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
+            name: "ExecutorTests", dependencies: ["Engine", "Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
             swiftSettings: swiftSettings),
         // Real worker processes: kill -9, SIGSTOP, driver death, shutdown.
         .testTarget(
             name: "MultiProcessTests",
             dependencies: [
-                "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport",
+                "Engine", "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
         // Runs the real reference model: build and run these in release (`make test`).
         .testTarget(
             name: "ReferenceModelTests",
-            dependencies: ["Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
+            dependencies: ["Engine", "Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

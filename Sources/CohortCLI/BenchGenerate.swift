@@ -1,4 +1,5 @@
 import ArgumentParser
+import Engine
 import Executor
 import ExecutorCore
 
@@ -65,23 +66,22 @@ struct BenchGenerate: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let executor = try await modelArguments.load()
+        let engines = virtualEngines ?? min(sequences, modelArguments.pipelineParallel)
+        let engine = try await modelArguments.load(virtualEngines: engines)
         // A fixed, ordinary-text prompt of exactly `promptLength` tokens.
         let seedText = "The quick brown fox jumps over the lazy dog while the committee debates the budget for 2025. "
-        var prompt = try executor.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 2)))
+        var prompt = try await engine.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 2)))
         prompt = Array(prompt.prefix(promptLength))
         let parameters = SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: maxTokens)
-        let engines = virtualEngines ?? min(sequences, modelArguments.pipelineParallel)
         var prefill: [Double] = [], decode: [Double] = []
         var perStep: [String: [Double]] = [:]
         for run in 0...`repeat` {
-            let before = executor.gridStatistics
+            let before = await engine.gridStatistics
             let results: [GenerationResult]
             do {
-                results = try await executor.generate(
-                    batch: Array(repeating: .init(promptTokens: prompt, parameters: parameters), count: sequences), virtualEngines: engines)
+                results = try await engine.generate(batch: Array(repeating: .init(promptTokens: prompt, parameters: parameters), count: sequences))
             } catch {
-                throw CLIError(error.description)
+                throw CLIError("\(error)")
             }
             if run == 0 { continue }  // warm-up
             let timings = results.map(\.timings)
@@ -89,7 +89,7 @@ struct BenchGenerate: AsyncParsableCommand {
             let decodeRate = Self.decodeRate(timings)
             prefill.append(prefillRate)
             decode.append(decodeRate)
-            if let before, let after = executor.gridStatistics, after.decodeSteps > before.decodeSteps {
+            if let before, let after = await engine.gridStatistics, after.decodeSteps > before.decodeSteps {
                 let steps = Double(after.decodeSteps - before.decodeSteps)
                 perStep["step", default: []].append(
                     (after.rank0Seconds + after.broadcastSeconds + after.receiveSeconds
@@ -112,7 +112,7 @@ struct BenchGenerate: AsyncParsableCommand {
             step_ms: median("step"), broadcast_us_per_step: median("broadcast"), rank0_ms_per_step: median("rank0"),
             collective_ms_per_step: median("collective"), receive_ms_per_step: median("receive"))
         Output.standardOutput(try JSONOutput.line(report) + "\n")
-        await executor.shutdown()
+        await engine.shutdown()
     }
 
     /// Decode tokens per second of a batch, counted once every request has its first

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Engine
 import Executor
 import ExecutorCore
 import Foundation
@@ -63,19 +64,19 @@ struct Generate: AsyncParsableCommand {
         } else {
             promptValue = .chat(user: prompt!, system: system)
         }
-        let executor = try await modelArguments.load()
+        let engine = try await modelArguments.load()
         let result: GenerationResult
         do {
-            let tokens = try executor.tokens(for: promptValue)
+            let tokens = try await engine.tokens(for: promptValue)
             let streaming = output == .text
-            result = try await executor.generate(promptTokens: tokens, parameters: parameters) { piece in
+            result = try await engine.generate(.init(promptTokens: tokens, parameters: parameters) { piece in
                 if streaming { Output.standardOutput(piece) }
-            }
+            })
         } catch {
-            await executor.shutdown()
-            throw CLIError(error.description)
+            await engine.shutdown()
+            throw CLIError("\(error)")
         }
-        await executor.shutdown()
+        await engine.shutdown()
         switch output {
         case .text:
             Output.standardOutput("\n")

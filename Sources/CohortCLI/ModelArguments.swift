@@ -1,4 +1,5 @@
 import ArgumentParser
+import Engine
 import Executor
 import Foundation
 #if canImport(Glibc)
@@ -83,12 +84,15 @@ struct ModelArguments: ParsableArguments {
         }
     }
 
-    /// Loads the model, drawing a progress bar on stderr when it is a terminal.
-    func load() async throws -> LocalExecutor {
+    /// Loads the model into an engine, drawing a progress bar on stderr when it is a terminal.
+    func load(virtualEngines: Int? = nil, maxSequences: Int = 256) async throws -> Engine {
         let bar = ProgressBar(title: "Loading model")
         defer { bar.finish() }
         do {
-            return try await LocalExecutor(modelPath: path, options: options) { bar.update($0) }
+            return try await Engine.load(
+                modelPath: path, options: options,
+                configuration: .init(virtualEngines: virtualEngines ?? pipelineParallel, maxSequences: maxSequences)
+            ) { bar.update($0) }
         } catch {
             throw CLIError("\(error)")
         }

@@ -21,6 +21,17 @@ public struct GenerationResult: Sendable, Equatable {
     public var logprobs: [[TokenLogprob]]
     public var timings: Timings
 
+    public init(
+        promptTokens: [Int32], tokens: [Int32], text: String, finishReason: FinishReason, logprobs: [[TokenLogprob]], timings: Timings
+    ) {
+        self.promptTokens = promptTokens
+        self.tokens = tokens
+        self.text = text
+        self.finishReason = finishReason
+        self.logprobs = logprobs
+        self.timings = timings
+    }
+
     public struct Timings: Sendable, Equatable {
         public var loadSeconds: Double
         public var prefillSeconds: Double
@@ -30,6 +41,14 @@ public struct GenerationResult: Sendable, Equatable {
         public var decodeTokens: Int
         public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(prefillTokens) / prefillSeconds : 0 }
         public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeTokens) / decodeSeconds : 0 }
+
+        public init(loadSeconds: Double, prefillSeconds: Double, decodeSeconds: Double, prefillTokens: Int, decodeTokens: Int) {
+            self.loadSeconds = loadSeconds
+            self.prefillSeconds = prefillSeconds
+            self.decodeSeconds = decodeSeconds
+            self.prefillTokens = prefillTokens
+            self.decodeTokens = decodeTokens
+        }
     }
 }
 

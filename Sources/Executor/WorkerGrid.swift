@@ -186,7 +186,7 @@ final class WorkerGrid {
     }
 
     /// Stops the workers and unmaps everything. Idempotent.
-    func shutdown() async {
+    nonisolated(nonsending) func shutdown() async {
         workers.shutdown()
         await rank0.shutdown()
         communicators.forEach { $0.close() }

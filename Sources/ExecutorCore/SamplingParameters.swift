@@ -98,6 +98,8 @@ public enum FinishReason: String, Sendable, Equatable {
     case stop
     /// `maxTokens` reached, or the context is full.
     case length
+    /// The request was aborted.
+    case abort
 }
 
 /// One alternative at a generated position.

@@ -1,3 +1,4 @@
+import Engine
 import Executor
 import ExecutorCore
 import ExecutorTestSupport
@@ -11,22 +12,24 @@ import Testing
     func batchEqualsAlone() async throws {
         let path = try TinyLlama().write()
         defer { TemporaryFiles.remove(path) }
-        let executor = try await LocalExecutor(
-            modelPath: path, options: ExecutorOptions(threads: 1, precise: true, kvCacheMiB: 4, maxBatchTokens: 8))
-        let requests: [LocalExecutor.BatchRequest] = (0..<5).map { i in
+        let requests: [Engine.Request] = (0..<5).map { i in
             let prompt = (0..<(2 + i * 4)).map { Int32(($0 * 29 + i * 7) % 250 + 3) }
             var parameters = SamplingParameters(temperature: i % 2 == 0 ? 0 : 0.9, ignoreEndOfGeneration: true, maxTokens: 3 + 2 * i)
             parameters.seed = UInt64(100 + i)
             return .init(promptTokens: prompt, parameters: parameters)
         }
+        let options = ExecutorOptions(threads: 1, precise: true, kvCacheMiB: 4, maxBatchTokens: 8)
+        let single = try await Engine.load(modelPath: path, options: options)
         var alone: [[Int32]] = []
-        for r in requests { alone.append(try await executor.generate(promptTokens: r.promptTokens, parameters: r.parameters).tokens) }
+        for r in requests { alone.append(try await single.generate(r).tokens) }
+        await single.shutdown()
         #expect(alone.map(\.count) == requests.map(\.parameters.maxTokens))
         for engines in [1, 2] {
-            let batched = try await executor.generate(batch: requests, virtualEngines: engines)
+            let engine = try await Engine.load(modelPath: path, options: options, configuration: .init(virtualEngines: engines))
+            let batched = try await engine.generate(batch: requests)
+            await engine.shutdown()
             #expect(batched.map(\.tokens) == alone, "\(engines) virtual engines")
         }
-        await executor.shutdown()
     }
 
     @Test("under a tight block budget, preemption and recompute give the unconstrained tokens; so do chunked prefill and one sequence at a time")
@@ -37,16 +40,18 @@ import Testing
         tiny.kvHeads = 4
         let path = try tiny.write()
         defer { TemporaryFiles.remove(path) }
-        let requests: [LocalExecutor.BatchRequest] = (0..<6).map { (i: Int) -> LocalExecutor.BatchRequest in
+        let requests: [Engine.Request] = (0..<6).map { (i: Int) -> Engine.Request in
             let prompt: [Int32] = (0..<(20 + 7 * i)).map { (t: Int) -> Int32 in Int32((t * 13 + i) % 250 + 3) }
             return .init(promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: 30))
         }
         func run(kvMiB: Int, maxBatchTokens: Int = 512, maxSequences: Int = 256) async throws -> (tokens: [[Int32]], preemptions: Int) {
-            let executor = try await LocalExecutor(
-                modelPath: path, options: ExecutorOptions(threads: 1, precise: true, kvCacheMiB: kvMiB, maxBatchTokens: maxBatchTokens))
-            let results = try await executor.generate(batch: requests, virtualEngines: 1, maxSequences: maxSequences)
-            await executor.shutdown()
-            return (results.map(\.tokens), executor.preemptions)
+            let engine = try await Engine.load(
+                modelPath: path, options: ExecutorOptions(threads: 1, precise: true, kvCacheMiB: kvMiB, maxBatchTokens: maxBatchTokens),
+                configuration: .init(maxSequences: maxSequences))
+            let results = try await engine.generate(batch: requests)
+            let preemptions = await engine.preemptions
+            await engine.shutdown()
+            return (results.map(\.tokens), preemptions)
         }
         let free = try await run(kvMiB: 16)
         #expect(free.tokens.allSatisfy { $0.count == 30 } && free.preemptions == 0)

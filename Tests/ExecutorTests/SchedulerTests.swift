@@ -1,3 +1,4 @@
+import Engine
 import Executor
 import ExecutorCore
 import ModelRunner

@@ -1,3 +1,4 @@
+import Engine
 import Executor
 import ExecutorCore
 import ExecutorTestSupport
@@ -30,7 +31,7 @@ import Testing
 
     /// Prompts of different lengths (1 to 19 tokens: one to three prefill chunks) with
     /// different lengths of output.
-    static var requests: [LocalExecutor.BatchRequest] {
+    static var requests: [Engine.Request] {
         (0..<6).map { i in
         let prompt = (0..<(1 + i * 18 / 5)).map { Int32(($0 * 37 + i * 11) % 250 + 3) }
         return .init(
@@ -43,19 +44,18 @@ import Testing
         let path = try Self.model()
         defer { TemporaryFiles.remove(path) }
         // The reference: each request alone, on one in-process worker.
-        let single = try await LocalExecutor(modelPath: path, options: Self.options())
+        let single = try await Engine.load(modelPath: path, options: Self.options())
         var expected: [[Int32]] = []
-        for r in Self.requests {
-            expected.append(try await single.generate(promptTokens: r.promptTokens, parameters: r.parameters).tokens)
-        }
+        for r in Self.requests { expected.append(try await single.generate(r).tokens) }
         await single.shutdown()
         #expect(expected.map(\.count) == Self.requests.map(\.parameters.maxTokens))
 
         for (tp, pp, layers) in [(1, 2, nil), (1, 3, [1, 3, 1]), (2, 1, nil), (2, 2, nil), (2, 3, nil)] as [(Int, Int, [Int]?)] {
-            let executor = try await LocalExecutor(modelPath: path, options: Self.options(tp: tp, pp: pp, layers: layers))
-            let results = try await executor.generate(batch: Self.requests, virtualEngines: pp)
-            let statistics = try #require(executor.gridStatistics)
-            await executor.shutdown()
+            let engine = try await Engine.load(
+                modelPath: path, options: Self.options(tp: tp, pp: pp, layers: layers), configuration: .init(virtualEngines: pp))
+            let results = try await engine.generate(batch: Self.requests)
+            let statistics = try #require(await engine.gridStatistics)
+            await engine.shutdown()
             #expect(results.map(\.tokens) == expected, "TP \(tp) × PP \(pp)")
             // With P stages and P virtual engines, P steps were in flight at once.
             #expect(statistics.maxStepsInFlight == pp, "TP \(tp) × PP \(pp)")
@@ -66,13 +66,13 @@ import Testing
     func killedStage() async throws {
         let path = try Self.model()
         defer { TemporaryFiles.remove(path) }
-        let executor = try await LocalExecutor(modelPath: path, options: Self.options(pp: 3))
-        let pids = executor.workerPIDs
+        let executor = try await Engine.load(modelPath: path, options: Self.options(pp: 3), configuration: .init(virtualEngines: 3))
+        let pids = await executor.workerPIDs
         #expect(pids.count == 2)
         kill(pids[1], SIGKILL)  // rank 2: the last stage
         let start = Date()
         await #expect {
-            _ = try await executor.generate(batch: Self.requests, virtualEngines: 3)
+            _ = try await executor.generate(batch: Self.requests)
         } throws: { error in
             "\(error)".contains("worker rank 2 (pid \(pids[1])) was killed by signal 9")
         }
@@ -87,15 +87,15 @@ import Testing
         defer { TemporaryFiles.remove(path) }
         var options = Self.options(tp: 2)
         options.collectives = .tcp
-        let executor = try await LocalExecutor(modelPath: path, options: options)
+        let executor = try await Engine.load(modelPath: path, options: options)
         // The grid works over TCP first.
-        let before = try await executor.generate(batch: Array(Self.requests.prefix(2)), virtualEngines: 1)
+        let before = try await executor.generate(batch: Array(Self.requests.prefix(2)))
         #expect(before.map(\.tokens.count) == [4, 5])
-        let pids = executor.workerPIDs
+        let pids = await executor.workerPIDs
         kill(pids[0], SIGKILL)
         let start = Date()
         await #expect {
-            _ = try await executor.generate(batch: Self.requests, virtualEngines: 1)
+            _ = try await executor.generate(batch: Self.requests)
         } throws: { error in
             "\(error)".contains("rank 1")
         }

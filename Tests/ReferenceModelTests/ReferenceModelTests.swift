@@ -1,3 +1,4 @@
+import Engine
 import Executor
 import ExecutorCore
 import ExecutorTestSupport
@@ -55,16 +56,16 @@ struct ReferenceModelTests {
         }
     }
 
-    func run(_ executor: LocalExecutor, _ prompt: [Int32], steps: Int) async throws -> [Int32] {
-        try await executor.generate(
-            promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: steps)
+    func run(_ engine: Engine, _ prompt: [Int32], steps: Int) async throws -> [Int32] {
+        try await engine.generate(
+            .init(promptTokens: prompt, parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: steps))
         ).tokens
     }
 
     @Test("--precise greedy continuations equal the float64 reference")
     func preciseMatchesFloatReference() async throws {
         try requireModel()
-        let executor = try await LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2, precise: true))
+        let executor = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2, precise: true))
         let cases = try greedyCases("float_reference.json")
         #expect(cases.count >= 4)
         for c in cases {
@@ -103,7 +104,7 @@ struct ReferenceModelTests {
     @Test("the default mode agrees with llama.cpp up to its first step with a top-two margin below 1.0")
     func fastAgreesWithLlamaCpp() async throws {
         try requireModel()
-        let executor = try await LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
+        let executor = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
         let cases = try greedyCases("llamacpp.json")
         #expect(cases.count >= 4)
         var comparedSteps = 0
@@ -165,10 +166,10 @@ struct ReferenceModelTests {
     @Test("the chat prompt renders and tokenizes like llama.cpp's run of the same text")
     func chatPromptTokens() async throws {
         try requireModel()
-        let executor = try await LocalExecutor(modelPath: Self.modelPath, options: ExecutorOptions(threads: 1))
+        let executor = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 1))
         let cases = try greedyCases("llamacpp.json")
         // The first greedy fixture is SmolLM2's chat rendering of this question.
-        #expect(try executor.tokens(for: .chat(user: "What is the capital of France?", system: nil)) == cases[0].promptTokens)
+        #expect(try await executor.tokens(for: .chat(user: "What is the capital of France?", system: nil)) == cases[0].promptTokens)
         await executor.shutdown()
     }
 }

@@ -1,0 +1,296 @@
+public import ExecutorCore
+public import ModelRunner
+public import Executor
+public import ServiceLifecycle
+
+/// Turns many requests into a stream of batched steps over the executor (the engine
+/// around Aphrodite's and vLLM's executors).
+///
+/// Requests are queued as they arrive (`submit`, `generate`) and dealt to the virtual
+/// engine with the least work; each virtual engine has its own `Scheduler` over an equal
+/// share of the KV blocks and at most one step in flight, so with P pipeline stages and P
+/// virtual engines, P batches move through the stages at once (the seed's design: one
+/// scheduler, one cache share and one lock per stage). Between steps the engine yields,
+/// so new requests and aborts get in; a finished or aborted request's blocks return at
+/// once and its id travels with the next step.
+///
+/// As a swift-service-lifecycle `Service`, `run()` serves until graceful shutdown, which
+/// stops admitting, finishes the running requests, and shuts the executor down. Without a
+/// running service, `generate` drives the steps itself until its request is done.
+public actor Engine: Service {
+    public struct Configuration: Sendable {
+        /// Groups of requests with a step in flight at once (use the pipeline depth).
+        public var virtualEngines: Int
+        /// Most requests running at once per virtual engine (vLLM's `--max-num-seqs`).
+        public var maxSequences: Int
+
+        public init(virtualEngines: Int = 1, maxSequences: Int = 256) {
+            self.virtualEngines = virtualEngines
+            self.maxSequences = maxSequences
+        }
+    }
+
+    /// One request: prompt tokens, sampling, and where finished text goes as it appears.
+    public struct Request: Sendable {
+        public var promptTokens: [Int32]
+        public var parameters: SamplingParameters
+        public var onText: @Sendable (String) -> Void
+
+        public init(promptTokens: [Int32], parameters: SamplingParameters, onText: @escaping @Sendable (String) -> Void = { _ in }) {
+            self.promptTokens = promptTokens
+            self.parameters = parameters
+            self.onText = onText
+        }
+    }
+
+    private let executor: LocalExecutor
+    public nonisolated let configuration: Configuration
+    /// The longest a request may grow (prompt and output): one engine's share of the cache.
+    public nonisolated let contextLimit: Int
+    private var schedulers: [Scheduler]
+    private var runs: [UInt64: SequenceRun] = [:]
+    private var engineOf: [UInt64: Int] = [:]
+    private var results: [UInt64: Result<GenerationResult, GenerationError>] = [:]
+    private var waiters: [UInt64: CheckedContinuation<GenerationResult, any Error>] = [:]
+    private var nextID: UInt64 = 1
+    /// The virtual engine of each step in flight, oldest first.
+    private var inFlight: [Int] = []
+    private var accepting = true
+    private var isDriving = false
+    private var wakeUp: CheckedContinuation<Void, Never>?
+    /// Set once a step failed: the executor is gone and every later call fails with it.
+    private var failure: GenerationError?
+
+    /// Takes over `executor` (the engine shuts it down). A configuration the cache cannot
+    /// serve makes every request fail with the reason.
+    public init(executor: sending LocalExecutor, configuration: Configuration = Configuration()) {
+        let configuration = Configuration(
+            virtualEngines: max(1, configuration.virtualEngines), maxSequences: max(1, configuration.maxSequences))
+        let share = max(1, executor.kvBlocks / configuration.virtualEngines)
+        if executor.kvBlocks / configuration.virtualEngines < 1 {
+            failure = GenerationError(
+                "\(executor.kvBlocks) KV blocks cannot be shared by \(configuration.virtualEngines) virtual engines; raise --kv-cache-mb")
+        }
+        let model = executor.loaded.model
+        self.executor = executor
+        self.configuration = configuration
+        contextLimit = min(model.maxContext, share * model.cache.blockSize)
+        schedulers = (0..<configuration.virtualEngines).map { v in
+            Scheduler(
+                maxSequences: configuration.maxSequences, maxBatchTokens: model.maxBatchTokens,
+                allocator: BlockAllocator(blockCount: share, blockSize: model.cache.blockSize, firstBlock: Int32(v * share)))
+        }
+    }
+
+    /// Loads a model and starts an engine over it.
+    public static func load(
+        modelPath: String, options: ExecutorOptions, configuration: Configuration = Configuration(),
+        progress: @escaping @Sendable (Double) -> Void = { _ in }
+    ) async throws -> Engine {
+        guard configuration.virtualEngines >= 1, configuration.maxSequences >= 1 else {
+            throw GenerationError(
+                "expected ≥ 1 virtual engine and ≥ 1 sequence per engine, found \(configuration.virtualEngines) and \(configuration.maxSequences)")
+        }
+        let executor = try await LocalExecutor(modelPath: modelPath, options: options, progress: progress)
+        return Engine(executor: executor, configuration: configuration)
+    }
+
+    // MARK: - Requests
+
+    /// Token ids of a prompt (chat template applied for `.chat`).
+    public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] { try executor.tokens(for: prompt) }
+
+    public var tokenizer: Tokenizer { executor.tokenizer }
+    public var loadSeconds: Double { executor.loadSeconds }
+    /// Where the driver's time went, when the model runs over a grid of processes.
+    public var gridStatistics: GridStatistics? { executor.gridStatistics }
+    /// The worker processes' ids, by rank (1, 2, …).
+    public var workerPIDs: [Int32] { executor.workerPIDs }
+    /// Requests preempted (and later recomputed) because KV blocks ran out.
+    public var preemptions: Int { schedulers.map(\.preemptionCount).reduce(0, +) }
+
+    /// Queues a request; returns its id.
+    /// - Throws: when the request is invalid or the engine no longer admits requests.
+    public func submit(_ request: Request) throws(GenerationError) -> UInt64 {
+        if let failure { throw failure }
+        guard accepting else { throw GenerationError("the engine is shutting down and admits no new requests") }
+        try check(request)
+        let id = nextID
+        nextID += 1
+        // The virtual engine with the least work takes it.
+        let v = schedulers.indices.min { schedulers[$0].running.count + schedulers[$0].waiting.count
+            < schedulers[$1].running.count + schedulers[$1].waiting.count }!
+        schedulers[v].add(id: id, prompt: request.promptTokens, parameters: request.parameters)
+        runs[id] = SequenceRun(id: id, promptTokens: request.promptTokens, parameters: request.parameters, onText: request.onText,
+                               tokenizer: executor.tokenizer)
+        engineOf[id] = v
+        wakeUp?.resume()
+        wakeUp = nil
+        return id
+    }
+
+    /// Ends a request now; its blocks return at once and its result so far is final, with
+    /// finish reason `abort`. Unknown or finished ids are ignored.
+    public func abort(_ id: UInt64) {
+        guard let v = engineOf[id], var run = runs[id] else { return }
+        schedulers[v].finish(id)
+        run.abort()
+        complete(id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
+    }
+
+    /// The result of request `id`, once it is done. Drives the steps itself when no
+    /// service loop is running.
+    public func result(of id: UInt64) async throws -> GenerationResult {
+        if let result = results.removeValue(forKey: id) { return try result.get() }
+        guard runs[id] != nil else { throw GenerationError("no request \(id)") }
+        if !isDriving {
+            try await drive(.request(id))
+            if let result = results.removeValue(forKey: id) { return try result.get() }
+        }
+        return try await withCheckedThrowingContinuation { waiters[id] = $0 }
+    }
+
+    /// Submits a request and waits for its result.
+    public func generate(_ request: Request) async throws -> GenerationResult {
+        try await result(of: submit(request))
+    }
+
+    /// Submits every request, then waits for all; results in request order.
+    public func generate(batch requests: [Request]) async throws -> [GenerationResult] {
+        var ids: [UInt64] = []
+        for request in requests { ids.append(try submit(request)) }
+        var out: [GenerationResult] = []
+        for id in ids { out.append(try await result(of: id)) }
+        return out
+    }
+
+
+    private func check(_ request: Request) throws(GenerationError) {
+        do { try request.parameters.validate() } catch { throw GenerationError(error.description) }
+        let vocabulary = executor.loaded.configuration.vocabularySize
+        guard !request.promptTokens.isEmpty else { throw GenerationError("the prompt is empty: expected at least one token") }
+        for id in request.promptTokens where id < 0 || Int(id) >= vocabulary {
+            throw GenerationError("prompt token \(id) is outside the vocabulary 0..<\(vocabulary)")
+        }
+        guard request.promptTokens.count < contextLimit else {
+            throw GenerationError(
+                "the prompt has \(request.promptTokens.count) tokens; this engine holds at most \(contextLimit - 1) prompt tokens per request "
+                    + "(context \(executor.loaded.configuration.contextLength), KV cache \(executor.kvBlocks * executor.loaded.model.cache.blockSize) tokens "
+                    + "over \(configuration.virtualEngines) virtual engines)")
+        }
+    }
+
+    private func complete(_ id: UInt64, with result: Result<GenerationResult, GenerationError>) {
+        runs[id] = nil
+        engineOf[id] = nil
+        if let waiter = waiters.removeValue(forKey: id) {
+            waiter.resume(with: result.mapError { $0 as any Error })
+        } else {
+            results[id] = result
+        }
+    }
+
+    // MARK: - Service
+
+    /// Serves requests until graceful shutdown: then admits no more, finishes the running
+    /// ones, and shuts the executor down.
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            do {
+                try await drive(.serve)
+            } catch {
+                await executor.shutdown()
+                throw error
+            }
+            await executor.shutdown()
+        } onGracefulShutdown: {
+            Task { await self.stopAdmitting() }
+        }
+    }
+
+
+    private func stopAdmitting() {
+        accepting = false
+        wakeUp?.resume()
+        wakeUp = nil
+    }
+
+    /// Stops admitting and shuts the executor down once running requests are done. For
+    /// callers that drive the engine through `generate`.
+    public func shutdown() async {
+        accepting = false
+        if !isDriving { await executor.shutdown() }
+    }
+
+    private var hasWork: Bool { schedulers.contains { $0.hasWork } || !inFlight.isEmpty }
+
+    // MARK: - Steps
+
+    enum Goal {
+        /// Serve until graceful shutdown and no work is left.
+        case serve
+        /// Run until this request, and every request someone waits for, is done.
+        case request(UInt64)
+    }
+
+    private func holds(_ goal: Goal) -> Bool {
+        switch goal {
+        case .serve: accepting || hasWork
+        case let .request(id): runs[id] != nil || !waiters.isEmpty
+        }
+    }
+
+    /// Runs steps while `goal` holds, sleeping while there is nothing to run.
+    private func drive(_ goal: Goal) async throws {
+        isDriving = true
+        defer { isDriving = false }
+        while holds(goal) {
+            if let failure { throw failure }
+            if hasWork {
+                try step()
+                await Task.yield()  // let new requests and aborts in
+            } else {
+                await withCheckedContinuation { wakeUp = $0 }
+            }
+        }
+    }
+
+    /// Submits a step for every idle virtual engine with work, then takes the oldest output.
+    private func step() throws {
+        do {
+            for v in schedulers.indices where !inFlight.contains(v) {
+                guard let sequences = schedulers[v].schedule() else {
+                    if schedulers[v].hasWork {
+                        throw GenerationError(
+                            "virtual engine \(v) cannot schedule its \(schedulers[v].running.count + schedulers[v].waiting.count) requests "
+                                + "with \(schedulers[v].allocator.freeBlocks) of \(schedulers[v].allocator.blockCount) KV blocks free")
+                    }
+                    continue
+                }
+                try executor.submit(virtualEngine: v, sequences: sequences, finishedRequestIDs: schedulers[v].takeFinishedIDs())
+                inFlight.append(v)
+            }
+            guard !inFlight.isEmpty else { return }
+            let v = inFlight.removeFirst()
+            let output = try executor.receive()
+            for sample in output.samples {
+                // A request aborted while its step was in flight: nothing to do.
+                guard var run = runs[sample.sequenceID] else { continue }
+                run.accept(sample, contextLimit: contextLimit)
+                runs[sample.sequenceID] = run
+                schedulers[v].append(sample.token, to: run.id)
+                if run.isDone {
+                    schedulers[v].finish(run.id)
+                    complete(run.id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
+                }
+            }
+        } catch {
+            // The executor failed (a worker died, say): every request fails with it.
+            let failure = error as? GenerationError ?? GenerationError("\(error)")
+            self.failure = failure
+            for id in Array(runs.keys) { complete(id, with: .failure(failure)) }
+            inFlight.removeAll()
+            throw failure
+        }
+    }
+}
