@@ -87,7 +87,11 @@ let package = Package(
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "ExecutorTests", dependencies: ["Engine", "Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport"],
+            name: "ExecutorTests",
+            dependencies: [
+                "Engine", "Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport",
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings),
         // Real worker processes: kill -9, SIGSTOP, driver death, shutdown.
         .testTarget(

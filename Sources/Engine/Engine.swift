@@ -2,6 +2,7 @@ public import ExecutorCore
 public import ModelRunner
 public import Executor
 public import ServiceLifecycle
+import Synchronization
 
 /// Turns many requests into a stream of batched steps over the executor (the engine
 /// around Aphrodite's and vLLM's executors).
@@ -55,7 +56,9 @@ public actor Engine: Service {
     private var nextID: UInt64 = 1
     /// The virtual engine of each step in flight, oldest first.
     private var inFlight: [Int] = []
-    private var accepting = true
+    /// Whether requests are admitted; cleared at once by graceful shutdown (from outside the actor).
+    private nonisolated let admitting = Mutex(true)
+    private var accepting: Bool { admitting.withLock { $0 } }
     private var isDriving = false
     private var wakeUp: CheckedContinuation<Void, Never>?
     /// Set once a step failed: the executor is gone and every later call fails with it.
@@ -106,6 +109,9 @@ public actor Engine: Service {
     public var gridStatistics: GridStatistics? { executor.gridStatistics }
     /// The worker processes' ids, by rank (1, 2, …).
     public var workerPIDs: [Int32] { executor.workerPIDs }
+    /// KV blocks free across the virtual engines, and all of them.
+    public var freeKVBlocks: Int { schedulers.map(\.allocator.freeBlocks).reduce(0, +) }
+    public var totalKVBlocks: Int { schedulers.map(\.allocator.blockCount).reduce(0, +) }
     /// Requests preempted (and later recomputed) because KV blocks ran out.
     public var preemptions: Int { schedulers.map(\.preemptionCount).reduce(0, +) }
 
@@ -204,13 +210,13 @@ public actor Engine: Service {
             }
             await executor.shutdown()
         } onGracefulShutdown: {
-            Task { await self.stopAdmitting() }
+            self.admitting.withLock { $0 = false }
+            Task { await self.wake() }
         }
     }
 
 
-    private func stopAdmitting() {
-        accepting = false
+    private func wake() {
         wakeUp?.resume()
         wakeUp = nil
     }
@@ -218,7 +224,7 @@ public actor Engine: Service {
     /// Stops admitting and shuts the executor down once running requests are done. For
     /// callers that drive the engine through `generate`.
     public func shutdown() async {
-        accepting = false
+        admitting.withLock { $0 = false }
         if !isDriving { await executor.shutdown() }
     }
 
