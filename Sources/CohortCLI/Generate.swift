@@ -5,7 +5,16 @@ import ExecutorCore
 import Foundation
 
 struct Generate: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Generate a completion for one prompt.")
+    static let configuration = CommandConfiguration(
+        abstract: "Generate a completion for one prompt, or for every request of a JSONL file.",
+        discussion: """
+            --prompts-file FILE.jsonl runs one request per line through the engine (continuous \
+            batching) and prints one JSON result per request, in input order. A line holds \
+            "prompt" (with "raw": true sent without the chat template), "messages" \
+            ([{"role", "content"}]) or "prompt_tokens", plus any of "system", "max_tokens", \
+            "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", \
+            "frequency_penalty", "seed", "stop", "logprobs", "ignore_eos"; the flags are the defaults.
+            """)
 
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable { case text, json }
 
@@ -23,16 +32,28 @@ struct Generate: AsyncParsableCommand {
     @Option(help: "Prompt token ids, comma-separated (instead of --prompt).")
     var promptTokens: String?
 
+    @Option(help: "A JSONL file of requests, one per line (instead of --prompt); prints one JSON result per line.")
+    var promptsFile: String?
+
+    @Option(help: "With --prompts-file: most requests running at once per virtual engine.")
+    var maxNumSeqs = 256
+
     @OptionGroup var sampling: SamplingArguments
 
     @Option(help: "text: stream the completion; json: one JSON object.")
     var output: OutputFormat = .text
 
     func validate() throws {
-        switch (prompt, promptTokens) {
-        case (nil, nil): throw ValidationError("give --prompt TEXT or --prompt-tokens IDS")
-        case (.some, .some): throw ValidationError("give either --prompt or --prompt-tokens, not both")
-        default: break
+        let sources = [prompt != nil, promptTokens != nil, promptsFile != nil].filter { $0 }.count
+        guard sources == 1 else {
+            throw ValidationError(sources == 0 ? "give --prompt TEXT, --prompt-tokens IDS or --prompts-file FILE"
+                : "give one of --prompt, --prompt-tokens and --prompts-file, not several")
+        }
+        if promptsFile != nil && (raw || system != nil) {
+            throw ValidationError("--raw and --system apply to --prompt; in --prompts-file give \"raw\" and \"system\" per line")
+        }
+        guard maxNumSeqs >= 1 && maxNumSeqs <= 4096 else {
+            throw ValidationError("--max-num-seqs must be between 1 and 4096, got \(maxNumSeqs)")
         }
         if promptTokens != nil && (raw || system != nil) {
             throw ValidationError("--raw and --system apply to --prompt, not to --prompt-tokens")
@@ -56,6 +77,7 @@ struct Generate: AsyncParsableCommand {
 
     func run() async throws {
         let parameters = try sampling.parameters()
+        if let promptsFile { return try await runFile(promptsFile, defaults: parameters) }
         let promptValue: Prompt
         if let promptTokens {
             promptValue = .tokens(try Self.parseTokenList(promptTokens))
@@ -83,6 +105,35 @@ struct Generate: AsyncParsableCommand {
         case .json:
             Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n")
         }
+    }
+}
+
+extension Generate {
+    /// Every request of a JSONL file through the engine; one JSON line per request, in order.
+    func runFile(_ path: String, defaults: SamplingParameters) async throws {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw CLIError("cannot read --prompts-file \(path): \(error.localizedDescription)")
+        }
+        let lines = try PromptsFile.parse(text, defaults: defaults)
+        let engine = try await modelArguments.load(maxSequences: maxNumSeqs)
+        let results: [GenerationResult]
+        do {
+            var requests: [Engine.Request] = []
+            for (i, line) in lines.enumerated() {
+                do {
+                    requests.append(.init(promptTokens: try await engine.tokens(for: line.prompt), parameters: line.parameters))
+                } catch {
+                    throw CLIError("--prompts-file request \(i + 1): \(error)")
+                }
+            }
+            results = try await engine.generate(batch: requests)
+        } catch {
+            await engine.shutdown()
+            throw error as? CLIError ?? CLIError("\(error)")
+        }
+        await engine.shutdown()
+        for result in results { Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n") }
     }
 }
 

@@ -1,4 +1,5 @@
 public import ExecutorCore
+public import ModelRunner
 
 /// What to generate from.
 public enum Prompt: Sendable, Equatable {
@@ -8,6 +9,8 @@ public enum Prompt: Sendable, Equatable {
     case raw(String)
     /// Token ids sent as is.
     case tokens([Int32])
+    /// A conversation (system, user and assistant turns), wrapped in the chat template.
+    case messages([ChatMessage])
 }
 
 /// The result of one request.

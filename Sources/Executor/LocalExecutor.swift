@@ -107,6 +107,11 @@ public final class LocalExecutor {
         case let .raw(text):
             return tokenizer.encode(text, parseSpecial: true)
         case let .chat(user, system):
+            var messages: [ChatMessage] = []
+            if let system { messages.append(ChatMessage(role: "system", content: system)) }
+            messages.append(ChatMessage(role: "user", content: user))
+            return try tokens(for: .messages(messages))
+        case let .messages(messages):
             guard let template = loaded.chatTemplate else {
                 throw GenerationError("the model file has no chat template (tokenizer.chat_template); use --raw")
             }
@@ -114,9 +119,6 @@ public final class LocalExecutor {
             case let .failure(error):
                 throw GenerationError(error.description)
             case let .success(template):
-                var messages: [ChatMessage] = []
-                if let system { messages.append(ChatMessage(role: "system", content: system)) }
-                messages.append(ChatMessage(role: "user", content: user))
                 return tokenizer.encode(template.render(messages), parseSpecial: true)
             }
         }
