@@ -178,6 +178,60 @@ struct CLI {
         }
     }
 
+    @Test("--prompts-file runs every request through the engine and prints one result per line, in input order")
+    func promptsFile() throws {
+        let base = ["generate", "--model", model, "--temperature", "0", "--output", "json"]
+        // The same requests one by one, for reference.
+        let alone = try [["--prompt-tokens", "5,77,200", "--max-tokens", "6"], ["--raw", "--prompt", " the", "--max-tokens", "4"]].map {
+            try #require(try json(CLI.run(base + $0))["tokens"] as? [Int])
+        }
+        let lines = [
+            #"{"prompt_tokens": [5, 77, 200], "max_tokens": 6}"#,
+            "",
+            #"{"prompt": " the", "raw": true, "max_tokens": 4, "stop": ["zzz"]}"#,
+            #"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0.7, "seed": 5}"#,
+        ]
+        let file = TemporaryFiles.path("prompts.jsonl")
+        defer { TemporaryFiles.remove(file) }
+        try lines.joined(separator: "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        let r = try CLI.run(["generate", "--model", model, "--temperature", "0", "--prompts-file", file, "--max-num-seqs", "2"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = try r.stdout.split(separator: "\n").map {
+            try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        }
+        #expect(results.count == 3)
+        #expect(results.prefix(2).map { $0["tokens"] as? [Int] } == alone)
+        #expect((results[2]["tokens"] as? [Int])?.count == 3)
+    }
+
+    @Test("a bad --prompts-file line is named with what was expected, before anything runs")
+    func badPromptsFile() throws {
+        let file = TemporaryFiles.path("bad.jsonl")
+        defer { TemporaryFiles.remove(file) }
+        for (line, message) in [
+            (#"{"prompt": "a", "top_p": 2}"#, "line 2: 'top_p' must be a number in (0, 1], found 2.0"),
+            (#"{"prompt": "a", "prompt_tokens": [1]}"#, "line 2: expected exactly one of 'prompt', 'messages' or 'prompt_tokens', found prompt, prompt_tokens"),
+            (#"{"prompt": "a", "temprature": 1}"#, "line 2: unknown field 'temprature'"),
+            ("not json", "line 2: expected a JSON object"),
+        ] {
+            try (#"{"prompt": "fine"}"# + "\n" + line).write(toFile: file, atomically: true, encoding: .utf8)
+            let r = try CLI.run(["generate", "--model", model, "--prompts-file", file])
+            #expect(r.status != 0 && r.stderr.contains(message), "\(r.stderr)")
+        }
+    }
+
+    @Test("bench throughput prints vLLM's metric names as its last JSON line")
+    func benchThroughput() throws {
+        let r = try CLI.run(["bench", "throughput", "--model", model, "--requests", "6", "--concurrency", "3", "--prompt-length", "8",
+                             "--max-tokens", "4", "--threads", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r)
+        for key in ["requests_per_s", "output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"] {
+            #expect((o[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        #expect(o["requests"] as? Int == 6 && o["concurrency"] as? Int == 3)
+    }
+
     @Test("an impossible layout fails before any worker starts")
     func impossibleLayout() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt", "hi", "--tp", "3"])
