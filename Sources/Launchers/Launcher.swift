@@ -13,6 +13,10 @@ public protocol Launcher: Sendable {
 
     /// Ends the lifeline of every worker started: they exit by themselves.
     func releaseLifeline()
+
+    /// The worker arguments that tell a worker how to notice the driver's death (for local
+    /// processes: the inherited lifeline descriptor and the driver's pid).
+    var lifelineArguments: [String] { get }
 }
 
 /// A started worker: where it runs and how to watch it.

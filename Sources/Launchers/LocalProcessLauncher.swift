@@ -20,6 +20,10 @@ public final class LocalProcessLauncher: Launcher {
     /// The fd number the lifeline has in every worker.
     public static let lifelineDescriptor: Int32 = 3
 
+    public var lifelineArguments: [String] {
+        ["--lifeline-fd", "\(Self.lifelineDescriptor)", "--parent-pid", "\(getpid())"]
+    }
+
     public init(executable: String? = nil) {
         self.executable = executable ?? Self.ownExecutable()
     }

@@ -78,7 +78,6 @@ public final class WorkerGroup: @unchecked Sendable {
         for ring in [broadcast] + replies { ring.checkInterval = configuration.checkInterval }
         let launcher = launcher ?? LocalProcessLauncher(executable: configuration.executable)
         self.launcher = launcher
-        let parent = getpid()
         let broadcastName = broadcast.name
         let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         // CPU workers: each gets its share of this machine's CPUs and a thread per CPU.
@@ -87,9 +86,8 @@ public final class WorkerGroup: @unchecked Sendable {
             processes = try launcher.launch(
                 workers: workers,
                 arguments: { index in
-                    ["worker", "--rank", "\(index + 1)", "--broadcast", broadcastName, "--reply", replies[index].name,
-                     "--lifeline-fd", "\(LocalProcessLauncher.lifelineDescriptor)", "--parent-pid", "\(parent)"]
-                        + extraArguments(index)
+                    ["worker", "--rank", "\(index + 1)", "--broadcast", broadcastName, "--reply", replies[index].name]
+                        + launcher.lifelineArguments + extraArguments(index)
                 },
                 environment: { index in
                     Placement.cpuEnvironment(cpuSets[index]).merging([Placement.Environment.instanceID: instanceID]) { $1 }
