@@ -59,8 +59,12 @@ public actor Engine: Service {
     /// Whether requests are admitted; cleared at once by graceful shutdown (from outside the actor).
     private nonisolated let admitting = Mutex(true)
     private var accepting: Bool { admitting.withLock { $0 } }
-    private var isDriving = false
-    private var wakeUp: CheckedContinuation<Void, Never>?
+    /// Loops running steps (a service and callers of `generate` may overlap; each step is
+    /// atomic on the actor, so they simply take turns).
+    private var drivers = 0
+    private var isDriving: Bool { drivers > 0 }
+    /// Loops asleep until work arrives.
+    private var sleepers: [CheckedContinuation<Void, Never>] = []
     /// Set once a step failed: the executor is gone and every later call fails with it.
     private var failure: GenerationError?
 
@@ -130,8 +134,7 @@ public actor Engine: Service {
         runs[id] = SequenceRun(id: id, promptTokens: request.promptTokens, parameters: request.parameters, onText: request.onText,
                                tokenizer: executor.tokenizer)
         engineOf[id] = v
-        wakeUp?.resume()
-        wakeUp = nil
+        wake()
         return id
     }
 
@@ -217,8 +220,9 @@ public actor Engine: Service {
 
 
     private func wake() {
-        wakeUp?.resume()
-        wakeUp = nil
+        let waking = sleepers
+        sleepers.removeAll()
+        for sleeper in waking { sleeper.resume() }
     }
 
     /// Stops admitting and shuts the executor down once running requests are done. For
@@ -248,15 +252,15 @@ public actor Engine: Service {
 
     /// Runs steps while `goal` holds, sleeping while there is nothing to run.
     private func drive(_ goal: Goal) async throws {
-        isDriving = true
-        defer { isDriving = false }
+        drivers += 1
+        defer { drivers -= 1 }
         while holds(goal) {
             if let failure { throw failure }
             if hasWork {
                 try step()
                 await Task.yield()  // let new requests and aborts in
             } else {
-                await withCheckedContinuation { wakeUp = $0 }
+                await withCheckedContinuation { sleepers.append($0) }
             }
         }
     }

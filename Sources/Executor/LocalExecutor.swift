@@ -71,11 +71,12 @@ public final class LocalExecutor {
     public func submit(virtualEngine: Int, sequences: [StepRequest.Sequence], finishedRequestIDs: [UInt64]) throws {
         let request = StepRequest(
             step: nextStep, virtualEngine: Int32(virtualEngine), sequences: sequences, finishedRequestIDs: finishedRequestIDs)
-        nextStep += 1
         switch backend {
         case let .driver(_, worker): driverOutputs.append(try worker.executeNow(request))
         case let .grid(grid): try grid.submit(request)
         }
+        // Only a step that went out takes a number: workers expect them without gaps.
+        nextStep += 1
     }
 
     /// The output of the oldest step submitted and not yet received.

@@ -234,16 +234,7 @@ public final class TCPConnection: @unchecked Sendable {
                         let n = try output.sendSome(sendParts)
                         if n > 0 {
                             progress = true
-                            var left = n
-                            while left > 0, let part = sendParts.first {
-                                if left >= part.count {
-                                    left -= part.count
-                                    sendParts.removeFirst()
-                                } else {
-                                    sendParts[0] = UnsafeRawBufferPointer(rebasing: part[left...])
-                                    left = 0
-                                }
-                            }
+                            drop(n, from: &sendParts)
                         }
                     }
                     if receivedHeader < 4 {
@@ -310,30 +301,25 @@ public final class TCPConnection: @unchecked Sendable {
         var parts = [first, second].filter { $0.count > 0 }
         let deadline = timeout.map { MonotonicClock.now() + $0 }
         while !parts.isEmpty {
-            var vectors = parts.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
-            var message = msghdr()
-            let n = vectors.withUnsafeMutableBufferPointer { v in
-                message.msg_iov = v.baseAddress
-                message.msg_iovlen = v.count
-                return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            let n = try sendSome(parts)
+            if n > 0 {
+                Self.drop(n, from: &parts)
+            } else {
+                try wait(for: Int16(POLLOUT), deadline: deadline, timeout: timeout, what: "\(peer) to take more bytes", check: check)
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK {
-                    try wait(for: Int16(POLLOUT), deadline: deadline, timeout: timeout, what: "\(peer) to take more bytes", check: check)
-                    continue
-                }
-                throw errno == EPIPE || errno == ECONNRESET ? .closed(peer: peer) : .system(call: "send", errno: errno, peer: peer)
-            }
-            var sent = n
-            while sent > 0, let part = parts.first {
-                if sent >= part.count {
-                    sent -= part.count
-                    parts.removeFirst()
-                } else {
-                    parts[0] = UnsafeRawBufferPointer(rebasing: part[sent...])
-                    sent = 0
-                }
+        }
+    }
+
+    /// Removes the first `count` bytes (already sent) from `parts`.
+    static func drop(_ count: Int, from parts: inout [UnsafeRawBufferPointer]) {
+        var left = count
+        while left > 0, let part = parts.first {
+            if left >= part.count {
+                left -= part.count
+                parts.removeFirst()
+            } else {
+                parts[0] = UnsafeRawBufferPointer(rebasing: part[left...])
+                left = 0
             }
         }
     }
