@@ -280,6 +280,25 @@ static void dot2_q4_1_avx2(int nb, const block_q4_1 *x, const cohort_q8_block *y
     *out0 = hsum_ps(acc0) + mins0;
     *out1 = hsum_ps(acc1) + mins1;
 }
+
+/// Two tokens against one Q8_0 row (the tied output head at batch > 1): the weights are
+/// loaded and their signs taken once for both.
+__attribute__((target("avx2,fma,f16c")))
+static void dot2_q8_0_avx2(int nb, const block_q8_0 *x, const cohort_q8_block *y0,
+                           const cohort_q8_block *y1, float *out0, float *out1) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const float d = half(x[b].d);
+        const __m256i q = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i magnitude = _mm256_sign_epi8(q, q);
+        const __m256i a0 = _mm256_loadu_si256((const __m256i *)y0[b].qs);
+        const __m256i a1 = _mm256_loadu_si256((const __m256i *)y1[b].qs);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * y0[b].d), dot_u8_s8(magnitude, _mm256_sign_epi8(a0, q)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * y1[b].d), dot_u8_s8(magnitude, _mm256_sign_epi8(a1, q)), acc1);
+    }
+    *out0 = hsum_ps(acc0);
+    *out1 = hsum_ps(acc1);
+}
 #endif
 
 float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block *a) {
@@ -321,15 +340,21 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
             return;
         }
     }
-    if (type == COHORT_TYPE_Q4_1 && tokens > 1 && cohort_cpu_has_avx2()) {
+    if ((type == COHORT_TYPE_Q4_1 || type == COHORT_TYPE_Q8_0) && tokens > 1 && cohort_cpu_has_avx2()) {
+        // Batches: each row is decoded once per pair of tokens.
         for (int r = rowBegin; r < rowEnd; r++) {
-            const block_q4_1 *row = (const block_q4_1 *)(base + (size_t)r * rowBytes);
+            const void *row = base + (size_t)r * rowBytes;
             int t = 0;
             for (; t + 1 < tokens; t += 2) {
-                dot2_q4_1_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
-                               &y[(size_t)t * ldy + r], &y[(size_t)(t + 1) * ldy + r]);
+                if (type == COHORT_TYPE_Q4_1) {
+                    dot2_q4_1_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
+                                   &y[(size_t)t * ldy + r], &y[(size_t)(t + 1) * ldy + r]);
+                } else {
+                    dot2_q8_0_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
+                                   &y[(size_t)t * ldy + r], &y[(size_t)(t + 1) * ldy + r]);
+                }
             }
-            for (; t < tokens; t++) y[(size_t)t * ldy + r] = dot_q4_1_avx2(nb, row, a + (size_t)t * nb);
+            for (; t < tokens; t++) y[(size_t)t * ldy + r] = cohort_vec_dot_q8(type, k, row, a + (size_t)t * nb);
         }
         return;
     }
