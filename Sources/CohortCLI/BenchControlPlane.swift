@@ -19,6 +19,9 @@ struct BenchControlPlane: ParsableCommand {
     @Option(help: "Measured steps (after 200 warm-up steps).")
     var steps = 5000
 
+    @Option(help: "shm (shared-memory rings) or tcp (a connection per worker over loopback).")
+    var transport = "shm"
+
     @Option(help: "text or json.")
     var output: Generate.OutputFormat = .json
 
@@ -28,9 +31,11 @@ struct BenchControlPlane: ParsableCommand {
             throw ValidationError("--payload-bytes must be between 64 and 1048576, got \(payloadBytes)")
         }
         guard steps >= 10 else { throw ValidationError("--steps must be ≥ 10, got \(steps)") }
+        guard ["shm", "tcp"].contains(transport) else { throw ValidationError("--transport must be shm or tcp, got '\(transport)'") }
     }
 
     struct Report: Encodable {
+        let transport: String
         let workers: Int
         let payload_bytes: Int
         let steps: Int
@@ -40,7 +45,8 @@ struct BenchControlPlane: ParsableCommand {
     }
 
     func run() throws {
-        let group = try WorkerGroup(workers: workers)
+        let group = try WorkerGroup(
+            workers: workers, configuration: .init(transport: transport == "tcp" ? .tcp(host: "127.0.0.1") : .sharedMemory))
         defer { group.shutdown() }
         // A decode-like step: sequences of one token with block tables, padded to the size asked.
         var sequences: [StepRequest.Sequence] = []
@@ -60,7 +66,7 @@ struct BenchControlPlane: ParsableCommand {
         }
         func percentile(_ p: Double) -> Double { Percentile.of(latencies, p) }
         let report = Report(
-            workers: workers, payload_bytes: writer.bytes.count, steps: steps,
+            transport: transport, workers: workers, payload_bytes: writer.bytes.count, steps: steps,
             median_us: percentile(0.5), p90_us: percentile(0.9), p99_us: percentile(0.99))
         if output == .text {
             Output.standardOutput("\(workers) workers, \(writer.bytes.count)-byte steps: median \(Int(report.median_us)) µs, p90 \(Int(report.p90_us)) µs, p99 \(Int(report.p99_us)) µs\n")

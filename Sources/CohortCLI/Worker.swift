@@ -10,8 +10,10 @@ struct Worker: ParsableCommand {
         abstract: "Run a worker process (started by the driver).", shouldDisplay: false)
 
     @Option var rank: Int
-    @Option var broadcast: String
-    @Option var reply: String
+    @Option var broadcast: String?
+    @Option var reply: String?
+    @Option(help: "The driver's command listener, tcp://HOST:PORT (instead of --broadcast and --reply).")
+    var driver: String?
     @Option var lifelineFd: Int32
     @Option var parentPid: Int32
     @Option var model: String?
@@ -26,6 +28,12 @@ struct Worker: ParsableCommand {
     @Option var communicator: String?
     @Option var previousStage: String?
     @Option var nextStage: String?
+
+    func channel() throws -> WorkerProcess.Channel {
+        if let driver { return try WorkerProcess.Channel.tcp(address: driver) }
+        guard let broadcast, let reply else { throw ValidationError("give --driver tcp://HOST:PORT, or --broadcast and --reply") }
+        return .rings(broadcast: broadcast, reply: reply)
+    }
 
     func validate() throws {
         guard rank >= 1 else { throw ValidationError("--rank must be ≥ 1 for a worker process, got \(rank)") }
@@ -42,7 +50,7 @@ struct Worker: ParsableCommand {
                 nextStage: nextStage)
         }
         let status = WorkerProcess.run(.init(
-            rank: rank, broadcast: broadcast, reply: reply, lifelineDescriptor: lifelineFd, parentPID: parentPid, model: shard))
+            rank: rank, channel: try channel(), lifelineDescriptor: lifelineFd, parentPID: parentPid, model: shard))
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -20,9 +20,11 @@ import Testing
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("cohort").path
     }
 
-    func group(_ workers: Int, stepTimeout: Double = 5) throws -> WorkerGroup {
-        try WorkerGroup(workers: workers, configuration: .init(executable: Self.cohort, stepTimeout: stepTimeout))
+    func group(_ workers: Int, stepTimeout: Double = 5, transport: WorkerGroup.Configuration.Transport = .sharedMemory) throws -> WorkerGroup {
+        try WorkerGroup(workers: workers, configuration: .init(executable: Self.cohort, stepTimeout: stepTimeout, transport: transport))
     }
+
+    static let transports: [WorkerGroup.Configuration.Transport] = [.sharedMemory, .tcp(host: "127.0.0.1")]
 
     static func request(_ step: UInt64) -> StepRequest {
         StepRequest(step: step, sequences: [.init(id: 1, tokens: [5], startPosition: 3, blockTable: [0]), .init(id: 2, tokens: [6, 7], startPosition: 0, blockTable: [1], sample: false)])
@@ -41,10 +43,10 @@ import Testing
         return state != "Z" && state != "X"
     }
 
-    @Test("steps reach every worker and come back in rank order and are timed; shutdown twice is safe")
-    func stepsAndShutdown() throws {
+    @Test("steps reach every worker and come back in rank order and are timed; shutdown twice is safe", arguments: transports)
+    func stepsAndShutdown(transport: WorkerGroup.Configuration.Transport) throws {
         let metrics = Self.metrics
-        let g = try group(3)
+        let g = try group(3, transport: transport)
         for step in 0..<100 {
             let outputs = try g.step(Self.request(UInt64(step)))
             #expect(outputs.count == 3)
@@ -60,9 +62,10 @@ import Testing
         #expect(throws: WorkerFailure.shutDown) { try g.step(Self.request(100)) }
     }
 
-    @Test("a worker killed with SIGKILL fails the pending step within 1 s, naming rank, pid and signal; no process remains")
-    func killedWorker() throws {
-        let g = try group(3)
+    @Test("a worker killed with SIGKILL fails the pending step within 1 s, naming rank, pid and signal; no process remains",
+          arguments: transports)
+    func killedWorker(transport: WorkerGroup.Configuration.Transport) throws {
+        let g = try group(3, transport: transport)
         _ = try g.step(Self.request(0))
         let victim = g.processes[1]
         kill(victim.pid, SIGKILL)
@@ -79,9 +82,9 @@ import Testing
         #expect(g.processes.allSatisfy { !isRunning($0.pid) })
     }
 
-    @Test("a stopped worker is reported as stuck, naming rank and step, soon after the deadline")
-    func stuckWorker() throws {
-        let g = try group(2, stepTimeout: 0.5)
+    @Test("a stopped worker is reported as stuck, naming rank and step, soon after the deadline", arguments: transports)
+    func stuckWorker(transport: WorkerGroup.Configuration.Transport) throws {
+        let g = try group(2, stepTimeout: 0.5, transport: transport)
         _ = try g.step(Self.request(0))
         let victim = g.processes[0]
         kill(victim.pid, SIGSTOP)

@@ -31,12 +31,25 @@ public final class WorkerGroup: @unchecked Sendable {
         public var checkInterval: Double
         /// Largest message in either direction.
         public var slotBytes: Int
+        /// How commands reach the workers.
+        public var transport: Transport
 
-        public init(executable: String? = nil, stepTimeout: Double = 30, checkInterval: Double = 0.05, slotBytes: Int = 1 << 20) {
+        public enum Transport: Sendable, Equatable {
+            /// Shared-memory rings: workers on this machine.
+            case sharedMemory
+            /// TCP through a listener the driver binds on `host`: workers anywhere.
+            case tcp(host: String)
+        }
+
+        public init(
+            executable: String? = nil, stepTimeout: Double = 30, checkInterval: Double = 0.05, slotBytes: Int = 1 << 20,
+            transport: Transport = .sharedMemory
+        ) {
             self.executable = executable
             self.stepTimeout = stepTimeout
             self.checkInterval = checkInterval
             self.slotBytes = slotBytes
+            self.transport = transport
         }
     }
 
@@ -44,11 +57,13 @@ public final class WorkerGroup: @unchecked Sendable {
     public let configuration: Configuration
     /// The worker processes, by launch index (worker `i` has rank `i + 1`).
     public let processes: [any WorkerProcessHandle]
-    /// Names the shared-memory rings had (removed once every worker attached).
-    public var ringNames: [String] { [broadcast.name] + replies.map(\.name) }
+    /// Names the shared-memory rings had (removed once every worker attached); empty over TCP.
+    public var ringNames: [String] {
+        guard let rings = channel as? RingCommandChannel else { return [] }
+        return [rings.broadcast.name] + rings.replies.map(\.name)
+    }
     private let launcher: any Launcher
-    private let broadcast: SharedMemoryRing
-    private let replies: [SharedMemoryRing]
+    private let channel: any CommandChannel
     private var writer = WireWriter()
     private var stepNumber: UInt64 = 0
     private var isShutDown = false
@@ -65,20 +80,13 @@ public final class WorkerGroup: @unchecked Sendable {
         precondition(workers >= 1, "a worker group needs at least one worker, got \(workers)")
         self.workerCount = workers
         self.configuration = configuration
-        broadcast = try SharedMemoryRing.create(readers: workers, slots: 4, slotBytes: configuration.slotBytes)
-        var replies: [SharedMemoryRing] = []
-        do {
-            for _ in 0..<workers { replies.append(try SharedMemoryRing.create(readers: 1, slots: 4, slotBytes: configuration.slotBytes)) }
-        } catch {
-            broadcast.close()
-            replies.forEach { $0.close() }
-            throw error
+        let channel: any CommandChannel = switch configuration.transport {
+        case .sharedMemory: try RingCommandChannel(workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval)
+        case let .tcp(host): try TCPCommandChannel(workers: workers, host: host)
         }
-        self.replies = replies
-        for ring in [broadcast] + replies { ring.checkInterval = configuration.checkInterval }
+        self.channel = channel
         let launcher = launcher ?? LocalProcessLauncher(executable: configuration.executable)
         self.launcher = launcher
-        let broadcastName = broadcast.name
         let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         // CPU workers: each gets its share of this machine's CPUs and a thread per CPU.
         let cpuSets = Placement.cpuSets(cpus: CPUAffinity.allowedCPUs(), workers: workers)
@@ -86,28 +94,29 @@ public final class WorkerGroup: @unchecked Sendable {
             processes = try launcher.launch(
                 workers: workers,
                 arguments: { index in
-                    ["worker", "--rank", "\(index + 1)", "--broadcast", broadcastName, "--reply", replies[index].name]
+                    ["worker", "--rank", "\(index + 1)"] + channel.workerArguments(index)
                         + launcher.lifelineArguments + extraArguments(index)
                 },
                 environment: { index in
                     Placement.cpuEnvironment(cpuSets[index]).merging([Placement.Environment.instanceID: instanceID]) { $1 }
-                        .merging(extraEnvironment) { $1 }
+                        .merging(extraEnvironment) { $1 }.merging(channel.workerEnvironment) { $1 }
                 }
             ).map(\.handle)
         } catch {
-            broadcast.close()
-            replies.forEach { $0.close() }
+            channel.close()
             throw error
         }
         do {
+            try channel.connect(timeout: configuration.stepTimeout, check: checkAlive)
             try healthCheck()
         } catch {
+            if let timeout = error as? TCPError, case .timedOut = timeout {
+                _ = fail(.transport("workers did not connect: \(timeout)"))
+            }
             shutdown()
-            throw error
+            throw failure ?? error
         }
-        // Workers remove the names once all are attached (`markAttached`); make sure.
-        broadcast.unlinkName()
-        replies.forEach { $0.unlinkName() }
+        channel.seal()
     }
 
     // MARK: - Calls
@@ -173,8 +182,14 @@ public final class WorkerGroup: @unchecked Sendable {
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
         command.encode(into: &writer)
-        return try writer.bytes.withUnsafeBytes { bytes in
-            try broadcast.write(bytes, timeout: configuration.stepTimeout, check: checkAlive)
+        do {
+            return try writer.bytes.withUnsafeBytes { bytes in
+                try channel.publish(bytes, timeout: configuration.stepTimeout, check: checkAlive)
+            }
+        } catch let error as WorkerFailure {
+            throw error
+        } catch {
+            throw transportFailure(error)
         }
     }
 
@@ -182,33 +197,36 @@ public final class WorkerGroup: @unchecked Sendable {
         // After a failure or shutdown the rings are unmapped: nothing more to gather.
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
-        // Workers acknowledge a command after writing their reply: one wait, one wake-up.
         do {
-            try broadcast.waitForAcknowledgement(of: sequence, timeout: configuration.stepTimeout, check: checkAlive)
-        } catch let error as SharedMemoryError {
-            if case .timedOut = error, let reader = broadcast.readersBehind(sequence).first {
-                throw fail(.stuck(rank: reader + 1, pid: processes[reader].pid, waitingFor: what, seconds: configuration.stepTimeout))
+            return try channel.gather(sequence, timeout: configuration.stepTimeout, check: checkAlive) { i, bytes in
+                do throws(WireError) { return try decode(i + 1, bytes) } catch { throw ReplyError(worker: i, error: error) }
             }
-            throw fail(.transport(error.description))
+        } catch let timeout as ChannelTimeout {
+            let i = timeout.worker
+            throw fail(.stuck(rank: i + 1, pid: processes[i].pid, waitingFor: what, seconds: configuration.stepTimeout))
+        } catch let bad as ReplyError {
+            throw fail(.badReply(rank: bad.worker + 1, bad.error))
+        } catch let error as WorkerFailure {
+            throw error
+        } catch {
+            throw transportFailure(error)
         }
-        var results: [T] = []
-        results.reserveCapacity(workerCount)
-        for (i, ring) in replies.enumerated() {
-            let rank = i + 1
-            do {
-                results.append(try ring.read(reader: 0, timeout: configuration.stepTimeout, check: checkAlive) { bytes in
-                    try decode(rank, bytes)
-                })
-            } catch let error as SharedMemoryError {
-                if case .timedOut = error {
-                    throw fail(.stuck(rank: rank, pid: processes[i].pid, waitingFor: what, seconds: configuration.stepTimeout))
-                }
-                throw fail(.transport(error.description))
-            } catch let error as WireError {
-                throw fail(.badReply(rank: rank, error))
-            }
+    }
+
+    /// A reply that did not decode, from worker `worker`.
+    private struct ReplyError: Error {
+        let worker: Int
+        let error: WireError
+    }
+
+    /// The failure behind a transport error: a worker that died (its socket or ring broke
+    /// just before it became a zombie, so look for a moment), or the transport itself.
+    private func transportFailure(_ error: any Error) -> WorkerFailure {
+        for _ in 0..<40 {
+            do { try checkAlive() } catch let failure as WorkerFailure { return failure } catch {}
+            usleep(5_000)
         }
-        return results
+        return fail(.transport("\(error)"))
     }
 
     /// Throws (and shuts the group down) if any worker has ended.
@@ -234,12 +252,11 @@ public final class WorkerGroup: @unchecked Sendable {
         isShutDown = true
         if failure == nil {
             WorkerCommand.stop.encode(into: &writer)
-            _ = try? writer.bytes.withUnsafeBytes { try broadcast.write($0, timeout: 0.2) }
+            _ = try? writer.bytes.withUnsafeBytes { try channel.publish($0, timeout: 0.2, check: {}) }
         }
         launcher.releaseLifeline()
         for p in processes where p.wait(timeout: grace) == nil { p.kill(timeout: 5) }
-        broadcast.close()
-        replies.forEach { $0.close() }
+        channel.close()
     }
 
     deinit { shutdown() }

@@ -14,20 +14,40 @@ import Glibc
 public enum WorkerProcess {
     public struct Arguments: Sendable {
         public var rank: Int
-        public var broadcast: String
-        public var reply: String
+        /// Where commands come from and replies go.
+        public var channel: Channel
         public var lifelineDescriptor: Int32
         public var parentPID: Int32
         /// The model shard to serve; nil: answer steps without a model (control-plane benchmark).
         public var model: ModelShard?
 
-        public init(rank: Int, broadcast: String, reply: String, lifelineDescriptor: Int32, parentPID: Int32, model: ModelShard? = nil) {
+        public init(rank: Int, channel: Channel, lifelineDescriptor: Int32, parentPID: Int32, model: ModelShard? = nil) {
             self.rank = rank
-            self.broadcast = broadcast
-            self.reply = reply
+            self.channel = channel
             self.lifelineDescriptor = lifelineDescriptor
             self.parentPID = parentPID
             self.model = model
+        }
+    }
+
+    /// The worker's end of the driver's command channel.
+    public enum Channel: Sendable, Equatable {
+        /// Shared-memory rings: the broadcast ring and this worker's reply ring.
+        case rings(broadcast: String, reply: String)
+        /// A TCP connection to the driver's listener (the instance secret is in the environment).
+        case tcp(host: String, port: UInt16)
+
+        /// `tcp://HOST:PORT` → `.tcp`.
+        public static func tcp(address: String) throws -> Channel {
+            let parts = address.hasPrefix("tcp://") ? address.dropFirst(6).split(separator: ":") : []
+            guard parts.count == 2, let port = UInt16(parts[1]) else {
+                throw ExecutorError("a driver address tcp://HOST:PORT, found '\(address)'")
+            }
+            return .tcp(host: String(parts[0]), port: port)
+        }
+
+        var ringNames: [String] {
+            if case let .rings(broadcast, reply) = self { [broadcast, reply] } else { [] }
         }
     }
 
@@ -77,24 +97,21 @@ public enum WorkerProcess {
     /// Runs the worker; returns its exit status.
     public static func run(_ arguments: Arguments) -> Int32 {
         // If the driver dies, SIGTERM: the handler removes the rings' names and exits.
-        cohort_install_orphan_cleanup(arguments.broadcast, arguments.reply)
+        let rings = arguments.channel.ringNames
+        cohort_install_orphan_cleanup(rings.first ?? "", rings.last ?? "")
         _ = cohort_set_parent_death_signal(SIGTERM)
         // The parent may have died before the signal was armed: then clean up its rings.
         guard getppid() == arguments.parentPID else {
-            for name in [arguments.broadcast, arguments.reply] { shm_unlink(name) }
+            for name in rings { shm_unlink(name) }
             return 3
         }
-        orphanedNames = [arguments.broadcast, arguments.reply] + (arguments.model?.names ?? [])
+        orphanedNames = rings + (arguments.model?.names ?? [])
         watchLifeline(arguments.lifelineDescriptor)
         if let cpus = getenv(Placement.Environment.cpuSet).map({ String(cString: $0) }), !cpus.isEmpty {
             CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
         }
         do {
-            let commands = try SharedMemoryRing.attach(name: arguments.broadcast)
-            let replies = try SharedMemoryRing.attach(name: arguments.reply)
-            // Names go as soon as every peer is in: nothing else can attach, nothing is left behind.
-            commands.markAttached(expected: commands.readers)
-            replies.markAttached(expected: 1)
+            let endpoint = try endpoint(arguments)
             var worker: ModelWorker?
             if let shard = arguments.model {
                 let layout = try shard.options.layout
@@ -111,7 +128,7 @@ public enum WorkerProcess {
                     links: links)
                 try worker!.loadNow()
             }
-            try serve(rank: arguments.rank, commands: commands, replies: replies, worker: worker)
+            try serve(rank: arguments.rank, endpoint: endpoint, worker: worker)
             return 0
         } catch {
             let message = "cohort worker rank \(arguments.rank): \(error)\n"
@@ -139,19 +156,35 @@ public enum WorkerProcess {
             rank: rank, ranks: ranks, rendezvousHost: String(address[0]), rendezvousPort: port, secret: instanceSecret!, timeout: 120))
     }
 
-    static func serve(rank: Int, commands: SharedMemoryRing, replies: SharedMemoryRing, worker: ModelWorker?) throws {
-        var writer = WireWriter()
+    /// Connects to the driver's command channel.
+    static func endpoint(_ arguments: Arguments) throws -> any WorkerEndpoint {
+        switch arguments.channel {
+        case let .rings(broadcast, reply):
+            let commands = try SharedMemoryRing.attach(name: broadcast)
+            let replies = try SharedMemoryRing.attach(name: reply)
+            // Names go as soon as every peer is in: nothing else can attach, nothing is left behind.
+            commands.markAttached(expected: commands.readers)
+            replies.markAttached(expected: 1)
+            return RingEndpoint(commands: commands, replies: replies, reader: arguments.rank - 1)
+        case let .tcp(host, port):
+            guard let hex = getenv(InstanceSecret.environmentName) else {
+                throw ExecutorError("a TCP worker needs the instance secret in \(InstanceSecret.environmentName); it is not set")
+            }
+            let secret = try InstanceSecret(hex: String(cString: hex))
+            return TCPEndpoint(connection: try TCPConnection.connect(host: host, port: port, rank: arguments.rank, secret: secret, timeout: 30))
+        }
+    }
+
+    static func serve(rank: Int, endpoint: any WorkerEndpoint, worker: ModelWorker?) throws {
         var request = StepRequest(step: 0, sequences: [])  // decoded into, step after step
         var lastStep: UInt64?
         var stop = false
         while !stop {
-            // The reply is written inside `read`, so the command is acknowledged only once
-            // its answer is out: the driver waits on one acknowledgement, not on N rings.
-            try commands.read(reader: rank - 1) { bytes in
+            try endpoint.next { bytes, writer in
                 switch try WorkerCommand.kind(of: bytes) {
                 case .stop:
                     stop = true
-                    return
+                    return false
                 case .healthCheck:
                     WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
                 case .step:
@@ -172,7 +205,7 @@ public enum WorkerProcess {
                         StepOutput.encodePlaceholder(for: request, into: &writer)
                     }
                 }
-                _ = try writer.bytes.withUnsafeBytes { try replies.write($0) }
+                return true
             }
         }
     }
@@ -197,5 +230,46 @@ public enum WorkerProcess {
             }
         }, UnsafeMutableRawPointer(bitPattern: Int(fd)))
         pthread_detach(thread)
+    }
+}
+
+/// A worker's end of the command channel: one command at a time, its reply sent back.
+protocol WorkerEndpoint {
+    /// Waits for the next command and passes it to `handle`, which writes the reply into
+    /// the writer and returns true, or returns false for no reply (stop).
+    func next(_ handle: (UnsafeRawBufferPointer, inout WireWriter) throws -> Bool) throws
+}
+
+/// Over shared memory. The reply is written inside `read`, so the command is acknowledged
+/// only once its answer is out: the driver waits on one acknowledgement, not on N rings.
+final class RingEndpoint: WorkerEndpoint {
+    let commands: SharedMemoryRing
+    let replies: SharedMemoryRing
+    let reader: Int
+    private var writer = WireWriter()
+
+    init(commands: SharedMemoryRing, replies: SharedMemoryRing, reader: Int) {
+        self.commands = commands
+        self.replies = replies
+        self.reader = reader
+    }
+
+    func next(_ handle: (UnsafeRawBufferPointer, inout WireWriter) throws -> Bool) throws {
+        try commands.read(reader: reader) { bytes in
+            if try handle(bytes, &writer) { _ = try writer.bytes.withUnsafeBytes { try replies.write($0) } }
+        }
+    }
+}
+
+/// Over TCP: commands and replies are framed messages on one connection to the driver.
+final class TCPEndpoint: WorkerEndpoint {
+    let connection: TCPConnection
+    private var writer = WireWriter()
+
+    init(connection: TCPConnection) { self.connection = connection }
+
+    func next(_ handle: (UnsafeRawBufferPointer, inout WireWriter) throws -> Bool) throws {
+        let reply = try connection.receive { bytes in try handle(bytes, &writer) }
+        if reply { try writer.bytes.withUnsafeBytes { try connection.send($0) } }
     }
 }
