@@ -26,8 +26,7 @@ import Testing
     func allReduce(ranks: Int) throws {
         for count in [1, 7, 1000, 4 << 20] {
             let inputs = (0..<ranks).map { randomFloats(count, seed: UInt64($0 * 7 + count)) }
-            var expected = inputs[0]
-            for r in 1..<ranks { for i in 0..<count { expected[i] += inputs[r][i] } }
+            let expected = serialSum(inputs)
             let results = Mutex<[[Float]]>(Array(repeating: [], count: ranks))
             let errors = try onRanks(ranks) { c in
                 var buffer = inputs[c.rank]
