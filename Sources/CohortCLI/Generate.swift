@@ -86,7 +86,7 @@ struct Generate: AsyncParsableCommand {
         } else {
             promptValue = .chat(user: prompt!, system: system)
         }
-        let engine = try await modelArguments.load()
+        let engine = try await modelArguments.load(virtualEngines: 1)  // one request: the whole cache for it
         let result: GenerationResult
         do {
             let tokens = try await engine.tokens(for: promptValue)
