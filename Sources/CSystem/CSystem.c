@@ -91,22 +91,22 @@ int cohort_set_affinity(const int *ids, int count) {
     return rc;
 }
 
-static char orphan_paths[2][300];
+#define COHORT_ORPHAN_NAMES 80
+static char orphan_paths[COHORT_ORPHAN_NAMES][96];
 
 static void orphan_cleanup(int signal) {
     (void)signal;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < COHORT_ORPHAN_NAMES; i++) {
         if (orphan_paths[i][0]) unlink(orphan_paths[i]);
     }
     _exit(0);
 }
 
-void cohort_install_orphan_cleanup(const char *name1, const char *name2) {
-    const char *names[2] = {name1, name2};
-    for (int i = 0; i < 2; i++) {
+void cohort_install_orphan_cleanup(const char *const *names, int count) {
+    for (int i = 0; i < COHORT_ORPHAN_NAMES; i++) {
         orphan_paths[i][0] = 0;
         // shm_open names live under /dev/shm on Linux; unlink is async-signal-safe, shm_unlink is not listed.
-        if (names[i] && strlen(names[i]) + 9 < sizeof(orphan_paths[i])) {
+        if (i < count && names[i] && names[i][0] && strlen(names[i]) + 9 < sizeof(orphan_paths[i])) {
             strcpy(orphan_paths[i], "/dev/shm");
             strcat(orphan_paths[i], names[i]);
         }

@@ -12,6 +12,7 @@ struct Worker: ParsableCommand {
     @Option var rank: Int
     @Option var broadcast: String?
     @Option var reply: String?
+    @Option var groupRings: String?
     @Option(help: "The driver's command listener, tcp://HOST:PORT (instead of --broadcast and --reply).")
     var driver: String?
     @Option var lifelineFd: Int32
@@ -32,7 +33,7 @@ struct Worker: ParsableCommand {
     func channel() throws -> WorkerProcess.Channel {
         if let driver { return try WorkerProcess.Channel.tcp(address: driver) }
         guard let broadcast, let reply else { throw ValidationError("give --driver tcp://HOST:PORT, or --broadcast and --reply") }
-        return .rings(broadcast: broadcast, reply: reply)
+        return .rings(broadcast: broadcast, reply: reply, group: groupRings.map { $0.split(separator: ",").map(String.init) } ?? [])
     }
 
     func validate() throws {

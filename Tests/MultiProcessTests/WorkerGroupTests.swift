@@ -157,6 +157,40 @@ import Testing
         #expect(!children.contains(where: isRunning))
     }
 
+    @Test("a driver killed while its workers start leaves no shared-memory name behind", arguments: [0, 1, 2])
+    func driverDeathDuringStart(attempt: Int) throws {
+        let driver = Process()
+        driver.executableURL = URL(fileURLWithPath: Self.cohort)
+        driver.arguments = ["bench", "control-plane", "--workers", "4", "--steps", "100000000"]
+        driver.standardOutput = FileHandle.nullDevice
+        try driver.run()
+        // Kill the driver as soon as its first worker exists (the others may not be spawned yet).
+        var first: Int32?
+        for _ in 0..<2000 where first == nil {
+            first = childPIDs(of: driver.processIdentifier).first
+            if first == nil { usleep(500) }
+        }
+        let child = try #require(first)
+        // Until the child has exec'd, its command line is still the driver's.
+        var arguments: [String] = []
+        for _ in 0..<2000 where !arguments.contains("worker") {
+            arguments = (try? String(contentsOfFile: "/proc/\(child)/cmdline", encoding: .utf8))?.split(separator: "\0").map(String.init) ?? []
+            if !arguments.contains("worker") { usleep(500) }
+        }
+        kill(driver.processIdentifier, SIGKILL)
+        driver.waitUntilExit()
+        var names: [String] = []
+        for (flag, value) in zip(arguments, arguments.dropFirst()) where ["--broadcast", "--reply", "--group-rings"].contains(flag) {
+            names += value.split(separator: ",").map(String.init)
+        }
+        try #require(names.count == 6, "names on the worker's command line: \(arguments)")
+        let start = Date()
+        func leftover() -> [String] { names.filter { FileManager.default.fileExists(atPath: "/dev/shm" + $0) } }
+        while !leftover().isEmpty && Date().timeIntervalSince(start) < 3 { usleep(10_000) }
+        #expect(leftover() == [], "attempt \(attempt)")
+        for name in leftover() { unlink("/dev/shm" + name) }
+    }
+
     func childPIDs(of parent: Int32) -> [Int32] {
         let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return all.compactMap(Int32.init).filter { pid in

@@ -45,10 +45,10 @@ int cohort_allowed_cpus(int *ids, int capacity);
 /// Restricts every thread of this process to the given CPUs; returns 0 on success.
 int cohort_set_affinity(const int *ids, int count);
 
-/// Installs a SIGTERM handler that removes up to two shared-memory names and exits at
+/// Installs a SIGTERM handler that removes up to 80 shared-memory names and exits at
 /// once (async-signal-safe: unlink and _exit only). Workers arm it together with a
 /// parent-death signal of SIGTERM, so a driver that dies at any moment leaves no names.
-void cohort_install_orphan_cleanup(const char *name1, const char *name2);
+void cohort_install_orphan_cleanup(const char *const *names, int count);
 
 /// A CPU pause hint for short spins.
 void cohort_cpu_relax(void);

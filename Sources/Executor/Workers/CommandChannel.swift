@@ -52,7 +52,11 @@ final class RingCommandChannel: CommandChannel {
         for ring in [broadcast] + replies { ring.checkInterval = checkInterval }
     }
 
-    func workerArguments(_ index: Int) -> [String] { ["--broadcast", broadcast.name, "--reply", replies[index].name] }
+    /// Every worker also gets every ring name of the group: if the driver dies while workers
+    /// start, any worker that started removes them all.
+    func workerArguments(_ index: Int) -> [String] {
+        ["--broadcast", broadcast.name, "--reply", replies[index].name, "--group-rings", replies.map(\.name).joined(separator: ",")]
+    }
     var workerEnvironment: [String: String] { [:] }
     func connect(timeout: Double, check: () throws -> Void) throws {}
 

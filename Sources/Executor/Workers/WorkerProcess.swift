@@ -32,8 +32,9 @@ public enum WorkerProcess {
 
     /// The worker's end of the driver's command channel.
     public enum Channel: Sendable, Equatable {
-        /// Shared-memory rings: the broadcast ring and this worker's reply ring.
-        case rings(broadcast: String, reply: String)
+        /// Shared-memory rings: the broadcast ring, this worker's reply ring, and every reply
+        /// ring of the group (removed by whichever worker finds the driver gone).
+        case rings(broadcast: String, reply: String, group: [String] = [])
         /// A TCP connection to the driver's listener (the instance secret is in the environment).
         case tcp(host: String, port: UInt16)
 
@@ -47,7 +48,7 @@ public enum WorkerProcess {
         }
 
         var ringNames: [String] {
-            if case let .rings(broadcast, reply) = self { [broadcast, reply] } else { [] }
+            if case let .rings(broadcast, reply, group) = self { [broadcast, reply] + group.filter { $0 != reply } } else { [] }
         }
     }
 
@@ -98,14 +99,15 @@ public enum WorkerProcess {
     public static func run(_ arguments: Arguments) -> Int32 {
         // If the driver dies, SIGTERM: the handler removes the rings' names and exits.
         let rings = arguments.channel.ringNames
-        cohort_install_orphan_cleanup(rings.first ?? "", rings.last ?? "")
+        let orphans = rings + (arguments.model?.names ?? [])
+        installOrphanCleanup(orphans)
         _ = cohort_set_parent_death_signal(SIGTERM)
         // The parent may have died before the signal was armed: then clean up its rings.
         guard getppid() == arguments.parentPID else {
-            for name in rings { shm_unlink(name) }
+            for name in orphans { shm_unlink(name) }
             return 3
         }
-        orphanedNames = rings + (arguments.model?.names ?? [])
+        orphanedNames = orphans
         watchLifeline(arguments.lifelineDescriptor)
         if let cpus = getenv(Placement.Environment.cpuSet).map({ String(cString: $0) }), !cpus.isEmpty {
             CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
@@ -159,7 +161,7 @@ public enum WorkerProcess {
     /// Connects to the driver's command channel.
     static func endpoint(_ arguments: Arguments) throws -> any WorkerEndpoint {
         switch arguments.channel {
-        case let .rings(broadcast, reply):
+        case let .rings(broadcast, reply, _):
             let commands = try SharedMemoryRing.attach(name: broadcast)
             let replies = try SharedMemoryRing.attach(name: reply)
             // Names go as soon as every peer is in: nothing else can attach, nothing is left behind.
@@ -207,6 +209,14 @@ public enum WorkerProcess {
                 }
                 return true
             }
+        }
+    }
+
+    /// Arms the SIGTERM handler (the parent-death signal) to remove `names`.
+    static func installOrphanCleanup(_ names: [String]) {
+        let copies = names.map { strdup($0) }  // kept for the life of the process
+        copies.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) { cohort_install_orphan_cleanup($0.baseAddress, Int32($0.count)) }
         }
     }
 
