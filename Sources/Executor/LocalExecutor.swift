@@ -89,14 +89,6 @@ public final class LocalExecutor {
 
     public var tokenizer: Tokenizer { loaded.tokenizer }
 
-    /// Steps submitted and not yet received.
-    public var stepsInFlight: Int {
-        switch backend {
-        case .driver: driverOutputs.count
-        case let .grid(grid): grid.stepsInFlight
-        }
-    }
-
     /// Token ids of a prompt.
     public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] {
         switch prompt {

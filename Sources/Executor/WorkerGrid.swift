@@ -139,9 +139,6 @@ final class WorkerGrid {
         samplingWorker = sampler == 0 ? nil : sampler - 1
     }
 
-    /// Steps submitted and not yet received.
-    var stepsInFlight: Int { inFlight.count }
-
     /// Sends a step through the grid and runs rank 0's part of it; returns once rank 0 is
     /// done (later stages may still be working).
     func submit(_ request: StepRequest) throws {

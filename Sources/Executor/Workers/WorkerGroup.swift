@@ -143,8 +143,6 @@ public final class WorkerGroup: @unchecked Sendable {
     /// Steps sent and not yet collected: (step number, message sequence), oldest first.
     private var inFlight: [(step: UInt64, sequence: UInt64)] = []
 
-    /// Steps broadcast and not yet collected.
-    public var stepsInFlight: Int { inFlight.count }
 
     /// Gathers every worker's output for `request` (the oldest step not yet collected), in rank order.
     public func collect(_ request: StepRequest) throws -> [StepOutput] {
