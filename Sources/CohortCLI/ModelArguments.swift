@@ -20,6 +20,9 @@ struct ModelArguments: ParsableArguments {
     @Option(help: "How tensor-parallel ranks exchange activations: shm (shared memory, one machine) or tcp (a ring of TCP sockets).")
     var collectives = ExecutorOptions.CollectiveTransport.sharedMemory.rawValue
 
+    @Option(help: "Most worker processes loading the model at once (default: all).")
+    var maxParallelLoadingWorkers: Int?
+
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache memory in MiB.")
     var kvCacheMiB = 256
 
@@ -53,6 +56,9 @@ struct ModelArguments: ParsableArguments {
         guard ExecutorOptions.CollectiveTransport(rawValue: collectives) != nil else {
             throw ValidationError("--collectives must be shm or tcp, got '\(collectives)'")
         }
+        if let maxParallelLoadingWorkers, maxParallelLoadingWorkers < 1 {
+            throw ValidationError("--max-parallel-loading-workers must be ≥ 1, got \(maxParallelLoadingWorkers)")
+        }
         guard kvCacheMiB >= 1 && kvCacheMiB <= 1 << 20 else {
             throw ValidationError("--kv-cache-mb must be between 1 and 1048576, got \(kvCacheMiB)")
         }
@@ -70,6 +76,7 @@ struct ModelArguments: ParsableArguments {
             threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, tensorParallel: tensorParallel, pipelineParallel: pipelineParallel,
             pipelineLayers: pipelineLayers.flatMap { try? Self.parseLayerList($0) }, balancedPipeline: pipelineLayers == "balanced")
         options.collectives = ExecutorOptions.CollectiveTransport(rawValue: collectives) ?? .sharedMemory
+        options.maxParallelLoadingWorkers = maxParallelLoadingWorkers
         return options
     }
 

@@ -28,6 +28,7 @@ struct Worker: ParsableCommand {
     @Option(name: .customLong("pp-layers")) var pipelineLayers: String?
     @Option var communicator: String?
     @Option var previousStage: String?
+    @Option var loadGate: String?
     @Option var nextStage: String?
 
     func channel() throws -> WorkerProcess.Channel {
@@ -48,7 +49,7 @@ struct Worker: ParsableCommand {
                 pipelineParallel: pipelineParallel, pipelineLayers: try pipelineLayers.map(ModelArguments.parseLayerList))
             shard = .init(
                 path: model, options: options, kvBlocks: kvBlocks, communicator: communicator, previousStage: previousStage,
-                nextStage: nextStage)
+                nextStage: nextStage, loadGate: loadGate)
         }
         let status = WorkerProcess.run(.init(
             rank: rank, channel: try channel(), lifelineDescriptor: lifelineFd, parentPID: parentPid, model: shard))

@@ -111,6 +111,8 @@ public actor Engine: Service {
     public var loadSeconds: Double { executor.loadSeconds }
     /// Where the driver's time went, when the model runs over a grid of processes.
     public var gridStatistics: GridStatistics? { executor.gridStatistics }
+    /// The most worker processes that loaded at once, when a limit was set.
+    public var mostConcurrentWorkerLoads: Int? { executor.mostConcurrentWorkerLoads }
     /// The worker processes' ids, by rank (1, 2, …).
     public var workerPIDs: [Int32] { executor.workerPIDs }
     /// KV blocks free across the virtual engines, and all of them.

@@ -25,6 +25,9 @@ public struct ExecutorOptions: Sendable, Equatable {
     /// Without explicit `pipelineLayers`, split the layers so that the stages' work is
     /// even, counting the output head on the last stage (`PipelineStage.balancedLayerCounts`).
     public var balancedPipeline = false
+    /// Most worker processes loading their part of the model at once (nil: all at once).
+    public var maxParallelLoadingWorkers: Int?
+
     /// How tensor-parallel ranks exchange activations.
     public var collectives: CollectiveTransport = .sharedMemory
 

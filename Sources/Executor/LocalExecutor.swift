@@ -61,6 +61,11 @@ public final class LocalExecutor {
         if case let .grid(grid) = backend { grid.statistics } else { nil }
     }
 
+    /// The most worker processes that loaded at once (nil without a limit or without workers).
+    public var mostConcurrentWorkerLoads: Int? {
+        if case let .grid(grid) = backend { grid.mostConcurrentWorkerLoads } else { nil }
+    }
+
     /// The worker processes' ids, by rank (1, 2, …); empty when the model runs in this process.
     public var workerPIDs: [Int32] {
         if case let .grid(grid) = backend { grid.workers.processes.map(\.pid) } else { [] }

@@ -34,6 +34,8 @@ final class WorkerGrid {
     /// when that is rank 0 itself (PP 1).
     private let samplingWorker: Int?
     private var inFlight: [StepRequest] = []
+    /// The most worker processes that loaded at once, when a limit was set.
+    let mostConcurrentWorkerLoads: Int?
     /// Where the driver's time went, summed over steps.
     private(set) var statistics = GridStatistics()
     private var rank0Outputs: [StepOutput] = []
@@ -56,6 +58,7 @@ final class WorkerGrid {
 
         var communicators: [SharedMemoryCommunicator] = []
         var channels: [StageChannel] = []
+        let loadGate = try options.maxParallelLoadingWorkers.map { try LoadGate.create(limit: $0) }
         /// Each stage's group as workers find it: a segment name or a TCP rendezvous address.
         var groupAddresses: [String] = []
         let secret = InstanceSecret.random()
@@ -63,6 +66,7 @@ final class WorkerGrid {
         func closeAll() {
             communicators.forEach { $0.close() }
             channels.forEach { $0.ring.close() }
+            loadGate?.close()
         }
         do {
             if layout.tensorParallel > 1 {
@@ -103,7 +107,8 @@ final class WorkerGrid {
                     path: modelPath, options: options, kvBlocks: kvBlocks,
                     communicator: groupAddresses.isEmpty ? nil : groupAddresses[stage],
                     previousStage: stage > 0 ? channels[stage - 1].ring.name : nil,
-                    nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage].ring.name : nil
+                    nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage].ring.name : nil,
+                    loadGate: loadGate?.name
                 ).arguments
             }
         } catch {
@@ -113,6 +118,8 @@ final class WorkerGrid {
         // Every worker is attached (they answered a health check): nothing else may attach.
         communicators.forEach { $0.unlinkName() }
         channels.forEach { $0.ring.unlinkName() }
+        mostConcurrentWorkerLoads = loadGate?.mostInside
+        loadGate?.close()
         let links = StageLinks(next: channels.first, timeout: workers.configuration.stepTimeout, check: { try workers.checkAlive() })
         let rank0Group: (any TensorParallelGroup)?
         do {

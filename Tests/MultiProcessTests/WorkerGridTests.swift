@@ -104,6 +104,19 @@ import Testing
         #expect(kill(pids[0], 0) != 0)
     }
 
+    @Test("--max-parallel-loading-workers is honoured by the worker processes")
+    func loadingLimit() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        var options = Self.options(tp: 2, pp: 2)  // three worker processes
+        options.maxParallelLoadingWorkers = 1
+        let engine = try await Engine.load(modelPath: path, options: options)
+        #expect(await engine.mostConcurrentWorkerLoads == 1)
+        let result = try await engine.generate(Self.requests[0])
+        #expect(result.tokens.count == Self.requests[0].parameters.maxTokens)
+        await engine.shutdown()
+    }
+
     @Test("impossible grids fail before any worker starts, naming what is missing")
     func impossibleGrids() async throws {
         let path = try Self.model()

@@ -65,11 +65,14 @@ public enum WorkerProcess {
         /// Hidden-state channels from the previous stage and to the next.
         public var previousStage: String?
         public var nextStage: String?
+        /// The gate that limits how many workers load at once (`LoadGate`).
+        public var loadGate: String?
 
         public init(
             path: String, options: ExecutorOptions, kvBlocks: Int, communicator: String? = nil, previousStage: String? = nil,
-            nextStage: String? = nil
+            nextStage: String? = nil, loadGate: String? = nil
         ) {
+            self.loadGate = loadGate
             self.path = path
             self.options = options
             self.kvBlocks = kvBlocks
@@ -88,11 +91,12 @@ public enum WorkerProcess {
             if let communicator { a += ["--communicator", communicator] }
             if let previousStage { a += ["--previous-stage", previousStage] }
             if let nextStage { a += ["--next-stage", nextStage] }
+            if let loadGate { a += ["--load-gate", loadGate] }
             return a
         }
 
         /// Every shared-memory name this shard attaches to.
-        var names: [String] { [communicator, previousStage, nextStage].compactMap { $0 }.filter { !$0.hasPrefix("tcp://") } }
+        var names: [String] { [communicator, previousStage, nextStage, loadGate].compactMap { $0 }.filter { !$0.hasPrefix("tcp://") } }
     }
 
     /// Runs the worker; returns its exit status.
@@ -128,6 +132,12 @@ public enum WorkerProcess {
                 worker = ModelWorker(
                     modelPath: shard.path, options: shard.options.modelOptions(stage: stage, kvBlocks: shard.kvBlocks), group: group,
                     links: links)
+                // At most the driver's limit of workers load at once; give up if the driver is gone.
+                let gate = try shard.loadGate.map { try LoadGate.attach(name: $0) }
+                try gate?.enter {
+                    guard getppid() == arguments.parentPID else { throw ExecutorError("the driver is gone") }
+                }
+                defer { gate?.leave() }
                 try worker!.loadNow()
             }
             try serve(rank: arguments.rank, endpoint: endpoint, worker: worker)
