@@ -2,15 +2,14 @@ public import ExecutorCore
 public import ModelRunner
 
 /// Decides what one virtual engine's next step carries (vLLM's scheduler, for one share of
-/// the KV cache): the engine layer's core, kept next to the executor until the engine
-/// service arrives.
+/// the KV cache); the `Engine` runs one per virtual engine.
 ///
 /// - Requests wait in arrival order and are admitted first-come-first-served while fewer
 ///   than `maxSequences` run and the step's token budget (`maxBatchTokens`) and the free
 ///   blocks allow.
-/// - Each step carries, in order: one token for every decoding request, the next chunk of
-///   every request still in its prompt, then the first chunks of newly admitted ones
-///   (chunked prefill mixed with decodes).
+/// - Each step carries, while the token budget lasts: for every running request, oldest
+///   first, its one decode token or the next chunk of its prompt; then the first chunks of
+///   newly admitted ones (chunked prefill mixed with decodes).
 /// - When a running request needs a block and none is free, the newest running request is
 ///   preempted: its blocks return to the pool and it goes back to the front of the queue,
 ///   to be recomputed from its prompt and the tokens generated so far (nothing is lost:
