@@ -27,7 +27,9 @@ int cohort_atomic_compare_exchange64(uint64_t *p, uint64_t expected, uint64_t de
 }
 
 void cohort_futex_wait(uint32_t *p, uint32_t expected) {
-    syscall(SYS_futex, p, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+    // Bounded: a wake-up lost to some race costs a few milliseconds, never a hang.
+    struct timespec ts = {0, 5000000};
+    syscall(SYS_futex, p, FUTEX_WAIT_PRIVATE, expected, &ts, NULL, 0);
 }
 
 void cohort_futex_wake_all(uint32_t *p) {

@@ -20,7 +20,7 @@ uint64_t cohort_atomic_load64(const uint64_t *p);
 void cohort_atomic_store64(uint64_t *p, uint64_t v);
 /// Replaces *p with `desired` if it equals `expected`; returns 1 on success.
 int cohort_atomic_compare_exchange64(uint64_t *p, uint64_t expected, uint64_t desired);
-/// Sleeps while *p == expected (returns at once otherwise, or on a spurious wake).
+/// Sleeps while *p == expected, at most 5 ms (callers re-check their condition).
 void cohort_futex_wait(uint32_t *p, uint32_t expected);
 /// Wakes every waiter on p.
 void cohort_futex_wake_all(uint32_t *p);
