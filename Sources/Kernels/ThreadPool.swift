@@ -18,10 +18,14 @@ internal import CSystem
 ///
 /// `run` is not reentrant and must be called from one thread at a time (the owning worker).
 public final class ThreadPool: @unchecked Sendable {
-    // @unchecked: `job` and `chunkCount` are written only by the caller of `run` before it
-    // publishes a new generation in `claims` (sequentially consistent) and read by workers
-    // only after they claim a chunk of that generation; `run` returns only when every chunk
-    // of the generation is done, so no worker reads them afterwards.
+    // @unchecked: `job` is written only by the caller of `run` before it publishes a new
+    // generation in `claims` (sequentially consistent) and read by workers only after they
+    // claim a chunk of that generation; `run` returns only when every chunk of the
+    // generation is done. The chunk count lives in the claim word itself: a worker still
+    // looping over a finished generation, while the caller already sets up the next run,
+    // sees that generation's own count and cannot claim a chunk past its end (it once did,
+    // reading the next run's count: it ran a chunk of the next job early and counted one
+    // completion too many, and the caller waited forever).
 
     public let threadCount: Int
     /// Pause iterations before a waiting thread sleeps.
@@ -34,10 +38,9 @@ public final class ThreadPool: @unchecked Sendable {
     private var stopFlag: UnsafeMutablePointer<UInt32> { words + 2 }
     private var sleepers: UnsafeMutablePointer<UInt32> { words + 3 }
     private var callerSleeping: UnsafeMutablePointer<UInt32> { words + 4 }
-    /// generation << 32 | next unclaimed chunk.
+    /// generation << 32 | chunk count << 16 | next unclaimed chunk.
     private let claims: UnsafeMutablePointer<UInt64>
     nonisolated(unsafe) private var job: ((Int, Int) -> Void)?
-    nonisolated(unsafe) private var chunkCount = 0
     private var threads: [pthread_t] = []
     private var isShutDown = false
 
@@ -72,16 +75,16 @@ public final class ThreadPool: @unchecked Sendable {
     /// (the caller's is thread 0), and returns when all chunks are done.
     public func run(chunks: Int, _ body: (Int, Int) -> Void) {
         guard chunks > 0 else { return }
+        precondition(chunks < 1 << 16, "a job has at most 65535 chunks, got \(chunks)")
         if threadCount == 1 || chunks == 1 {
             for chunk in 0..<chunks { body(chunk, 0) }
             return
         }
         withoutActuallyEscaping(body) { escaped in
             job = escaped
-            chunkCount = chunks
             cohort_atomic_store(completed, 0)
             let next = cohort_atomic_load(generation) &+ 1
-            cohort_atomic_store64(claims, UInt64(next) << 32)
+            cohort_atomic_store64(claims, UInt64(next) << 32 | UInt64(chunks) << 16)
             cohort_atomic_store(generation, next)
             if cohort_atomic_load(sleepers) > 0 { cohort_futex_wake_all(generation) }
             work(generation: next, thread: 0)
@@ -117,11 +120,12 @@ public final class ThreadPool: @unchecked Sendable {
         while true {
             let state = cohort_atomic_load64(claims)
             guard UInt32(truncatingIfNeeded: state >> 32) == generation else { return }
-            let chunk = Int(UInt32(truncatingIfNeeded: state))
-            guard chunk < chunkCount else { return }
+            let count = UInt32(truncatingIfNeeded: state >> 16) & 0xFFFF
+            let chunk = UInt32(truncatingIfNeeded: state) & 0xFFFF
+            guard chunk < count else { return }
             guard cohort_atomic_compare_exchange64(claims, state, state + 1) != 0 else { continue }
-            job!(chunk, thread)
-            if cohort_atomic_fetch_add(completed, 1) + 1 == UInt32(chunkCount), cohort_atomic_load(callerSleeping) != 0 {
+            job!(Int(chunk), thread)
+            if cohort_atomic_fetch_add(completed, 1) + 1 == count, cohort_atomic_load(callerSleeping) != 0 {
                 cohort_futex_wake_all(completed)
             }
         }
@@ -152,7 +156,7 @@ public final class ThreadPool: @unchecked Sendable {
         var spins = 0
         while true {
             let done = cohort_atomic_load(completed)
-            if done == chunks { return }
+            if done >= chunks { return }
             if spins < spinLimit {
                 spins += 1
                 cohort_cpu_relax()

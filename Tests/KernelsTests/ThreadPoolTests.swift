@@ -6,6 +6,24 @@ import Glibc
 #endif
 
 @Suite struct ThreadPoolTests {
+    /// A worker still looping over a finished job while the caller sets up the next one must
+    /// not claim a chunk of the next job early (it once did when the next job had more
+    /// chunks, then counted a completion too many and the caller waited forever).
+    @Test("back-to-back jobs of changing sizes run each chunk of each job exactly once")
+    func changingSizes() {
+        let pool = ThreadPool(threads: 2)
+        let runs = Mutex([Int](repeating: 0, count: 8))
+        var failures = 0
+        for i in 0..<50_000 {
+            let chunks = i % 3 == 0 ? 2 : (i % 3 == 1 ? 7 : 4)
+            runs.withLock { $0 = [Int](repeating: 0, count: 8) }
+            pool.run(chunks: chunks) { chunk, _ in runs.withLock { $0[chunk] += 1 } }
+            let counts = runs.withLock { $0 }
+            if counts.prefix(chunks).contains(where: { $0 != 1 }) || counts.dropFirst(chunks).contains(where: { $0 != 0 }) { failures += 1 }
+        }
+        #expect(failures == 0)
+    }
+
     @Test("every chunk runs exactly once per job, over many jobs in a row", arguments: [1, 2, 4])
     func eachChunkOnce(threads: Int) {
         let pool = ThreadPool(threads: threads)
