@@ -287,13 +287,14 @@ public actor Engine: Service {
             let output = try executor.receive()
             for sample in output.samples {
                 // A request aborted while its step was in flight: nothing to do.
-                guard var run = runs[sample.sequenceID] else { continue }
-                run.accept(sample, contextLimit: contextLimit)
-                runs[sample.sequenceID] = run
-                schedulers[v].append(sample.token, to: run.id)
+                let id = sample.sequenceID
+                // In place: a copy out of the dictionary would copy the request's tokens and
+                // text on every token.
+                guard runs[id]?.accept(sample, contextLimit: contextLimit) != nil, let run = runs[id] else { continue }
+                schedulers[v].append(sample.token, to: id)
                 if run.isDone {
-                    schedulers[v].finish(run.id)
-                    complete(run.id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
+                    schedulers[v].finish(id)
+                    complete(id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
                 }
             }
         } catch {

@@ -69,14 +69,11 @@ public struct Scheduler: Sendable {
                 continue
             }
             // Make room, preempting the newest running requests (possibly this one).
-            var table = running[i].table
-            while !allocator.reserve(&table, tokens: running[i].computed + need) {
+            let tokens = running[i].computed + need
+            while i < running.count && !allocator.reserve(&running[i].table, tokens: tokens) {
                 preempt(running.count - 1)
-                if i >= running.count { break }
-                table = running[i].table
             }
             guard i < running.count else { break }
-            running[i].table = table
             step.append(chunk(of: &running[i], count: need))
             budget -= need
             i += 1
@@ -85,10 +82,8 @@ public struct Scheduler: Sendable {
         // the blocks just freed are what the running requests need).
         while let head = waiting.first, running.count < maxSequences, budget > 0, preemptionCount == preemptedBefore || step.isEmpty {
             let need = min(budget, head.tokens.count - head.computed)
-            var table = head.table
-            guard allocator.reserve(&table, tokens: head.computed + need) else { break }
+            guard allocator.reserve(&waiting[0].table, tokens: head.computed + need) else { break }
             var entry = waiting.removeFirst()
-            entry.table = table
             step.append(chunk(of: &entry, count: need))
             running.append(entry)
             budget -= need
