@@ -93,13 +93,13 @@ public final class LlamaModel {
                 for t in 0..<T {
                     let token = Int(tokens[t])
                     precondition(token >= 0 && token < c.vocabularySize, "token \(token) outside the vocabulary")
-                    if !stage.isFirst {
-                        // The previous stage embedded the tokens.
-                    } else if shard.vocabulary.contains(token) {
-                        let row = weights.tokenEmbedding.row(token - shard.vocabulary.lowerBound)
-                        Dequantize.row(weights.tokenEmbedding.type, from: row, into: s.x + t * D, count: D)
-                    } else {
-                        (s.x + t * D).update(repeating: 0, count: D)  // another rank holds this row
+                    if stage.isFirst {  // later stages start from the previous stage's states
+                        if shard.vocabulary.contains(token) {
+                            let row = weights.tokenEmbedding.row(token - shard.vocabulary.lowerBound)
+                            Dequantize.row(weights.tokenEmbedding.type, from: row, into: s.x + t * D, count: D)
+                        } else {
+                            (s.x + t * D).update(repeating: 0, count: D)  // another rank holds this row
+                        }
                     }
                     RoPE.table(position: Int(positions[t]), rotaryDimensions: c.rotaryDimensions, base: c.ropeTheta,
                                cos: s.cos + t * pairs, sin: s.sin + t * pairs)
