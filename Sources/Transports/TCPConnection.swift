@@ -78,9 +78,9 @@ public final class TCPConnection: @unchecked Sendable {
     // @unchecked: one thread uses a connection at a time (its owner's step loop).
     public let fd: Int32
     /// The peer's rank (from the handshake).
-    public let peerRank: Int
+    public internal(set) var peerRank: Int
     /// "rank N at host:port", for messages.
-    public let peer: String
+    public internal(set) var peer: String
     /// Largest message accepted.
     public var maxMessageBytes = 1 << 30
     /// How often waits call their `check`.
@@ -155,8 +155,8 @@ public final class TCPConnection: @unchecked Sendable {
         return connection
     }
 
-    /// Reads the accepting side's answer to the hello; returns the connection with the
-    /// peer's rank.
+    /// Reads the accepting side's answer to the hello and records the peer's rank; returns this
+    /// connection.
     public func awaitAcknowledgement(timeout: Double = 10) throws -> TCPConnection {
         var answer = [UInt8](repeating: 0, count: 8)
         do {
@@ -167,11 +167,14 @@ public final class TCPConnection: @unchecked Sendable {
         guard Array(answer[0..<4]) == Self.ok else {
             throw TCPError.refused(peer: peer, reason: "expected the answer CTOK, found \(answer[0..<4].map { String($0, radix: 16) })")
         }
-        let rank = Int(Int32(bitPattern: UInt32(answer[4]) | UInt32(answer[5]) << 8 | UInt32(answer[6]) << 16 | UInt32(answer[7]) << 24))
-        let connection = TCPConnection(fd: fd, peerRank: rank, peer: "rank \(rank) at \(peer)")
-        // The new object owns the socket now.
-        isClosed = true
-        return connection
+        peerRank = Int(Int32(bitPattern: Self.u32(answer, at: 4)))
+        peer = "rank \(peerRank) at \(peer)"
+        return self
+    }
+
+    /// The little-endian u32 at `offset` of a handshake message.
+    static func u32(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+        (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * UInt32($1)) }
     }
 
     static func socketAddress(host: String, port: UInt16) throws(TCPError) -> sockaddr_in {
@@ -435,12 +438,12 @@ public final class TCPListener: @unchecked Sendable {
                 log("refused a connection from \(from): not the Cohort protocol (first bytes \(hello[0..<4].map { String($0, radix: 16) }))")
                 continue
             }
-            let version = UInt32(hello[4]) | UInt32(hello[5]) << 8 | UInt32(hello[6]) << 16 | UInt32(hello[7]) << 24
+            let version = TCPConnection.u32(hello, at: 4)
             guard version == TCPConnection.version else {
                 log("refused a connection from \(from): protocol version \(version), expected \(TCPConnection.version)")
                 continue
             }
-            let peerRank = Int(Int32(bitPattern: UInt32(hello[8]) | UInt32(hello[9]) << 8 | UInt32(hello[10]) << 16 | UInt32(hello[11]) << 24))
+            let peerRank = Int(Int32(bitPattern: TCPConnection.u32(hello, at: 8)))
             guard hello[12...].withUnsafeBytes({ secret.matches($0) }) else {
                 log("refused a connection from \(from) claiming rank \(peerRank): wrong instance secret")
                 continue
@@ -448,14 +451,9 @@ public final class TCPListener: @unchecked Sendable {
             var answer = TCPConnection.ok
             withUnsafeBytes(of: Int32(truncatingIfNeeded: rank).littleEndian) { answer += $0 }
             try answer.withUnsafeBytes { try candidate.writeAll($0) }
-            let connection = TCPConnection(fd: peerFD, peerRank: peerRank, peer: "rank \(peerRank) at \(from)")
-            candidate.disown()
-            return connection
+            candidate.peerRank = peerRank
+            candidate.peer = "rank \(peerRank) at \(from)"
+            return candidate
         }
     }
-}
-
-extension TCPConnection {
-    /// Hands the socket to another object (this one will not close it).
-    func disown() { isClosed = true }
 }
