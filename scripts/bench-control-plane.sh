@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cohort's control plane next to Python multiprocessing pipes (and Ray actor calls and
+# Cohort's control plane (shared-memory rings, and TCP on loopback) next to Python multiprocessing pipes (and Ray actor calls and
 # compiled graphs when `ray` is installed: `pip install ray`) for the same pattern: per
 # step, one request of PAYLOAD bytes to N worker processes and N small replies gathered.
 # Usage: WORKERS="2 4" PAYLOAD=4400 STEPS=5000 scripts/bench-control-plane.sh
@@ -10,13 +10,19 @@ payload="${PAYLOAD:-4400}"
 steps="${STEPS:-5000}"
 swift build -c release --product cohort >&2
 
-printf "%-8s %-20s %10s %10s %10s %14s\n" workers transport median_us p90_us p99_us "cohort faster"
+printf "%-8s %-20s %10s %10s %10s %14s\n" workers transport median_us p90_us p99_us "rings faster"
 for w in $workers; do
     c=$(.build/release/cohort bench control-plane --workers "$w" --payload-bytes "$payload" --steps "$steps" --output json | tail -n 1)
     python3 - "$c" <<'PY'
 import json, sys
 c = json.loads(sys.argv[1])
 print(f"{c['workers']:<8} {'cohort':<20} {c['median_us']:10.1f} {c['p90_us']:10.1f} {c['p99_us']:10.1f}")
+PY
+    t=$(.build/release/cohort bench control-plane --workers "$w" --payload-bytes "$payload" --steps "$steps" --transport tcp --output json | tail -n 1)
+    python3 - "$c" "$t" <<'PY'
+import json, sys
+c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"{t['workers']:<8} {'cohort tcp':<20} {t['median_us']:10.1f} {t['p90_us']:10.1f} {t['p99_us']:10.1f} {t['median_us'] / c['median_us']:13.1f}x")
 PY
     python3 scripts/bench_control_plane_python.py --workers "$w" --payload-bytes "$payload" --steps "$steps" | while read -r line; do
         python3 - "$w" "$c" "$line" <<'PY'

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Engine throughput side by side, with ratios: TP 1 × 1 thread at concurrency 16 against
+# concurrency 1 (what continuous batching buys), and PP 2 × 1 thread (balanced split,
+# 2 virtual engines) against TP 1 × 2 threads at concurrency 16.
+# Usage: REQUESTS=32 PROMPT=64 TOKENS=64 scripts/bench-throughput.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests="${REQUESTS:-32}"
+prompt="${PROMPT:-64}"
+tokens="${TOKENS:-64}"
+swift build -c release --product cohort >&2
+
+run() {  # label, concurrency, flags…
+    local label="$1" concurrency="$2"
+    shift 2
+    echo "$label $(.build/release/cohort bench throughput --requests "$requests" --concurrency "$concurrency" \
+        --prompt-length "$prompt" --max-tokens "$tokens" "$@" --output json | tail -n 1)"
+}
+
+{
+    run "TP1x1/c1" 1 --threads 1
+    run "TP1x1/c16" 16 --threads 1
+    run "TP1x2/c16" 16 --threads 2
+    run "PP2balanced/c16" 16 --threads 1 --pp 2 --pp-layers balanced
+} | python3 -c '
+import json, sys
+rows = {}
+for line in sys.stdin.read().splitlines():
+    label, text = line.split(" ", 1)
+    rows[label] = json.loads(text)
+baseline = {"TP1x1/c16": "TP1x1/c1", "PP2balanced/c16": "TP1x2/c16"}
+print("%-16s %12s %9s %10s %10s %10s %10s" % ("run", "output tok/s", "ratio", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99"))
+for label, r in rows.items():
+    base = baseline.get(label)
+    ratio = "%.2fx" % (r["output_tokens_per_s"] / rows[base]["output_tokens_per_s"]) if base else "-"
+    print("%-16s %12.1f %9s %8.0f ms %8.0f ms %8.1f ms %8.1f ms" % (label, r["output_tokens_per_s"], ratio,
+          r["ttft_ms_p50"], r["ttft_ms_p99"], r["tpot_ms_p50"], r["tpot_ms_p99"]))
+print("ratios: TP1x1/c16 against TP1x1/c1; PP2balanced/c16 against TP1x2/c16")
+'
