@@ -153,7 +153,7 @@ public actor Engine: Service {
     /// service loop is running.
     public func result(of id: UInt64) async throws -> GenerationResult {
         if let result = results.removeValue(forKey: id) { return try result.get() }
-        guard runs[id] != nil else { throw GenerationError("no request \(id)") }
+        guard runs[id] != nil else { throw GenerationError("no request \(id): expected the id of a submitted request whose result was not yet taken") }
         if !isDriving {
             try await drive(.request(id))
             if let result = results.removeValue(forKey: id) { return try result.get() }
