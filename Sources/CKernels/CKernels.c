@@ -391,49 +391,170 @@ static void attention_values_scalar(const float *p, int ldP, int group, int hd, 
 }
 
 #if COHORT_X86
+/// The sums of eight vectors, one per lane.
+__attribute__((target("avx2,fma,f16c")))
+static inline __m256 hsum8_ps(const __m256 a[8]) {
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/// Eight keys at a time per head: eight running dot products, reduced together (one
+/// horizontal sum per key costs more than the dot product itself at 64 dimensions).
 __attribute__((target("avx2,fma,f16c")))
 static void attention_scores_avx2(const float *q, int group, int hd, const float *k, int kStride, int count,
                                   float scale, float *scores, int ldScores) {
-    for (int j = 0; j < count; j++) {
-        const float *kj = k + (size_t)j * kStride;
-        for (int i = 0; i < group; i++) {
-            const float *qi = q + i * hd;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            int d = 0;
-            for (; d + 16 <= hd; d += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kj + d), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d + 8), _mm256_loadu_ps(kj + d + 8), a1);
+    const __m256 vscale = _mm256_set1_ps(scale);
+    for (int i = 0; i < group; i++) {
+        const float *qi = q + i * hd;
+        float *out = scores + i * ldScores;
+        int j = 0;
+        for (; j + 8 <= count; j += 8) {
+            __m256 acc[8];
+            for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+            for (int d = 0; d < hd; d += 8) {
+                const __m256 qv = _mm256_loadu_ps(qi + d);
+                for (int u = 0; u < 8; u++)
+                    acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (size_t)(j + u) * kStride + d), acc[u]);
             }
-            for (; d + 8 <= hd; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kj + d), a0);
-            float s = hsum_ps(_mm256_add_ps(a0, a1));
-            for (; d < hd; d++) s += qi[d] * kj[d];
-            scores[i * ldScores + j] = s * scale;
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(hsum8_ps(acc), vscale));
+        }
+        for (; j < count; j++) {
+            const float *kj = k + (size_t)j * kStride;
+            __m256 acc = _mm256_setzero_ps();
+            for (int d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kj + d), acc);
+            out[j] = hsum_ps(acc) * scale;
         }
     }
 }
 
+/// Per head, 32 output dimensions stay in registers across the run of values.
 __attribute__((target("avx2,fma,f16c")))
 static void attention_values_avx2(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
                                   float *out) {
-    for (int j = 0; j < count; j++) {
-        const float *vj = v + (size_t)j * vStride;
-        for (int i = 0; i < group; i++) {
-            const __m256 w = _mm256_set1_ps(p[i * ldP + j]);
-            float *o = out + i * hd;
-            int d = 0;
-            for (; d + 8 <= hd; d += 8) {
-                _mm256_storeu_ps(o + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + d), _mm256_loadu_ps(o + d)));
+    for (int i = 0; i < group; i++) {
+        const float *pi = p + i * ldP;
+        float *o = out + i * hd;
+        int d = 0;
+        for (; d + 32 <= hd; d += 32) {
+            __m256 a0 = _mm256_loadu_ps(o + d), a1 = _mm256_loadu_ps(o + d + 8);
+            __m256 a2 = _mm256_loadu_ps(o + d + 16), a3 = _mm256_loadu_ps(o + d + 24);
+            for (int j = 0; j < count; j++) {
+                const __m256 w = _mm256_set1_ps(pi[j]);
+                const float *vj = v + (size_t)j * vStride + d;
+                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj), a0);
+                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8), a1);
+                a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 16), a2);
+                a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 24), a3);
             }
-            for (; d < hd; d++) o[d] += p[i * ldP + j] * vj[d];
+            _mm256_storeu_ps(o + d, a0);
+            _mm256_storeu_ps(o + d + 8, a1);
+            _mm256_storeu_ps(o + d + 16, a2);
+            _mm256_storeu_ps(o + d + 24, a3);
+        }
+        for (; d < hd; d += 8) {
+            __m256 a = _mm256_loadu_ps(o + d);
+            for (int j = 0; j < count; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(pi[j]), _mm256_loadu_ps(v + (size_t)j * vStride + d), a);
+            _mm256_storeu_ps(o + d, a);
         }
     }
 }
+
+/// e^x for eight lanes (Cephes' expf: range reduction by ln 2, degree-5 polynomial;
+/// within 2 ulp of libm over the clamped range, 0 below it).
+__attribute__((target("avx2,fma,f16c")))
+static inline __m256 exp256_ps(__m256 x) {
+    const __m256 below = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.3762626647949f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(below, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void softmax_avx2(float *x, int n) {
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(vmax, 1), _mm256_castps256_ps128(vmax));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float maxValue = _mm_cvtss_f32(m4);
+    for (; i < n; i++) maxValue = fmaxf(maxValue, x[i]);
+    const __m256 m = _mm256_set1_ps(maxValue);
+    __m256 vsum = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum_ps(vsum);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - maxValue);
+        sum += x[i];
+    }
+    const float inv = 1.0f / sum;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void swiglu_avx2(float *gate, const float *up, int n) {
+    int i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp256_ps(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
 #endif
+
+void cohort_softmax(float *x, int n) {
+#if COHORT_X86
+    if (cohort_cpu_has_avx2()) {
+        softmax_avx2(x, n);
+        return;
+    }
+#endif
+    float maxValue = -INFINITY;
+    for (int i = 0; i < n; i++) maxValue = fmaxf(maxValue, x[i]);
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - maxValue);
+        sum += x[i];
+    }
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+void cohort_swiglu(float *gate, const float *up, int n) {
+#if COHORT_X86
+    if (cohort_cpu_has_avx2()) {
+        swiglu_avx2(gate, up, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
 
 void cohort_attention_scores(const float *q, int group, int hd, const float *k, int kStride, int count,
                              float scale, float *scores, int ldScores) {
 #if COHORT_X86
-    if (cohort_cpu_has_avx2()) {
+    if (cohort_cpu_has_avx2() && hd % 8 == 0) {
         attention_scores_avx2(q, group, hd, k, kStride, count, scale, scores, ldScores);
         return;
     }
@@ -444,7 +565,7 @@ void cohort_attention_scores(const float *q, int group, int hd, const float *k, 
 void cohort_attention_values(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
                              float *out) {
 #if COHORT_X86
-    if (cohort_cpu_has_avx2()) {
+    if (cohort_cpu_has_avx2() && hd % 8 == 0) {
         attention_values_avx2(p, ldP, group, hd, v, vStride, count, out);
         return;
     }
@@ -452,3 +573,193 @@ void cohort_attention_values(const float *p, int ldP, int group, int hd, const f
     attention_values_scalar(p, ldP, group, hd, v, vStride, count, out);
 }
 
+
+// MARK: - Packed panels (AVX-512 VNNI)
+//
+// The batched path. Weights are repacked once at load into panels of 8 rows whose blocks
+// interleave the rows 4 bytes at a time, so one 256-bit register holds 4 consecutive
+// values of each of 8 rows and `vpdpbusd` against 4 activation bytes broadcast to every
+// lane yields 8 rows' partial sums at once. Every format becomes "unsigned q · d + m":
+// Q4_1 as stored; Q4_0 with m = −8d; Q8_0 offset by 128 with m = −128d. The block's scale
+// is applied once per 8 rows instead of once per row (the row-at-a-time kernels above
+// spend more on that and on horizontal sums than on the products), the unpacked weights
+// are reused for up to four tokens, and no horizontal sum is needed: lane i is row i.
+// A (row, token) result is the same sequence of operations for every batch size, so
+// batched outputs equal single-token outputs bit for bit.
+
+typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; } panel_block4;  // 160 bytes
+typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[256]; } panel_block8;  // 288 bytes
+_Static_assert(sizeof(panel_block4) == 160, "4-bit panel block");
+_Static_assert(sizeof(panel_block8) == 288, "8-bit panel block");
+
+int cohort_cpu_has_vnni(void) {
+#if COHORT_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = cohort_cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+static int packed_block_bytes(int type) {
+    switch (type) {
+    case COHORT_TYPE_Q4_0:
+    case COHORT_TYPE_Q4_1: return (int)sizeof(panel_block4);
+    case COHORT_TYPE_Q8_0: return (int)sizeof(panel_block8);
+    default: return 0;
+    }
+}
+
+size_t cohort_packed_bytes(int type, int rows, int k) {
+    const int blockBytes = packed_block_bytes(type);
+    if (blockBytes == 0 || rows <= 0 || rows % 8 != 0 || k <= 0 || k % 32 != 0) return 0;
+    return (size_t)(rows / 8) * (size_t)(k / 32) * (size_t)blockBytes;
+}
+
+int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int k, void *packed) {
+    if (cohort_packed_bytes(type, rows, k) == 0) return -1;
+    const int nb = k / 32;
+    const char *base = (const char *)w;
+    for (int p = 0; p < rows / 8; p++) {
+        for (int b = 0; b < nb; b++) {
+            const size_t index = (size_t)p * nb + b;
+            for (int i = 0; i < 8; i++) {
+                const char *row = base + (size_t)(8 * p + i) * rowBytes;
+                if (type == COHORT_TYPE_Q8_0) {
+                    const block_q8_0 *x = (const block_q8_0 *)row + b;
+                    panel_block8 *y = (panel_block8 *)packed + index;
+                    const float d = cohort_f16_to_f32(x->d);
+                    y->d[i] = x->d;
+                    y->m[i] = cohort_f32_to_f16(-128.0f * d);
+                    for (int g = 0; g < 8; g++)
+                        for (int t = 0; t < 4; t++) y->qs[g * 32 + i * 4 + t] = (uint8_t)(x->qs[4 * g + t] + 128);
+                } else {
+                    panel_block4 *y = (panel_block4 *)packed + index;
+                    const uint8_t *qs;
+                    if (type == COHORT_TYPE_Q4_1) {
+                        const block_q4_1 *x = (const block_q4_1 *)row + b;
+                        y->d[i] = x->d;
+                        y->m[i] = x->m;
+                        qs = x->qs;
+                    } else {
+                        const block_q4_0 *x = (const block_q4_0 *)row + b;
+                        y->d[i] = x->d;
+                        y->m[i] = cohort_f32_to_f16(-8.0f * cohort_f16_to_f32(x->d));
+                        qs = x->qs;
+                    }
+                    // Byte j holds values j (low nibble) and j + 16 (high): chunk c's low
+                    // nibbles are values 4c…4c+3, its high nibbles 16+4c…16+4c+3.
+                    for (int c = 0; c < 4; c++)
+                        for (int t = 0; t < 4; t++) y->qs[c * 32 + i * 4 + t] = qs[4 * c + t];
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+#if COHORT_X86
+#define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+/// Broadcast of activation bytes 4g…4g+3.
+#define ACT4(a, g) _mm256_set1_epi32(((const int32_t *)(a))[g])
+
+/// Tokens per tile: the unpacked weights (8 registers) serve this many tokens, each with
+/// its own accumulator, within AVX-512's 32 vector registers.
+#ifndef PANEL_TOKENS
+#define PANEL_TOKENS 8
+#endif
+
+/// T tokens (1…PANEL_TOKENS) against one panel of 8 rows; writes y[t * ldy + 0…7].
+VNNI_TARGET __attribute__((always_inline))
+static inline void panel_tile(int bits, int T, int nb, const void *panel, const cohort_q8_block *const *a,
+                              float *y, int ldy) {
+    __m256 acc[PANEL_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int b = 0; b < nb; b++) {
+        __m256i w[8];
+        __m256 d, m;
+        if (bits == 4) {
+            const panel_block4 *x = (const panel_block4 *)panel + b;
+            d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+            m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->m));
+            for (int c = 0; c < 4; c++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+                w[c] = _mm256_and_si256(raw, low);
+                w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            }
+        } else {
+            const panel_block8 *x = (const panel_block8 *)panel + b;
+            d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+            m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->m));
+            for (int g = 0; g < 8; g++) w[g] = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * g));
+        }
+        for (int t = 0; t < T; t++) {
+            const cohort_q8_block *ab = a[t] + b;
+            // Two chains so the dot products' latency overlaps even for one token.
+            __m256i s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[0], ACT4(ab->qs, 0));
+            __m256i s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[1], ACT4(ab->qs, 1));
+            s0 = _mm256_dpbusd_epi32(s0, w[2], ACT4(ab->qs, 2));
+            s1 = _mm256_dpbusd_epi32(s1, w[3], ACT4(ab->qs, 3));
+            s0 = _mm256_dpbusd_epi32(s0, w[4], ACT4(ab->qs, 4));
+            s1 = _mm256_dpbusd_epi32(s1, w[5], ACT4(ab->qs, 5));
+            s0 = _mm256_dpbusd_epi32(s0, w[6], ACT4(ab->qs, 6));
+            s1 = _mm256_dpbusd_epi32(s1, w[7], ACT4(ab->qs, 7));
+            const __m256 sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+            acc[t] = _mm256_fmadd_ps(sum, _mm256_mul_ps(d, _mm256_set1_ps(ab->d)), acc[t]);
+            acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab->s), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
+}
+
+#define PANEL_KERNEL(name, bits, T)                                                                         \
+    VNNI_TARGET static void name(int nb, const void *panel, const cohort_q8_block *const *a, float *y, int ldy) { \
+        panel_tile(bits, T, nb, panel, a, y, ldy);                                                          \
+    }
+PANEL_KERNEL(panel4x1, 4, 1)
+PANEL_KERNEL(panel4x2, 4, 2)
+PANEL_KERNEL(panel4x3, 4, 3)
+PANEL_KERNEL(panel4x4, 4, 4)
+PANEL_KERNEL(panel4x5, 4, 5)
+PANEL_KERNEL(panel4x6, 4, 6)
+PANEL_KERNEL(panel4x7, 4, 7)
+PANEL_KERNEL(panel4x8, 4, 8)
+PANEL_KERNEL(panel8x1, 8, 1)
+PANEL_KERNEL(panel8x2, 8, 2)
+PANEL_KERNEL(panel8x3, 8, 3)
+PANEL_KERNEL(panel8x4, 8, 4)
+PANEL_KERNEL(panel8x5, 8, 5)
+PANEL_KERNEL(panel8x6, 8, 6)
+PANEL_KERNEL(panel8x7, 8, 7)
+PANEL_KERNEL(panel8x8, 8, 8)
+#endif
+
+void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd, int k,
+                          const cohort_q8_block *a, int tokens, float *y, int ldy) {
+#if COHORT_X86
+    typedef void (*tile_fn)(int, const void *, const cohort_q8_block *const *, float *, int);
+    static const tile_fn four[8] = {panel4x1, panel4x2, panel4x3, panel4x4, panel4x5, panel4x6, panel4x7, panel4x8};
+    static const tile_fn eight[8] = {panel8x1, panel8x2, panel8x3, panel8x4, panel8x5, panel8x6, panel8x7, panel8x8};
+    const int nb = k / 32;
+    const int blockBytes = packed_block_bytes(type);
+    const tile_fn *tiles = type == COHORT_TYPE_Q8_0 ? eight : four;
+    for (int p = rowBegin / 8; p < rowEnd / 8; p++) {
+        const char *panel = (const char *)packed + (size_t)p * nb * blockBytes;
+        for (int t = 0; t < tokens; t += PANEL_TOKENS) {
+            const int T = tokens - t < PANEL_TOKENS ? tokens - t : PANEL_TOKENS;
+            const cohort_q8_block *rows[PANEL_TOKENS];
+            for (int i = 0; i < T; i++) rows[i] = a + (size_t)(t + i) * nb;
+            tiles[T - 1](nb, panel, rows, y + (size_t)t * ldy + 8 * p, ldy);
+        }
+    }
+#else
+    (void)type; (void)packed; (void)rowBegin; (void)rowEnd; (void)k; (void)a; (void)tokens; (void)y; (void)ldy;
+#endif
+}

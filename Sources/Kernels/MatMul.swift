@@ -59,7 +59,7 @@ public final class MatMul {
         let quantized = self.quantized
         let chunks = pool.chunkCount(items: total, minimumItems: 16)
         pool.run(chunks: chunks) { chunk, _ in
-            let mine = ThreadPool.slice(of: total, part: chunk, parts: chunks, granule: 4)
+            let mine = ThreadPool.slice(of: total, part: chunk, parts: chunks, granule: 8)
             func part(_ projection: Projection, offset: Int) {
                 let lower = max(mine.lowerBound - offset, 0)
                 let upper = min(mine.upperBound - offset, projection.weight.rows)
@@ -76,11 +76,32 @@ public final class MatMul {
         }
     }
 
-    /// Rows of a quantized weight against 8-bit activations (the C kernels).
+    /// Rows of a quantized weight against 8-bit activations (the C kernels): whole panels
+    /// of a packed matrix through the panel kernel, any other rows one at a time.
     @inline(__always)
     static func integerRows(
         _ p: Projection, _ rows: Range<Int>, quantized: UnsafePointer<cohort_q8_block>, tokens: Int
     ) {
+        var rows = rows
+        if let packed = p.weight.packed {
+            let begin = (rows.lowerBound + 7) / 8 * 8
+            let end = min(rows.upperBound, p.weight.packedRows) / 8 * 8
+            if begin < end {
+                cohort_matmul_packed(
+                    Int32(p.weight.type.rawValue), packed, Int32(begin), Int32(end), Int32(p.weight.columns),
+                    quantized, Int32(tokens), p.output, Int32(p.outputStride))
+                if rows.lowerBound < begin {
+                    rowwise(p, rows.lowerBound..<begin, quantized: quantized, tokens: tokens)
+                }
+                rows = end..<rows.upperBound
+            }
+        }
+        guard !rows.isEmpty else { return }
+        rowwise(p, rows, quantized: quantized, tokens: tokens)
+    }
+
+    @inline(__always)
+    static func rowwise(_ p: Projection, _ rows: Range<Int>, quantized: UnsafePointer<cohort_q8_block>, tokens: Int) {
         cohort_matmul_q8(
             Int32(p.weight.type.rawValue), p.weight.base, p.weight.rowBytes,
             Int32(rows.lowerBound), Int32(rows.upperBound), Int32(p.weight.columns),

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+internal import CKernels
 
 /// Small float vector operations used by the forward pass: dot products, scaled adds,
 /// RMS normalisation, softmax, SwiGLU. Each works on raw pointers with `SIMD8<Float>`
@@ -77,25 +75,14 @@ public enum VectorMath {
         for i in 0..<count { out[i] = x[i] * scale * weight[i] }
     }
 
-    /// In-place softmax over `count` floats; returns nothing, leaves probabilities.
+    /// In-place softmax over `count` floats; leaves probabilities (a vectorized exp in
+    /// `CKernels`).
     public static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        var maxValue = -Float.infinity
-        for i in 0..<count { maxValue = max(maxValue, x[i]) }
-        var sum: Float = 0
-        for i in 0..<count {
-            let e = expf(x[i] - maxValue)
-            x[i] = e
-            sum += e
-        }
-        let inv = 1 / sum
-        for i in 0..<count { x[i] *= inv }
+        cohort_softmax(x, Int32(count))
     }
 
     /// gate[i] = silu(gate[i]) · up[i] (SwiGLU), in place in `gate`.
     public static func swiglu(_ gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
-        }
+        cohort_swiglu(gate, up, Int32(count))
     }
 }

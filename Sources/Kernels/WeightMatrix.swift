@@ -1,3 +1,5 @@
+internal import CKernels
+
 /// A read-only view of a 2-D weight tensor in ggml layout: `rows` output features, each a
 /// contiguous run of `columns` input features encoded as `type`.
 ///
@@ -12,6 +14,10 @@ public struct WeightMatrix: @unchecked Sendable {
     public let columns: Int
     public let base: UnsafeRawPointer
     public let rowBytes: Int
+    /// The same weights packed into panels of 8 rows for the panel kernels, covering rows
+    /// `0..<packedRows` (see `PackedWeights`); nil when not packed.
+    public private(set) var packed: UnsafeRawPointer?
+    public private(set) var packedRows = 0
 
     /// - Precondition: `columns` is a whole number of `type` blocks.
     public init(type: TensorType, rows: Int, columns: Int, base: UnsafeRawPointer) {
@@ -28,17 +34,29 @@ public struct WeightMatrix: @unchecked Sendable {
         self.rowBytes = rowBytes
     }
 
+    /// This view with a packed copy of its first `rows` rows attached.
+    func withPacked(_ panels: UnsafeRawPointer, rows: Int) -> WeightMatrix {
+        var copy = self
+        copy.packed = panels
+        copy.packedRows = rows
+        return copy
+    }
+
     @inline(__always)
     public func row(_ index: Int) -> UnsafeRawPointer { base + index * rowBytes }
 
-    /// The rows `range` as their own matrix (a shard, no copy).
+    /// The rows `range` as their own matrix (a shard, no copy). A packed copy carries over
+    /// when the range starts on a panel.
     public func rows(_ range: Range<Int>) -> WeightMatrix {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows, "rows \(range) outside 0..<\(rows)")
-        return WeightMatrix(type: type, rows: range.count, columns: columns, base: row(range.lowerBound), rowBytes: rowBytes)
+        let view = WeightMatrix(type: type, rows: range.count, columns: columns, base: row(range.lowerBound), rowBytes: rowBytes)
+        guard let packed, range.lowerBound % 8 == 0, range.lowerBound < packedRows else { return view }
+        let panelBytes = cohort_packed_bytes(Int32(type.rawValue), 8, Int32(columns))
+        return view.withPacked(packed + range.lowerBound / 8 * panelBytes, rows: (min(range.upperBound, packedRows) - range.lowerBound) / 8 * 8)
     }
 
     /// The columns `range` of every row as their own matrix (a shard, no copy): rows keep
-    /// their stride. - Precondition: the range starts and ends on block boundaries.
+    /// their stride. A packed copy does not carry over. - Precondition: the range starts and ends on block boundaries.
     public func columns(_ range: Range<Int>) -> WeightMatrix {
         precondition(range.lowerBound >= 0 && range.upperBound <= columns, "columns \(range) outside 0..<\(columns)")
         precondition(range.lowerBound % type.blockSize == 0 && range.count % type.blockSize == 0,

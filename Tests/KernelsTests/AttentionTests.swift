@@ -3,11 +3,12 @@ import Kernels
 import Testing
 
 @Suite struct AttentionTests {
-    @Test("scores and value sums equal plain loops, for head sizes with and without a vector tail", arguments: [64, 24, 7])
-    func matchesScalar(headDimensions hd: Int) {
-        let group = 3, count = 5, stride = 2 * hd + 3  // keys interleaved with other data, as in the cache
+    @Test("scores and value sums equal plain loops, for head sizes and key runs with and without a vector tail",
+          arguments: [64, 24, 7], [5, 19])
+    func matchesScalar(headDimensions hd: Int, count: Int) {
+        let group = 3, stride = 2 * hd + 3  // keys interleaved with other data, as in the cache
         let q = randomFloats(group * hd, seed: 1), k = randomFloats(count * stride, seed: 2), v = randomFloats(count * stride, seed: 3)
-        let ld = 9
+        let ld = count + 4  // rows of scores are padded, as in the model
         var scores = [Float](repeating: .nan, count: group * ld)
         Attention.scores(queries: q, group: group, headDimensions: hd, keys: k, keyStride: stride, count: count,
                          scale: 0.5, into: &scores, stride: ld)

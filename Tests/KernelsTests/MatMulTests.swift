@@ -32,15 +32,19 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         return y
     }
 
-    func run(_ type: TensorType, mode: NumericMode, threads: Int, rows: Int, columns: Int, tokens: Int) -> (got: [Float], weights: [Float], input: [Float]) {
+    func run(
+        _ type: TensorType, mode: NumericMode, threads: Int, rows: Int, columns: Int, tokens: Int, packed: Bool = false
+    ) -> (got: [Float], weights: [Float], input: [Float]) {
         let encoded = Quantize.bytes(type, randomFloats(rows * columns, seed: UInt64(rows * 31 + columns)))
         let input = randomFloats(tokens * columns, seed: 99)
         let decoded = encoded.withUnsafeBytes { Dequantize.array(type, bytes: $0, count: rows * columns) }
         var out = [Float](repeating: .nan, count: rows * tokens)
         let pool = ThreadPool(threads: threads)
         let matmul = MatMul(maxTokens: tokens, maxColumns: columns)
+        let storage = PackedWeights()
         encoded.withUnsafeBytes { raw in
-            let w = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let plain = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let w = packed ? storage.pack(plain) : plain
             out.withUnsafeMutableBufferPointer { o in
                 input.withUnsafeBufferPointer { x in
                     matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens, Projection(w, into: o.baseAddress!),
@@ -70,6 +74,61 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
             // And it stays close to the float product.
             let exact = reference(weights: w, rows: s.rows, columns: s.columns, input: x, tokens: s.tokens)
             #expect(Tolerance.relativeL2(got, exact) < 0.02, "\(type) \(s)")
+        }
+    }
+
+    @Test("packed panels equal the row kernels, whole panels and leftover rows alike",
+          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+    func packedMatchesRowKernels(type: TensorType) {
+        for (rows, columns) in [(8, 32), (21, 64), (64, 128), (130, 256)] {
+            for (tokens, threads) in [(1, 1), (3, 2), (8, 1), (11, 2)] {
+                let rowwise = run(type, mode: .fast, threads: threads, rows: rows, columns: columns, tokens: tokens)
+                let packed = run(type, mode: .fast, threads: threads, rows: rows, columns: columns, tokens: tokens, packed: true)
+                #expect(!packed.got.contains { $0.isNaN }, "\(type) \(rows)×\(columns) × \(tokens) tokens left rows unwritten")
+                #expect(Tolerance.relativeL2(packed.got, rowwise.got) < 1e-5, "\(type) \(rows)×\(columns) × \(tokens) tokens")
+            }
+        }
+    }
+
+    @Test("a token's packed product is the same bits in any batch and any row split",
+          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_1, .q8_0])
+    func packedIsBatchInvariant(type: TensorType) {
+        let rows = 72, columns = 96, tokens = 11
+        let batch = run(type, mode: .fast, threads: 2, rows: rows, columns: columns, tokens: tokens, packed: true).got
+        let alone = run(type, mode: .fast, threads: 1, rows: rows, columns: columns, tokens: 1, packed: true).got
+        #expect(Array(batch[0..<rows]) == alone)
+    }
+
+    @Test("a row shard of a packed matrix keeps its panels only when it starts on one",
+          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"))
+    func packedRowShards() {
+        let rows = 40, columns = 64, tokens = 3
+        let encoded = Quantize.bytes(.q4_1, randomFloats(rows * columns, seed: 12))
+        let input = randomFloats(tokens * columns, seed: 13)
+        let storage = PackedWeights()
+        let pool = ThreadPool(threads: 1)
+        let matmul = MatMul(maxTokens: tokens, maxColumns: columns)
+        encoded.withUnsafeBytes { raw in
+            let plain = WeightMatrix(type: .q4_1, rows: rows, columns: columns, base: raw.baseAddress!)
+            let packed = storage.pack(plain)
+            #expect(packed.packedRows == 40 && storage.byteCount == 40 / 8 * 2 * 160)
+            #expect(packed.rows(8..<29).packedRows == 16)
+            #expect(packed.rows(3..<20).packed == nil)
+            #expect(packed.columns(0..<32).packed == nil)
+            for range in [8..<29, 3..<20, 16..<40] {
+                var a = [Float](repeating: .nan, count: range.count * tokens), b = a
+                input.withUnsafeBufferPointer { x in
+                    a.withUnsafeMutableBufferPointer { o in
+                        matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens,
+                                   Projection(packed.rows(range), into: o.baseAddress!), mode: .fast, pool: pool)
+                    }
+                    b.withUnsafeMutableBufferPointer { o in
+                        matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens,
+                                   Projection(plain.rows(range), into: o.baseAddress!), mode: .fast, pool: pool)
+                    }
+                }
+                #expect(Tolerance.relativeL2(a, b) < 1e-5, "rows \(range)")
+            }
         }
     }
 

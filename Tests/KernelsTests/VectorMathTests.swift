@@ -1,3 +1,4 @@
+import Foundation
 import ExecutorTestSupport
 import Kernels
 import Testing
@@ -28,6 +29,25 @@ import Testing
         VectorMath.softmax(&x, count: 4)
         #expect(abs(x.reduce(0, +) - 1) < 1e-6)
         #expect(x[1] > x[2] && x[2] > x[0] && x[3] == 0)
+    }
+
+    @Test("vectorized softmax and SwiGLU agree with libm's exp across the range, tails included")
+    func expBasedKernels() {
+        // 37 values: four 8-lane vectors and a scalar tail; from far below exp's range to large.
+        let x: [Float] = (0..<37).map { Float($0) * 5.3 - 120 }
+        var p = x
+        VectorMath.softmax(&p, count: x.count)
+        let m = Double(x.max()!)
+        let e = x.map { Foundation.exp(Double($0) - m) }
+        let want = e.map { $0 / e.reduce(0, +) }
+        for i in 0..<x.count { #expect(abs(Double(p[i]) - want[i]) <= 1e-6 * max(want[i], 1e-30) + 1e-38, "softmax[\(i)]") }
+        var gate = x
+        let up: [Float] = (0..<37).map { Float($0 % 5) - 2 }
+        VectorMath.swiglu(&gate, up: up, count: x.count)
+        for i in 0..<x.count {
+            let g = Double(x[i]), want = g / (1 + Foundation.exp(-g)) * Double(up[i])
+            #expect(abs(Double(gate[i]) - want) <= 1e-6 * abs(want) + 1e-30, "swiglu(\(x[i])) × \(up[i]) = \(gate[i]), want \(want)")
+        }
     }
 
     @Test("RoPE at position 0 is the identity and rotations keep each pair's length")

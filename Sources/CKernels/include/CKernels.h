@@ -44,6 +44,22 @@ float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block 
 void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, int rowEnd,
                       int k, const cohort_q8_block *a, int tokens, float *y, int ldy);
 
+/// 1 when the running CPU has AVX-512 VNNI (with VL and BW): the packed-panel kernels.
+int cohort_cpu_has_vnni(void);
+
+/// Bytes of the packed form of `rows` × `k` weights of `type`, or 0 when the shape or
+/// type cannot be packed (rows must be a multiple of 8, k of 32; Q4_0, Q4_1 or Q8_0).
+size_t cohort_packed_bytes(int type, int rows, int k);
+
+/// Repacks `rows` weight rows (`rowBytes` apart) into panels of 8 interleaved rows at
+/// `packed` (cohort_packed_bytes bytes). Returns 0, or -1 for a shape that cannot be packed.
+int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int k, void *packed);
+
+/// Y[t * ldy + r] for r in [rowBegin, rowEnd) (multiples of 8), t in [0, tokens), from
+/// packed weights. - Precondition: cohort_cpu_has_vnni().
+void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd, int k,
+                          const cohort_q8_block *a, int tokens, float *y, int ldy);
+
 /// Attention scores against `count` cached keys `kStride` floats apart, for `group` query
 /// heads of `hd` floats each: scores[i * ldScores + j] = scale · dot(q_i, k_j).
 void cohort_attention_scores(const float *q, int group, int hd, const float *k, int kStride, int count,
@@ -53,6 +69,12 @@ void cohort_attention_scores(const float *q, int group, int hd, const float *k, 
 /// `group` heads of `hd` floats (out_i at out + i · hd).
 void cohort_attention_values(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
                              float *out);
+
+/// In-place softmax over `n` floats (a vectorized exp on AVX2).
+void cohort_softmax(float *x, int n);
+
+/// gate[i] = silu(gate[i]) · up[i] (SwiGLU) over `n` floats (a vectorized exp on AVX2).
+void cohort_swiglu(float *gate, const float *up, int n);
 
 /// Converts IEEE half bits to float (exact).
 float cohort_f16_to_f32(uint16_t h);

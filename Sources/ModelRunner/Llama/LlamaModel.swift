@@ -20,6 +20,9 @@ public final class LlamaModel {
     /// Every rank's vocabulary range, to assemble gathered logits.
     private let vocabularyRanges: [Range<Int>]
     public let weights: LlamaWeights
+    /// Packed copies of the matrices (fast mode on CPUs with the panel kernels), kept alive
+    /// as long as `weights` points into them.
+    private let packedWeights: PackedWeights?
     public let cache: PagedKVCache
     public let mode: NumericMode
     public let maxBatchTokens: Int
@@ -44,7 +47,15 @@ public final class LlamaModel {
         self.local = shard.local(configuration)
         self.vocabularyRanges = (0..<shard.ranks).map { (try? TensorShard.plan(configuration, rank: $0, ranks: shard.ranks))?.vocabulary ?? 0..<0 }
         self.stage = stage
-        self.weights = weights.sharded(shard, configuration: configuration).staged(stage)
+        let mine = weights.sharded(shard, configuration: configuration).staged(stage)
+        if mode == .fast && PackedWeights.isSupported {
+            let storage = PackedWeights()
+            self.weights = mine.packed(into: storage)
+            self.packedWeights = storage
+        } else {
+            self.weights = mine
+            self.packedWeights = nil
+        }
         self.mode = mode
         self.maxBatchTokens = maxBatchTokens
         self.maxContext = min(configuration.contextLength, cacheBlocks * blockSize)

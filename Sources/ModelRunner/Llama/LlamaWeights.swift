@@ -74,6 +74,25 @@ public struct LlamaWeights: @unchecked Sendable {
         return w
     }
 
+    /// Attaches packed copies of every matrix the integer kernels read (the layers and the
+    /// output head; the embedding is only looked up row by row and stays as it is).
+    public func packed(into storage: PackedWeights) -> LlamaWeights {
+        var w = self
+        w.layers = layers.map { l in
+            var l = l
+            l.query = storage.pack(l.query)
+            l.key = storage.pack(l.key)
+            l.value = storage.pack(l.value)
+            l.attentionOutput = storage.pack(l.attentionOutput)
+            l.gate = storage.pack(l.gate)
+            l.up = storage.pack(l.up)
+            l.down = storage.pack(l.down)
+            return l
+        }
+        w.output = storage.pack(output)
+        return w
+    }
+
     /// Finds and checks every tensor. `configuration.vocabularySize` is filled from the
     /// embedding when the metadata lacked it.
     public init(file: GGUFFile, configuration: inout LlamaConfiguration) throws(GGUFError) {
