@@ -52,7 +52,9 @@ public actor Engine: Service {
     private var runs: [UInt64: SequenceRun] = [:]
     private var engineOf: [UInt64: Int] = [:]
     private var results: [UInt64: Result<GenerationResult, GenerationError>] = [:]
-    private var waiters: [UInt64: CheckedContinuation<GenerationResult, any Error>] = [:]
+    /// Callers of `result(of:)` waiting their turn: resumed when their result is in, or
+    /// when the loop driving steps ended and one of them should drive.
+    private var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
     private var nextID: UInt64 = 1
     /// The virtual engine of each step in flight, oldest first.
     private var inFlight: [Int] = []
@@ -149,16 +151,29 @@ public actor Engine: Service {
         complete(id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
     }
 
-    /// The result of request `id`, once it is done. Drives the steps itself when no
-    /// service loop is running.
+    /// The result of request `id`, once it is done. Without a service loop, callers take
+    /// turns driving the steps: one drives until its own request is done, then hands over
+    /// to a waiting caller (so a finished caller is never held back driving for others,
+    /// and a closed-loop client submits its next request at once).
     public func result(of id: UInt64) async throws -> GenerationResult {
-        if let result = results.removeValue(forKey: id) { return try result.get() }
-        guard runs[id] != nil else { throw GenerationError("no request \(id): expected the id of a submitted request whose result was not yet taken") }
-        if !isDriving {
-            try await drive(.request(id))
-            if let result = results.removeValue(forKey: id) { return try result.get() }
+        guard runs[id] != nil || results[id] != nil else {
+            throw GenerationError("no request \(id): expected the id of a submitted request whose result was not yet taken")
         }
-        return try await withCheckedThrowingContinuation { waiters[id] = $0 }
+        while true {
+            if let result = results.removeValue(forKey: id) { return try result.get() }
+            if isDriving {
+                await withCheckedContinuation { waiters[id] = $0 }
+            } else {
+                defer { handOver() }
+                try await drive(.request(id))
+            }
+        }
+    }
+
+    /// After a caller's drive ends: wakes one waiting caller to drive the rest.
+    private func handOver() {
+        guard !isDriving, let id = waiters.keys.first, let waiter = waiters.removeValue(forKey: id) else { return }
+        waiter.resume()
     }
 
     /// Submits a request and waits for its result.
@@ -194,11 +209,8 @@ public actor Engine: Service {
     private func complete(_ id: UInt64, with result: Result<GenerationResult, GenerationError>) {
         runs[id] = nil
         engineOf[id] = nil
-        if let waiter = waiters.removeValue(forKey: id) {
-            waiter.resume(with: result.mapError { $0 as any Error })
-        } else {
-            results[id] = result
-        }
+        results[id] = result
+        waiters.removeValue(forKey: id)?.resume()
     }
 
     // MARK: - Service
@@ -241,14 +253,14 @@ public actor Engine: Service {
     enum Goal {
         /// Serve until graceful shutdown and no work is left.
         case serve
-        /// Run until this request, and every request someone waits for, is done.
+        /// Run until this request is done.
         case request(UInt64)
     }
 
     private func holds(_ goal: Goal) -> Bool {
         switch goal {
         case .serve: accepting || hasWork
-        case let .request(id): runs[id] != nil || !waiters.isEmpty
+        case let .request(id): runs[id] != nil
         }
     }
 

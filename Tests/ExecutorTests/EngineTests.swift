@@ -65,4 +65,29 @@ import Testing
         #expect(await engine.freeKVBlocks == total)
         await engine.shutdown()
     }
+
+    @Test("without a service, a caller whose request is done returns at once and another caller drives the rest")
+    func callersTakeTurnsDriving() async throws {
+        let path = try TinyLlama().write()
+        defer { TemporaryFiles.remove(path) }
+        let engine = try await Engine.load(modelPath: path, options: Self.options())
+        // A closed-loop client: a short request, then another short one; meanwhile a long one runs.
+        // Whoever drives first, the client's second request must finish while the long one still runs.
+        actor Order { var names: [String] = []; func add(_ name: String) { names.append(name) } }
+        let order = Order()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                _ = try await engine.generate(Self.request(1, maxTokens: 3))
+                _ = try await engine.generate(Self.request(2, maxTokens: 3))
+                await order.add("client")
+            }
+            group.addTask {
+                _ = try await engine.generate(Self.request(3, maxTokens: 120))
+                await order.add("long")
+            }
+            try await group.waitForAll()
+        }
+        #expect(await order.names == ["client", "long"])
+        await engine.shutdown()
+    }
 }
