@@ -369,23 +369,28 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
 
 // MARK: - Attention
 
-static void attention_scores_scalar(const float *q, int group, int hd, const float *k, int kStride, int count,
+/// Element `index` of a float32 or half-precision cache.
+static inline float cache_at(const void *base, size_t index, int half) {
+    return half ? cohort_f16_to_f32(((const uint16_t *)base)[index]) : ((const float *)base)[index];
+}
+
+static void attention_scores_scalar(int half, const float *q, int group, int hd, const void *k, int kStride, int count,
                                     float scale, float *scores, int ldScores) {
     for (int j = 0; j < count; j++) {
         for (int i = 0; i < group; i++) {
             float s = 0;
-            for (int d = 0; d < hd; d++) s += q[i * hd + d] * k[(size_t)j * kStride + d];
+            for (int d = 0; d < hd; d++) s += q[i * hd + d] * cache_at(k, (size_t)j * kStride + d, half);
             scores[i * ldScores + j] = s * scale;
         }
     }
 }
 
-static void attention_values_scalar(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
-                                    float *out) {
+static void attention_values_scalar(int half, const float *p, int ldP, int group, int hd, const void *v, int vStride,
+                                    int count, float *out) {
     for (int j = 0; j < count; j++) {
         for (int i = 0; i < group; i++) {
             const float w = p[i * ldP + j];
-            for (int d = 0; d < hd; d++) out[i * hd + d] += w * v[(size_t)j * vStride + d];
+            for (int d = 0; d < hd; d++) out[i * hd + d] += w * cache_at(v, (size_t)j * vStride + d, half);
         }
     }
 }
@@ -400,11 +405,18 @@ static inline __m256 hsum8_ps(const __m256 a[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+/// Eight cache values at element `index` as floats: float32, or half precision (`half`).
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline __m256 load_cache8(const void *base, size_t index, int half) {
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + index)));
+    return _mm256_loadu_ps((const float *)base + index);
+}
+
 /// Eight keys at a time per head: eight running dot products, reduced together (one
 /// horizontal sum per key costs more than the dot product itself at 64 dimensions).
-__attribute__((target("avx2,fma,f16c")))
-static void attention_scores_avx2(const float *q, int group, int hd, const float *k, int kStride, int count,
-                                  float scale, float *scores, int ldScores) {
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void attention_scores_avx2(int half, const float *q, int group, int hd, const void *k, int kStride,
+                                         int count, float scale, float *scores, int ldScores) {
     const __m256 vscale = _mm256_set1_ps(scale);
     for (int i = 0; i < group; i++) {
         const float *qi = q + i * hd;
@@ -416,23 +428,23 @@ static void attention_scores_avx2(const float *q, int group, int hd, const float
             for (int d = 0; d < hd; d += 8) {
                 const __m256 qv = _mm256_loadu_ps(qi + d);
                 for (int u = 0; u < 8; u++)
-                    acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (size_t)(j + u) * kStride + d), acc[u]);
+                    acc[u] = _mm256_fmadd_ps(qv, load_cache8(k, (size_t)(j + u) * kStride + d, half), acc[u]);
             }
             _mm256_storeu_ps(out + j, _mm256_mul_ps(hsum8_ps(acc), vscale));
         }
         for (; j < count; j++) {
-            const float *kj = k + (size_t)j * kStride;
             __m256 acc = _mm256_setzero_ps();
-            for (int d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kj + d), acc);
+            for (int d = 0; d < hd; d += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), load_cache8(k, (size_t)j * kStride + d, half), acc);
             out[j] = hsum_ps(acc) * scale;
         }
     }
 }
 
 /// Per head, 32 output dimensions stay in registers across the run of values.
-__attribute__((target("avx2,fma,f16c")))
-static void attention_values_avx2(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
-                                  float *out) {
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void attention_values_avx2(int half, const float *p, int ldP, int group, int hd, const void *v, int vStride,
+                                         int count, float *out) {
     for (int i = 0; i < group; i++) {
         const float *pi = p + i * ldP;
         float *o = out + i * hd;
@@ -442,11 +454,11 @@ static void attention_values_avx2(const float *p, int ldP, int group, int hd, co
             __m256 a2 = _mm256_loadu_ps(o + d + 16), a3 = _mm256_loadu_ps(o + d + 24);
             for (int j = 0; j < count; j++) {
                 const __m256 w = _mm256_set1_ps(pi[j]);
-                const float *vj = v + (size_t)j * vStride + d;
-                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj), a0);
-                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8), a1);
-                a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 16), a2);
-                a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 24), a3);
+                const size_t e = (size_t)j * vStride + d;
+                a0 = _mm256_fmadd_ps(w, load_cache8(v, e, half), a0);
+                a1 = _mm256_fmadd_ps(w, load_cache8(v, e + 8, half), a1);
+                a2 = _mm256_fmadd_ps(w, load_cache8(v, e + 16, half), a2);
+                a3 = _mm256_fmadd_ps(w, load_cache8(v, e + 24, half), a3);
             }
             _mm256_storeu_ps(o + d, a0);
             _mm256_storeu_ps(o + d + 8, a1);
@@ -455,10 +467,37 @@ static void attention_values_avx2(const float *p, int ldP, int group, int hd, co
         }
         for (; d < hd; d += 8) {
             __m256 a = _mm256_loadu_ps(o + d);
-            for (int j = 0; j < count; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(pi[j]), _mm256_loadu_ps(v + (size_t)j * vStride + d), a);
+            for (int j = 0; j < count; j++)
+                a = _mm256_fmadd_ps(_mm256_set1_ps(pi[j]), load_cache8(v, (size_t)j * vStride + d, half), a);
             _mm256_storeu_ps(o + d, a);
         }
     }
+}
+
+/// Eight floats to half precision, rounded to nearest even (as cohort_f32_to_f16).
+__attribute__((target("avx2,fma,f16c")))
+static void store_half8(const float *x, uint16_t *y) {
+    _mm_storeu_si128((__m128i *)y, _mm256_cvtps_ph(_mm256_loadu_ps(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// One instance per cache element type.
+__attribute__((target("avx2,fma,f16c")))
+static void scores_f32(const float *q, int group, int hd, const void *k, int kStride, int count, float scale,
+                       float *scores, int ldScores) {
+    attention_scores_avx2(0, q, group, hd, k, kStride, count, scale, scores, ldScores);
+}
+__attribute__((target("avx2,fma,f16c")))
+static void scores_f16(const float *q, int group, int hd, const void *k, int kStride, int count, float scale,
+                       float *scores, int ldScores) {
+    attention_scores_avx2(1, q, group, hd, k, kStride, count, scale, scores, ldScores);
+}
+__attribute__((target("avx2,fma,f16c")))
+static void values_f32(const float *p, int ldP, int group, int hd, const void *v, int vStride, int count, float *out) {
+    attention_values_avx2(0, p, ldP, group, hd, v, vStride, count, out);
+}
+__attribute__((target("avx2,fma,f16c")))
+static void values_f16(const float *p, int ldP, int group, int hd, const void *v, int vStride, int count, float *out) {
+    attention_values_avx2(1, p, ldP, group, hd, v, vStride, count, out);
 }
 
 /// e^x for eight lanes (Cephes' expf: range reduction by ln 2, degree-5 polynomial;
@@ -551,28 +590,37 @@ void cohort_swiglu(float *gate, const float *up, int n) {
     for (int i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-void cohort_attention_scores(const float *q, int group, int hd, const float *k, int kStride, int count,
+void cohort_attention_scores(const float *q, int group, int hd, const void *k, int half, int kStride, int count,
                              float scale, float *scores, int ldScores) {
 #if COHORT_X86
     if (cohort_cpu_has_avx2() && hd % 8 == 0) {
-        attention_scores_avx2(q, group, hd, k, kStride, count, scale, scores, ldScores);
+        (half ? scores_f16 : scores_f32)(q, group, hd, k, kStride, count, scale, scores, ldScores);
         return;
     }
 #endif
-    attention_scores_scalar(q, group, hd, k, kStride, count, scale, scores, ldScores);
+    attention_scores_scalar(half, q, group, hd, k, kStride, count, scale, scores, ldScores);
 }
 
-void cohort_attention_values(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
+void cohort_attention_values(const float *p, int ldP, int group, int hd, const void *v, int half, int vStride, int count,
                              float *out) {
 #if COHORT_X86
     if (cohort_cpu_has_avx2() && hd % 8 == 0) {
-        attention_values_avx2(p, ldP, group, hd, v, vStride, count, out);
+        (half ? values_f16 : values_f32)(p, ldP, group, hd, v, vStride, count, out);
         return;
     }
 #endif
-    attention_values_scalar(p, ldP, group, hd, v, vStride, count, out);
+    attention_values_scalar(half, p, ldP, group, hd, v, vStride, count, out);
 }
 
+void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n) {
+    int i = 0;
+#if COHORT_X86
+    if (cohort_cpu_has_avx2()) {
+        for (; i + 8 <= n; i += 8) store_half8(x + i, y + i);
+    }
+#endif
+    for (; i < n; i++) y[i] = cohort_f32_to_f16(x[i]);
+}
 
 // MARK: - Packed panels (AVX-512 VNNI)
 //
@@ -752,11 +800,15 @@ void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd
     const tile_fn *tiles = type == COHORT_TYPE_Q8_0 ? eight : four;
     for (int p = rowBegin / 8; p < rowEnd / 8; p++) {
         const char *panel = (const char *)packed + (size_t)p * nb * blockBytes;
-        for (int t = 0; t < tokens; t += PANEL_TOKENS) {
-            const int T = tokens - t < PANEL_TOKENS ? tokens - t : PANEL_TOKENS;
+        // Tiles as even as possible (17 tokens: 6 + 6 + 5, not 8 + 8 + 1): a small tile
+        // unpacks the weights for few tokens.
+        const int tileCount = (tokens + PANEL_TOKENS - 1) / PANEL_TOKENS;
+        for (int tile = 0, t = 0; tile < tileCount; tile++) {
+            const int T = tokens / tileCount + (tile < tokens % tileCount ? 1 : 0);
             const cohort_q8_block *rows[PANEL_TOKENS];
             for (int i = 0; i < T; i++) rows[i] = a + (size_t)(t + i) * nb;
             tiles[T - 1](nb, panel, rows, y + (size_t)t * ldy + 8 * p, ldy);
+            t += T;
         }
     }
 #else

@@ -52,7 +52,8 @@ final class WorkerGrid {
             options.pipelineLayers = try PipelineStage.balancedLayerCounts(configuration, stages: layout.pipelineParallel)
         }
         let grid = try ModelGrid(configuration: configuration, layout: layout, layerCounts: options.pipelineLayers)
-        let kvBlocks = grid.kvBlocks(budgetBytes: options.kvCacheMiB << 20, blockSize: ModelOptions().blockSize)
+        let model = options.modelOptions
+        let kvBlocks = grid.kvBlocks(budgetBytes: model.kvCacheBytes, blockSize: model.blockSize, element: model.cacheElement)
         self.layout = layout
         self.kvBlocks = kvBlocks
 

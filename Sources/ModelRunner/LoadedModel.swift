@@ -20,6 +20,9 @@ public struct ModelOptions: Sendable, Equatable {
     /// Layers per stage; nil: an even split.
     public var pipelineLayers: [Int]?
 
+    /// What the KV cache stores: half precision in fast mode, float32 in precise mode.
+    public var cacheElement: CacheElement { .default(for: mode) }
+
     public init(
         threads: Int = 1, mode: NumericMode = .fast, kvCacheBytes: Int = 256 << 20, blockSize: Int = 16, maxBatchTokens: Int = 512,
         kvBlocks: Int? = nil, pipelineStage: Int = 0, pipelineStages: Int = 1, pipelineLayers: [Int]? = nil
@@ -92,7 +95,8 @@ public final class LoadedModel {
         }
         let stage = stages[options.pipelineStage]
         let blockBytes = PagedKVCache.bytesPerBlock(
-            layers: stage.layers.count, blockSize: options.blockSize, kvDimensions: shard.local(configuration).kvDimensions)
+            layers: stage.layers.count, blockSize: options.blockSize, kvDimensions: shard.local(configuration).kvDimensions,
+            element: options.cacheElement)
         let blocks = options.kvBlocks ?? max(1, options.kvCacheBytes / blockBytes)
         guard blocks >= 1 else { throw LayoutError("a KV cache needs at least one block, got \(blocks)") }
 

@@ -51,12 +51,12 @@ import Testing
     func gridBlocks() throws {
         let c = LlamaConfiguration(layers: 30, hiddenSize: 576, feedForwardSize: 1536, attentionHeads: 9, kvHeads: 3, vocabularySize: 49152)
         let whole = try ModelGrid(configuration: c, layout: .single)
-        let perBlock = PagedKVCache.bytesPerBlock(layers: 30, blockSize: 16, kvDimensions: 192)
-        #expect(whole.kvBlocks(budgetBytes: 64 << 20, blockSize: 16) == (64 << 20) / perBlock)
+        let perBlock = PagedKVCache.bytesPerBlock(layers: 30, blockSize: 16, kvDimensions: 192, element: .f16)
+        #expect(whole.kvBlocks(budgetBytes: 64 << 20, blockSize: 16, element: .f16) == (64 << 20) / perBlock)
         // PP 2 with 20 + 10 layers and TP 2 (2 + 1 KV heads): the 20-layer, 2-head ranks hold the fewest.
         let grid = try ModelGrid(configuration: c, layout: try ParallelLayout(tensorParallel: 2, pipelineParallel: 2), layerCounts: [20, 10])
-        let smallest = PagedKVCache.bytesPerBlock(layers: 20, blockSize: 16, kvDimensions: 128)
-        #expect(grid.kvBlocks(budgetBytes: 64 << 20, blockSize: 16) == (64 << 20) / smallest)
+        let smallest = PagedKVCache.bytesPerBlock(layers: 20, blockSize: 16, kvDimensions: 128, element: .f16)
+        #expect(grid.kvBlocks(budgetBytes: 64 << 20, blockSize: 16, element: .f16) == (64 << 20) / smallest)
     }
 
     struct Shape: Sendable, CustomStringConvertible {

@@ -60,15 +60,20 @@ int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int 
 void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd, int k,
                           const cohort_q8_block *a, int tokens, float *y, int ldy);
 
-/// Attention scores against `count` cached keys `kStride` floats apart, for `group` query
-/// heads of `hd` floats each: scores[i * ldScores + j] = scale · dot(q_i, k_j).
-void cohort_attention_scores(const float *q, int group, int hd, const float *k, int kStride, int count,
+/// Attention scores against `count` cached keys `kStride` elements apart, for `group`
+/// query heads of `hd` floats each: scores[i * ldScores + j] = scale · dot(q_i, k_j). The
+/// cache holds float32, or IEEE half when `half` is 1.
+void cohort_attention_scores(const float *q, int group, int hd, const void *k, int half, int kStride, int count,
                              float scale, float *scores, int ldScores);
 
-/// out_i += Σ_j p[i * ldP + j] · v_j over `count` cached values `vStride` floats apart, for
-/// `group` heads of `hd` floats (out_i at out + i · hd).
-void cohort_attention_values(const float *p, int ldP, int group, int hd, const float *v, int vStride, int count,
+/// out_i += Σ_j p[i * ldP + j] · v_j over `count` cached values `vStride` elements apart
+/// (float32, or IEEE half when `half` is 1), for `group` heads of `hd` floats (out_i at
+/// out + i · hd).
+void cohort_attention_values(const float *p, int ldP, int group, int hd, const void *v, int half, int vStride, int count,
                              float *out);
+
+/// y[i] = half(x[i]) for `n` floats, rounded to nearest even.
+void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n);
 
 /// In-place softmax over `n` floats (a vectorized exp on AVX2).
 void cohort_softmax(float *x, int n);

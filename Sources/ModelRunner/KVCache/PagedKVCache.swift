@@ -1,31 +1,38 @@
+public import Kernels
+
 /// Keys and values of every cached token, in fixed-size blocks addressed through
 /// per-sequence block tables (vLLM's paged attention layout, on the CPU).
 ///
 /// Memory: one allocation made up front, `layers × 2 × blocks × blockSize × kvDimensions`
-/// floats. Token `p` of a sequence lives in physical block `table[p / blockSize]` at slot
-/// `p % blockSize`. Float32, so that `--precise` keeps its error bound.
+/// elements. Token `p` of a sequence lives in physical block `table[p / blockSize]` at slot
+/// `p % blockSize`. Elements are half precision in fast mode (as llama.cpp's default: half
+/// the memory, so twice the blocks per MiB, and half the traffic of attention, which reads
+/// the whole context of every sequence each step) and float32 with `--precise`, so that
+/// its error bound holds.
 public final class PagedKVCache {
     public let layers: Int
     public let blockCount: Int
     public let blockSize: Int
     public let kvDimensions: Int
-    private let storage: UnsafeMutablePointer<Float>
+    public let element: CacheElement
+    private let storage: UnsafeMutableRawPointer
 
     /// Bytes one block takes across all layers, keys and values.
-    public static func bytesPerBlock(layers: Int, blockSize: Int, kvDimensions: Int) -> Int {
-        layers * 2 * blockSize * kvDimensions * MemoryLayout<Float>.size
+    public static func bytesPerBlock(layers: Int, blockSize: Int, kvDimensions: Int, element: CacheElement) -> Int {
+        layers * 2 * blockSize * kvDimensions * element.byteCount
     }
 
-    public init(layers: Int, blockCount: Int, blockSize: Int, kvDimensions: Int) {
+    public init(layers: Int, blockCount: Int, blockSize: Int, kvDimensions: Int, element: CacheElement) {
         precondition(layers > 0 && blockCount > 0 && blockSize > 0 && kvDimensions > 0, "KV cache sizes must be positive")
         self.layers = layers
         self.blockCount = blockCount
         self.blockSize = blockSize
         self.kvDimensions = kvDimensions
-        let count = layers * 2 * blockCount * blockSize * kvDimensions
+        self.element = element
+        let bytes = Self.bytesPerBlock(layers: layers, blockSize: blockSize, kvDimensions: kvDimensions, element: element) * blockCount
         // Not initialised: a slot is read only after its token was written, so blocks cost
         // resident memory only once used.
-        storage = .allocate(capacity: count)
+        storage = .allocate(byteCount: bytes, alignment: 64)
     }
 
     deinit { storage.deallocate() }
@@ -33,28 +40,36 @@ public final class PagedKVCache {
     public var capacityTokens: Int { blockCount * blockSize }
 
     @inline(__always)
-    private func layerBase(_ layer: Int, values: Bool) -> UnsafeMutablePointer<Float> {
-        storage + ((layer * 2 + (values ? 1 : 0)) * blockCount * blockSize * kvDimensions)
+    private func layerBase(_ layer: Int, values: Bool) -> UnsafeMutableRawPointer {
+        storage + (layer * 2 + (values ? 1 : 0)) * blockCount * blockSize * kvDimensions * element.byteCount
     }
 
-    /// The key vector of the token in `slot` (= block · blockSize + offset) for `layer`.
+    /// The key vector of the token in `slot` (= block · blockSize + offset) for `layer`,
+    /// `kvDimensions` elements of type `element`.
     @inline(__always)
-    public func key(layer: Int, slot: Int) -> UnsafeMutablePointer<Float> {
-        layerBase(layer, values: false) + slot * kvDimensions
+    public func key(layer: Int, slot: Int) -> UnsafeMutableRawPointer {
+        layerBase(layer, values: false) + slot * kvDimensions * element.byteCount
     }
 
     @inline(__always)
-    public func value(layer: Int, slot: Int) -> UnsafeMutablePointer<Float> {
-        layerBase(layer, values: true) + slot * kvDimensions
+    public func value(layer: Int, slot: Int) -> UnsafeMutableRawPointer {
+        layerBase(layer, values: true) + slot * kvDimensions * element.byteCount
+    }
+
+    /// Writes one token's key and value (`kvDimensions` floats each) into `slot`.
+    @inline(__always)
+    public func store(layer: Int, slot: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
+        element.store(key, count: kvDimensions, to: self.key(layer: layer, slot: slot))
+        element.store(value, count: kvDimensions, to: self.value(layer: layer, slot: slot))
     }
 
     /// Copies the contents of one block onto another in every layer (copy-on-write forks).
     public func copyBlock(from source: Int, to destination: Int) {
-        let n = blockSize * kvDimensions
+        let n = blockSize * kvDimensions * element.byteCount
         for layer in 0..<layers {
             for values in [false, true] {
                 let base = layerBase(layer, values: values)
-                (base + destination * n).update(from: base + source * n, count: n)
+                (base + destination * n).copyMemory(from: base + source * n, byteCount: n)
             }
         }
     }

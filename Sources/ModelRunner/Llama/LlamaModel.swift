@@ -60,7 +60,9 @@ public final class LlamaModel {
         self.maxBatchTokens = maxBatchTokens
         self.maxContext = min(configuration.contextLength, cacheBlocks * blockSize)
         let c = local
-        cache = PagedKVCache(layers: stage.layers.count, blockCount: cacheBlocks, blockSize: blockSize, kvDimensions: c.kvDimensions)
+        cache = PagedKVCache(
+            layers: stage.layers.count, blockCount: cacheBlocks, blockSize: blockSize, kvDimensions: c.kvDimensions,
+            element: .default(for: mode))
         pool = ThreadPool(threads: threads)
         matmul = MatMul(
             maxTokens: maxBatchTokens,
@@ -153,8 +155,7 @@ public final class LlamaModel {
                 RoPE.apply(s.q + t * qDim, heads: H, headDimensions: hd, pairs: pairs, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
                 RoPE.apply(s.k + t * kvDim, heads: KVH, headDimensions: hd, pairs: pairs, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
                 let slot = Int(s.slots[t])
-                cache.key(layer: layerIndex, slot: slot).update(from: s.k + t * kvDim, count: kvDim)
-                cache.value(layer: layerIndex, slot: slot).update(from: s.v + t * kvDim, count: kvDim)
+                cache.store(layer: layerIndex, slot: slot, key: s.k + t * kvDim, value: s.v + t * kvDim)
             }
             attention(layer: layerIndex, batch: batch)
             matmul.run(input: s.attention, inputStride: qDim, tokens: T, Projection(layer.attentionOutput, into: s.xn),
@@ -229,6 +230,7 @@ public final class LlamaModel {
         let scale = 1 / Float(hd).squareRoot()
         let s = scratch
         let cache = self.cache
+        let element = cache.element
         batch.positions.withUnsafeBufferPointer { positions in
             batch.sequenceOfToken.withUnsafeBufferPointer { sequenceOf in
                 batch.blockTables.withUnsafeBufferPointer { tables in
@@ -250,7 +252,8 @@ public final class LlamaModel {
                                     let slot = Int(table[j / bs]) * bs
                                     Attention.scores(
                                         queries: q, group: group, headDimensions: hd,
-                                        keys: cache.key(layer: layer, slot: slot) + kvOffset, keyStride: cache.kvDimensions,
+                                        keys: cache.key(layer: layer, slot: slot) + kvOffset * element.byteCount, element: element,
+                                        keyStride: cache.kvDimensions,
                                         count: run, scale: scale, into: scores + j, stride: s.maxContext)
                                     j += run
                                 }
@@ -262,7 +265,8 @@ public final class LlamaModel {
                                     let slot = Int(table[j / bs]) * bs
                                     Attention.accumulateValues(
                                         weights: scores + j, stride: s.maxContext, group: group, headDimensions: hd,
-                                        values: cache.value(layer: layer, slot: slot) + kvOffset, valueStride: cache.kvDimensions,
+                                        values: cache.value(layer: layer, slot: slot) + kvOffset * element.byteCount, element: element,
+                                        valueStride: cache.kvDimensions,
                                         count: run, into: out)
                                     j += run
                                 }

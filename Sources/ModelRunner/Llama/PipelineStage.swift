@@ -1,3 +1,4 @@
+public import Kernels
 public import ExecutorCore
 
 /// Which contiguous layers one pipeline stage runs.
@@ -117,12 +118,13 @@ public struct ModelGrid: Sendable, Equatable {
 
     /// KV blocks every rank can hold within `bytes` of cache memory each: the smallest
     /// worker's count (the stage with the most layers, the shard with the most KV heads).
-    public func kvBlocks(budgetBytes bytes: Int, blockSize: Int) -> Int {
+    public func kvBlocks(budgetBytes bytes: Int, blockSize: Int, element: CacheElement) -> Int {
         var blocks = Int.max
         for stage in stages {
             for shard in shards {
                 let perBlock = PagedKVCache.bytesPerBlock(
-                    layers: stage.layers.count, blockSize: blockSize, kvDimensions: shard.local(configuration).kvDimensions)
+                    layers: stage.layers.count, blockSize: blockSize, kvDimensions: shard.local(configuration).kvDimensions,
+                    element: element)
                 blocks = min(blocks, bytes / perBlock)
             }
         }
