@@ -396,6 +396,13 @@ static void attention_values_scalar(int half, const float *p, int ldP, int group
 }
 
 #if COHORT_X86
+/// Eight cache values at element `index` as floats: float32, or half precision (`half`).
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline __m256 load_cache8(const void *base, size_t index, int half) {
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + index)));
+    return _mm256_loadu_ps((const float *)base + index);
+}
+
 /// The sums of eight vectors, one per lane.
 __attribute__((target("avx2,fma,f16c")))
 static inline __m256 hsum8_ps(const __m256 a[8]) {
@@ -403,13 +410,6 @@ static inline __m256 hsum8_ps(const __m256 a[8]) {
     const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
     const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
-/// Eight cache values at element `index` as floats: float32, or half precision (`half`).
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline __m256 load_cache8(const void *base, size_t index, int half) {
-    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + index)));
-    return _mm256_loadu_ps((const float *)base + index);
 }
 
 /// Eight keys at a time per head: eight running dot products, reduced together (one
@@ -441,35 +441,53 @@ static inline void attention_scores_avx2(int half, const float *q, int group, in
     }
 }
 
-/// Per head, 32 output dimensions stay in registers across the run of values.
+/// Weighted sums of the values for G heads (1…3): 16 output dimensions of each head stay
+/// in registers across the run, and each value is loaded (and converted) once for all G.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void values_heads(int half, int G, const float *p, int ldP, int hd, const void *v, int vStride, int count,
+                                float *out) {
+    int d = 0;
+    for (; d + 16 <= hd; d += 16) {
+        __m256 acc[3][2];
+        for (int g = 0; g < G; g++) {
+            acc[g][0] = _mm256_loadu_ps(out + g * hd + d);
+            acc[g][1] = _mm256_loadu_ps(out + g * hd + d + 8);
+        }
+        for (int j = 0; j < count; j++) {
+            const size_t e = (size_t)j * vStride + d;
+            const __m256 v0 = load_cache8(v, e, half), v1 = load_cache8(v, e + 8, half);
+            for (int g = 0; g < G; g++) {
+                const __m256 w = _mm256_set1_ps(p[g * ldP + j]);
+                acc[g][0] = _mm256_fmadd_ps(w, v0, acc[g][0]);
+                acc[g][1] = _mm256_fmadd_ps(w, v1, acc[g][1]);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            _mm256_storeu_ps(out + g * hd + d, acc[g][0]);
+            _mm256_storeu_ps(out + g * hd + d + 8, acc[g][1]);
+        }
+    }
+    for (; d < hd; d += 8) {
+        __m256 acc[3];
+        for (int g = 0; g < G; g++) acc[g] = _mm256_loadu_ps(out + g * hd + d);
+        for (int j = 0; j < count; j++) {
+            const __m256 vv = load_cache8(v, (size_t)j * vStride + d, half);
+            for (int g = 0; g < G; g++) acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(p[g * ldP + j]), vv, acc[g]);
+        }
+        for (int g = 0; g < G; g++) _mm256_storeu_ps(out + g * hd + d, acc[g]);
+    }
+}
+
 __attribute__((target("avx2,fma,f16c"), always_inline))
 static inline void attention_values_avx2(int half, const float *p, int ldP, int group, int hd, const void *v, int vStride,
                                          int count, float *out) {
-    for (int i = 0; i < group; i++) {
-        const float *pi = p + i * ldP;
-        float *o = out + i * hd;
-        int d = 0;
-        for (; d + 32 <= hd; d += 32) {
-            __m256 a0 = _mm256_loadu_ps(o + d), a1 = _mm256_loadu_ps(o + d + 8);
-            __m256 a2 = _mm256_loadu_ps(o + d + 16), a3 = _mm256_loadu_ps(o + d + 24);
-            for (int j = 0; j < count; j++) {
-                const __m256 w = _mm256_set1_ps(pi[j]);
-                const size_t e = (size_t)j * vStride + d;
-                a0 = _mm256_fmadd_ps(w, load_cache8(v, e, half), a0);
-                a1 = _mm256_fmadd_ps(w, load_cache8(v, e + 8, half), a1);
-                a2 = _mm256_fmadd_ps(w, load_cache8(v, e + 16, half), a2);
-                a3 = _mm256_fmadd_ps(w, load_cache8(v, e + 24, half), a3);
-            }
-            _mm256_storeu_ps(o + d, a0);
-            _mm256_storeu_ps(o + d + 8, a1);
-            _mm256_storeu_ps(o + d + 16, a2);
-            _mm256_storeu_ps(o + d + 24, a3);
-        }
-        for (; d < hd; d += 8) {
-            __m256 a = _mm256_loadu_ps(o + d);
-            for (int j = 0; j < count; j++)
-                a = _mm256_fmadd_ps(_mm256_set1_ps(pi[j]), load_cache8(v, (size_t)j * vStride + d, half), a);
-            _mm256_storeu_ps(o + d, a);
+    for (int h = 0; h < group; h += 3) {
+        const float *ph = p + h * ldP;
+        float *oh = out + h * hd;
+        switch (group - h) {
+        case 1: values_heads(half, 1, ph, ldP, hd, v, vStride, count, oh); break;
+        case 2: values_heads(half, 2, ph, ldP, hd, v, vStride, count, oh); break;
+        default: values_heads(half, 3, ph, ldP, hd, v, vStride, count, oh); break;
         }
     }
 }
@@ -610,6 +628,13 @@ void cohort_attention_values(const float *p, int ldP, int group, int hd, const v
     }
 #endif
     attention_values_scalar(half, p, ldP, group, hd, v, vStride, count, out);
+}
+
+void cohort_prefetch_rows(const void *base, size_t strideBytes, int rows, int rowBytes) {
+    for (int r = 0; r < rows; r++) {
+        const char *row = (const char *)base + (size_t)r * strideBytes;
+        for (int b = 0; b < rowBytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+    }
 }
 
 void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n) {

@@ -29,6 +29,15 @@ public enum Attention {
     }
 }
 
+extension Attention {
+    /// Starts fetching `rows` cached vectors of `headDimensions` elements, `stride`
+    /// elements apart: the next block's keys or values, while this block is computed.
+    @inline(__always)
+    public static func prefetch(_ base: UnsafeRawPointer, element: CacheElement, stride: Int, rows: Int, headDimensions: Int) {
+        cohort_prefetch_rows(base, stride * element.byteCount, Int32(rows), Int32(headDimensions * element.byteCount))
+    }
+}
+
 /// How a KV cache stores its values.
 public enum CacheElement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// IEEE binary16: half the memory and memory traffic (llama.cpp's default cache type).

@@ -72,6 +72,10 @@ void cohort_attention_scores(const float *q, int group, int hd, const void *k, i
 void cohort_attention_values(const float *p, int ldP, int group, int hd, const void *v, int half, int vStride, int count,
                              float *out);
 
+/// Asks the CPU to fetch `rows` rows of `rowBytes` bytes, `strideBytes` apart, into cache
+/// (the next block of keys or values while this one is computed).
+void cohort_prefetch_rows(const void *base, size_t strideBytes, int rows, int rowBytes);
+
 /// y[i] = half(x[i]) for `n` floats, rounded to nearest even.
 void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n);
 

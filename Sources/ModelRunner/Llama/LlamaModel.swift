@@ -246,10 +246,23 @@ public final class LlamaModel {
                                 let length = Int(positions[t]) + 1
                                 let table = tables.baseAddress! + Int(tableStart[Int(sequenceOf[t])])
                                 // Block by block: the slots of one block are contiguous in the cache.
+                                // The next block's keys (and the first block's values) are
+                                // fetched while this block is computed: the cache of many
+                                // sequences is far larger than the CPU's caches.
+                                let kvStride = cache.kvDimensions
+                                func prefetch(_ j: Int, values: Bool) {
+                                    guard j < length else { return }
+                                    let slot = Int(table[j / bs]) * bs
+                                    let base = values ? cache.value(layer: layer, slot: slot) : cache.key(layer: layer, slot: slot)
+                                    Attention.prefetch(base + kvOffset * element.byteCount, element: element, stride: kvStride,
+                                                       rows: min(bs, length - j), headDimensions: hd)
+                                }
+                                prefetch(0, values: true)
                                 var j = 0
                                 while j < length {
                                     let run = min(bs, length - j)
                                     let slot = Int(table[j / bs]) * bs
+                                    prefetch(j + bs, values: false)
                                     Attention.scores(
                                         queries: q, group: group, headDimensions: hd,
                                         keys: cache.key(layer: layer, slot: slot) + kvOffset * element.byteCount, element: element,
@@ -263,6 +276,7 @@ public final class LlamaModel {
                                 while j < length {
                                     let run = min(bs, length - j)
                                     let slot = Int(table[j / bs]) * bs
+                                    prefetch(j + bs, values: true)
                                     Attention.accumulateValues(
                                         weights: scores + j, stride: s.maxContext, group: group, headDimensions: hd,
                                         values: cache.value(layer: layer, slot: slot) + kvOffset * element.byteCount, element: element,
