@@ -11,40 +11,42 @@ import Testing
         return (bytes, seen)
     }
 
-    @Test("scores and value sums equal plain loops over float32 and half caches, with and without vector tails",
+    @Test("scores and value sums equal plain loops over float32 and half caches, for query groups of 1 to 5 heads, with and without vector tails",
           arguments: [64, 24, 7], [5, 19])
     func matchesScalar(headDimensions hd: Int, count: Int) {
         for element in CacheElement.allCases {
-            let group = 3, stride = 2 * hd + 3  // keys interleaved with other data, as in the cache
-            let q = randomFloats(group * hd, seed: 1)
-            let (kBytes, k) = cached(randomFloats(count * stride, seed: 2), element)
-            let (vBytes, v) = cached(randomFloats(count * stride, seed: 3), element)
-            let ld = count + 4  // rows of scores are padded, as in the model
-            var scores = [Float](repeating: .nan, count: group * ld)
-            kBytes.withUnsafeBytes { keys in
-                Attention.scores(queries: q, group: group, headDimensions: hd, keys: keys.baseAddress!, element: element,
-                                 keyStride: stride, count: count, scale: 0.5, into: &scores, stride: ld)
-            }
-            for i in 0..<group {
-                for j in 0..<count {
-                    var want: Float = 0
-                    for d in 0..<hd { want += q[i * hd + d] * k[j * stride + d] }
-                    #expect(abs(scores[i * ld + j] - 0.5 * want) < 1e-4, "\(element) score \(i), \(j)")
+            for group in [1, 3, 5] {
+                let stride = 2 * hd + 3  // keys interleaved with other data, as in the cache
+                let q = randomFloats(group * hd, seed: 1)
+                let (kBytes, k) = cached(randomFloats(count * stride, seed: 2), element)
+                let (vBytes, v) = cached(randomFloats(count * stride, seed: 3), element)
+                let ld = count + 4  // rows of scores are padded, as in the model
+                var scores = [Float](repeating: .nan, count: group * ld)
+                kBytes.withUnsafeBytes { keys in
+                    Attention.scores(queries: q, group: group, headDimensions: hd, keys: keys.baseAddress!, element: element,
+                                     keyStride: stride, count: count, scale: 0.5, into: &scores, stride: ld)
                 }
-            }
-            let weights = randomFloats(group * ld, seed: 4)
-            var out = randomFloats(group * hd, seed: 5)
-            var want = out
-            for i in 0..<group {
-                for j in 0..<count {
-                    for d in 0..<hd { want[i * hd + d] += weights[i * ld + j] * v[j * stride + d] }
+                for i in 0..<group {
+                    for j in 0..<count {
+                        var want: Float = 0
+                        for d in 0..<hd { want += q[i * hd + d] * k[j * stride + d] }
+                        #expect(abs(scores[i * ld + j] - 0.5 * want) < 1e-4, "\(element) score \(i), \(j), group \(group)")
+                    }
                 }
+                let weights = randomFloats(group * ld, seed: 4)
+                var out = randomFloats(group * hd, seed: 5)
+                var want = out
+                for i in 0..<group {
+                    for j in 0..<count {
+                        for d in 0..<hd { want[i * hd + d] += weights[i * ld + j] * v[j * stride + d] }
+                    }
+                }
+                vBytes.withUnsafeBytes { values in
+                    Attention.accumulateValues(weights: weights, stride: ld, group: group, headDimensions: hd, values: values.baseAddress!,
+                                               element: element, valueStride: stride, count: count, into: &out)
+                }
+                #expect(Tolerance.maxAbsoluteDifference(out, want) < 1e-4, "\(element) values, group \(group)")
             }
-            vBytes.withUnsafeBytes { values in
-                Attention.accumulateValues(weights: weights, stride: ld, group: group, headDimensions: hd, values: values.baseAddress!,
-                                           element: element, valueStride: stride, count: count, into: &out)
-            }
-            #expect(Tolerance.maxAbsoluteDifference(out, want) < 1e-4, "\(element) values")
         }
     }
 
