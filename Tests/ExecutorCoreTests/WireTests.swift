@@ -28,7 +28,25 @@ import Testing
         ])
         var w = WireWriter()
         output.encode(into: &w)
-        #expect(try w.bytes.withUnsafeBytes { try StepOutput(decoding: $0) } == output)
+        #expect(try w.withBytes { try StepOutput(decoding: $0) } == output)
+    }
+
+    @Test("a writer grows past its first capacity and is reused after a reset")
+    func writerGrows() throws {
+        var sequences: [StepRequest.Sequence] = []
+        for i in 0..<300 {
+            let tokens = (0...(i % 7)).map { Int32($0) }
+            let table = (0..<(i % 13)).map { Int32($0) }
+            let sampling = SamplingParameters(stopStrings: ["stop \(i)", "…"])
+            sequences.append(.init(id: UInt64(i), tokens: tokens, startPosition: Int32(i), blockTable: table, sampling: sampling))
+        }
+        let big = StepRequest(step: 9, sequences: sequences)
+        var w = WireWriter(capacity: 64)
+        for request in [big, Self.request, big] {
+            request.encode(into: &w)
+            #expect(w.count > 0 && w.bytes.count == w.count)
+            #expect(try w.withBytes { try StepRequest(decoding: $0) } == request)
+        }
     }
 
     @Test("decoding into a reused value equals a fresh decode, growing and shrinking")
@@ -57,7 +75,7 @@ import Testing
         var w = WireWriter()
         StepOutput(step: 1, samples: []).encode(into: &w)
         #expect(throws: WireError.wrongMessage(expected: "CSTP", found: "COUT")) {
-            try w.bytes.withUnsafeBytes { _ = try StepRequest(decoding: $0) }
+            try w.withBytes { _ = try StepRequest(decoding: $0) }
         }
     }
 

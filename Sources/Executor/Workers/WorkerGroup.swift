@@ -181,7 +181,7 @@ public final class WorkerGroup: @unchecked Sendable {
         guard !isShutDown else { throw WorkerFailure.shutDown }
         command.encode(into: &writer)
         do {
-            return try writer.bytes.withUnsafeBytes { bytes in
+            return try writer.withBytes { bytes in
                 try channel.publish(bytes, timeout: configuration.stepTimeout, check: checkAlive)
             }
         } catch let error as WorkerFailure {
@@ -250,7 +250,7 @@ public final class WorkerGroup: @unchecked Sendable {
         isShutDown = true
         if failure == nil {
             WorkerCommand.stop.encode(into: &writer)
-            _ = try? writer.bytes.withUnsafeBytes { try channel.publish($0, timeout: 0.2, check: {}) }
+            _ = try? writer.withBytes { try channel.publish($0, timeout: 0.2, check: {}) }
         }
         launcher.releaseLifeline()
         for p in processes where p.wait(timeout: grace) == nil { p.kill(timeout: 5) }

@@ -276,7 +276,7 @@ final class RingEndpoint: WorkerEndpoint {
 
     func next(_ handle: (UnsafeRawBufferPointer, inout WireWriter) throws -> Bool) throws {
         try commands.read(reader: reader) { bytes in
-            if try handle(bytes, &writer) { _ = try writer.bytes.withUnsafeBytes { try replies.write($0) } }
+            if try handle(bytes, &writer) { _ = try writer.withBytes { try replies.write($0) } }
         }
     }
 }
@@ -290,6 +290,6 @@ final class TCPEndpoint: WorkerEndpoint {
 
     func next(_ handle: (UnsafeRawBufferPointer, inout WireWriter) throws -> Bool) throws {
         let reply = try connection.receive { bytes in try handle(bytes, &writer) }
-        if reply { try writer.bytes.withUnsafeBytes { try connection.send($0) } }
+        if reply { try writer.withBytes { try connection.send($0) } }
     }
 }

