@@ -274,9 +274,30 @@ public actor Engine: Service {
                 try step()
                 await Task.yield()  // let new requests and aborts in
             } else {
+                try pauseWorkers()
                 await withCheckedContinuation { sleepers.append($0) }
             }
         }
+        if !hasWork { try pauseWorkers() }
+    }
+
+    /// With nothing to run, the workers leave their execution loop (the seed's
+    /// `stop_remote_worker_execution_loop`); the next step puts them back.
+    private func pauseWorkers() throws {
+        guard failure == nil, executor.isExecutionLoopRunning else { return }
+        do { try executor.stopExecutionLoop() } catch { throw fail(error) }
+    }
+
+    /// Whether the workers are in their execution loop (they leave it while the engine is idle).
+    public var workersLooping: Bool { executor.isExecutionLoopRunning }
+
+    /// The executor failed (a worker died, say): every request fails with it.
+    private func fail(_ error: any Error) -> GenerationError {
+        let failure = error as? GenerationError ?? GenerationError("\(error)")
+        self.failure = failure
+        for id in Array(runs.keys) { complete(id, with: .failure(failure)) }
+        inFlight.removeAll()
+        return failure
     }
 
     /// Submits a step for every idle virtual engine with work, then takes the oldest output.
@@ -310,12 +331,7 @@ public actor Engine: Service {
                 }
             }
         } catch {
-            // The executor failed (a worker died, say): every request fails with it.
-            let failure = error as? GenerationError ?? GenerationError("\(error)")
-            self.failure = failure
-            for id in Array(runs.keys) { complete(id, with: .failure(failure)) }
-            inFlight.removeAll()
-            throw failure
+            throw fail(error)
         }
     }
 }

@@ -95,9 +95,31 @@ public actor Driver {
 
     // MARK: - Steps
 
+    /// Whether the workers are in their execution loop (taking steps).
+    public private(set) var isLooping = true
+
+    /// Takes every worker out of its execution loop: they stay up, answer health checks
+    /// and refuse steps. The next `execute` starts the loop again (as the seed's
+    /// `execute_model` does); so does `startExecutionLoop`. Idempotent.
+    public func stopExecutionLoop() async throws {
+        try checkRunning()
+        guard isLooping else { return }
+        _ = try await runAll { worker, _ in try await worker.stopExecutionLoop() }
+        isLooping = false
+    }
+
+    /// Puts every worker back into its execution loop. Idempotent.
+    public func startExecutionLoop() async throws {
+        try checkRunning()
+        guard !isLooping else { return }
+        _ = try await runAll { worker, _ in try await worker.startExecutionLoop() }
+        isLooping = true
+    }
+
     /// Runs one step on every rank; returns the last stage's output.
     public func execute(_ step: StepRequest) async throws -> StepOutput {
         try checkRunning()
+        try await startExecutionLoop()
         let outputs = try await runAll { worker, _ in try await worker.execute(step) }
         return try lastStageOutput(outputs, step: step)
     }
@@ -106,6 +128,7 @@ public actor Driver {
     /// while that stage runs: steps of other virtual engines use the other stages meanwhile.
     public nonisolated func execute(_ step: StepRequest, virtualEngine: Int) async throws -> StepOutput {
         try await checkRunning()
+        try await startExecutionLoop()
         guard virtualEngine >= 0 && virtualEngine < virtualEngines, Int(step.virtualEngine) == virtualEngine else {
             throw ExecutorError("virtual engine \(virtualEngine) (step says \(step.virtualEngine)): expected one of 0..<\(virtualEngines)")
         }

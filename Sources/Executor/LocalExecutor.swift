@@ -77,11 +77,36 @@ public final class LocalExecutor {
         let request = StepRequest(
             step: nextStep, virtualEngine: Int32(virtualEngine), sequences: sequences, finishedRequestIDs: finishedRequestIDs)
         switch backend {
-        case let .driver(_, worker): driverOutputs.append(try worker.executeNow(request))
+        case let .driver(_, worker):
+            worker.setLooping(true)  // after an idle stop, as the seed's execute_model does
+            driverOutputs.append(try worker.executeNow(request))
         case let .grid(grid): try grid.submit(request)
         }
         // Only a step that went out takes a number: workers expect them without gaps.
         nextStep += 1
+    }
+
+    /// Takes the workers out of their execution loop while there is nothing to run (the
+    /// seed's `stop_remote_worker_execution_loop`): they stay up and answer health checks;
+    /// the next `submit` puts them back. Idempotent.
+    /// - Throws: with steps still in flight, or when a worker fails to answer.
+    public func stopExecutionLoop() throws {
+        switch backend {
+        case let .driver(_, worker):
+            guard driverOutputs.isEmpty else {
+                throw ExecutorError("the execution loop stops between steps: \(driverOutputs.count) step(s) not yet received")
+            }
+            worker.setLooping(false)
+        case let .grid(grid): try grid.stopExecutionLoop()
+        }
+    }
+
+    /// Whether the workers are in their execution loop.
+    public var isExecutionLoopRunning: Bool {
+        switch backend {
+        case let .driver(_, worker): worker.isLooping
+        case let .grid(grid): grid.isLooping
+        }
     }
 
     /// The output of the oldest step submitted and not yet received.

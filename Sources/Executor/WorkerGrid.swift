@@ -154,6 +154,7 @@ final class WorkerGrid {
         // so the grid stays usable.
         try rank0.validateNow(request)
         do {
+            try workers.startExecutionLoop()  // after an idle stop, as the seed's execute_model does
             let start = MonotonicClock.nanoseconds()
             let collectivesBefore = rank0Group?.collectiveNanoseconds ?? 0
             try workers.broadcast(request)
@@ -173,6 +174,21 @@ final class WorkerGrid {
             throw workers.failure ?? error
         }
     }
+
+    /// Takes the worker processes out of their execution loop (they stay up and refuse
+    /// steps); the next `submit` puts them back. Idempotent.
+    /// - Throws: with steps still in flight, or when a worker fails to answer.
+    func stopExecutionLoop() throws {
+        guard inFlight.isEmpty else {
+            throw ExecutorError("the execution loop stops between steps: \(inFlight.count) step(s) still in flight")
+        }
+        do { try workers.stopExecutionLoop() } catch {
+            workers.shutdown()
+            throw workers.failure ?? error
+        }
+    }
+
+    var isLooping: Bool { workers.isLooping }
 
     /// The output of the oldest step in flight (waits for it).
     func receive() throws -> StepOutput {

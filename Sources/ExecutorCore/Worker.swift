@@ -33,6 +33,8 @@ public struct WorkerContext: Sendable, Hashable {
 ///     availableKVBlocks()          // the executor takes the minimum over all workers
 ///     initializeCache(blocks:virtualEngines:)
 ///     execute(step) …              // every step; the last stage returns the output
+///     stopExecutionLoop()          // idle: the worker stays up and refuses steps …
+///     startExecutionLoop()         // … until started again (step numbers continue)
 ///     checkHealth()                // any time
 ///     shutdown()                   // once; idempotent
 ///
@@ -48,6 +50,11 @@ public protocol Worker: Sendable {
     /// Runs this worker's part of a step; the last pipeline stage returns the sampled
     /// output, the others nil.
     func execute(_ step: StepRequest) async throws -> StepOutput?
+    /// Takes steps again after `stopExecutionLoop` (workers start in their loop).
+    func startExecutionLoop() async throws
+    /// Leaves the execution loop: the worker stays up and answers health checks, and
+    /// refuses steps until `startExecutionLoop`.
+    func stopExecutionLoop() async throws
     /// Throws when the worker cannot work.
     func checkHealth() async throws
     func shutdown() async

@@ -56,7 +56,12 @@ final class RecordingWorker: Worker {
     /// event has been recorded.
     let waitFor = Mutex<(virtualEngine: Int32, event: String)?>(nil)
 
+    let looping = Mutex(true)
+    func startExecutionLoop() async throws { looping.withLock { $0 = true }; record("loop on \(rank)") }
+    func stopExecutionLoop() async throws { looping.withLock { $0 = false }; record("loop off \(rank)") }
+
     func execute(_ step: StepRequest) async throws -> StepOutput? {
+        guard looping.withLock({ $0 }) else { throw ExecutorError("rank \(rank): a step while the execution loop is stopped") }
         record("start \(rank) ve\(step.virtualEngine)")
         if let (engine, event) = waitFor.withLock({ $0 }), step.virtualEngine == engine {
             let deadline = ContinuousClock.now + .seconds(5)
@@ -111,6 +116,26 @@ final class RecordingWorker: Worker {
         try await driver.start(contexts: contexts(layout))
         let output = try await driver.execute(StepRequest(step: 7, sequences: []))
         #expect(output.step == 7 && [2, 3].contains(output.samples[0].token))
+        await driver.shutdown()
+    }
+
+    @Test("the execution loop stops on every worker and the next step starts it again")
+    func executionLoop() async throws {
+        let shared = RecordingWorker.Shared()
+        let layout = try ParallelLayout(tensorParallel: 2, pipelineParallel: 2)
+        let workers = (0..<4).map { _ in RecordingWorker(shared: shared) }
+        let driver = Driver(layout: layout, workers: workers)
+        try await driver.start(contexts: contexts(layout))
+        try await driver.stopExecutionLoop()
+        try await driver.stopExecutionLoop()  // idempotent
+        #expect(await !driver.isLooping && workers.allSatisfy { !$0.looping.withLock { $0 } })
+        #expect(shared.events.withLock { $0.filter { $0.hasPrefix("loop off") }.count } == 4)
+        try await driver.checkHealth()  // stopped workers are still up
+        _ = try await driver.execute(StepRequest(step: 1, sequences: []))
+        #expect(await driver.isLooping && workers.allSatisfy { $0.looping.withLock { $0 } })
+        try await driver.stopExecutionLoop()
+        _ = try await driver.execute(StepRequest(step: 2, virtualEngine: 1, sequences: []), virtualEngine: 1)
+        #expect(shared.events.withLock { $0.filter { $0.hasPrefix("loop on") }.count } == 8)
         await driver.shutdown()
     }
 

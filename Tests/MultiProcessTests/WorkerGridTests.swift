@@ -62,6 +62,21 @@ import Testing
         }
     }
 
+    @Test("an idle engine takes the workers out of their execution loop and the next request puts them back")
+    func idleStopsTheLoop() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        let engine = try await Engine.load(modelPath: path, options: Self.options(pp: 2), configuration: .init(virtualEngines: 2))
+        let first = try await engine.generate(batch: Self.requests)
+        #expect(await !engine.workersLooping)
+        let pids = await engine.workerPIDs
+        let again = try await engine.generate(batch: Self.requests)
+        #expect(again.map(\.tokens) == first.map(\.tokens))
+        #expect(await engine.workerPIDs == pids)
+        #expect(await !engine.workersLooping)
+        await engine.shutdown()
+    }
+
     @Test("a worker killed in a pipeline fails the batch within a second, naming its rank; no process is left")
     func killedStage() async throws {
         let path = try Self.model()

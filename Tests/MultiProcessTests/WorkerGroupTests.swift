@@ -62,6 +62,24 @@ import Testing
         #expect(throws: WorkerFailure.shutDown) { try g.step(Self.request(100)) }
     }
 
+    @Test("the execution loop stops and restarts without the workers exiting; no step is sent while stopped",
+          arguments: transports)
+    func executionLoop(transport: WorkerGroup.Configuration.Transport) throws {
+        let g = try group(2, transport: transport)
+        defer { g.shutdown() }
+        _ = try g.step(Self.request(0))
+        let pids = g.processes.map(\.pid)
+        try g.stopExecutionLoop()
+        try g.stopExecutionLoop()  // idempotent
+        #expect(!g.isLooping)
+        try g.healthCheck()  // still up and answering
+        #expect(throws: WorkerFailure.loopStopped(step: 1)) { try g.step(Self.request(1)) }
+        try g.startExecutionLoop()
+        // The step numbers go on where they were: the refused step 1 was never sent.
+        for step in 1..<4 { #expect(try g.step(Self.request(UInt64(step))).allSatisfy { $0.step == UInt64(step) }) }
+        #expect(g.processes.map(\.pid) == pids && pids.allSatisfy { isRunning($0) })
+    }
+
     @Test("a worker killed with SIGKILL fails the pending step within 1 s, naming rank, pid and signal; no process remains",
           arguments: transports)
     func killedWorker(transport: WorkerGroup.Configuration.Transport) throws {

@@ -99,8 +99,19 @@ public final class ModelWorker: Worker {
 
     public func execute(_ step: StepRequest) async throws -> StepOutput? { try executeNow(step) }
 
+    public func startExecutionLoop() async throws { setLooping(true) }
+    public func stopExecutionLoop() async throws { setLooping(false) }
+
+    /// Whether this worker takes steps (`startExecutionLoop` / `stopExecutionLoop`).
+    public var isLooping: Bool { looping.withLock { $0 } }
+    private let looping = Mutex(true)
+
+    /// The loop's state, for callers outside Swift concurrency.
+    public func setLooping(_ on: Bool) { looping.withLock { $0 = on } }
+
     /// `execute` for callers outside Swift concurrency (a worker process's loop).
     public func executeNow(_ step: StepRequest) throws -> StepOutput {
+        guard isLooping else { throw ExecutorError("step \(step.step) arrived while the worker's execution loop is stopped") }
         let tensorRank = group?.group.rank ?? 0
         return try withState { s in
             try Self.run(step, on: s, sample: tensorRank == 0 && s.loaded.model.stage.isLast, links: links, tensorRank: tensorRank)

@@ -137,6 +137,7 @@ public final class WorkerGroup: @unchecked Sendable {
     /// meanwhile). Several steps may be in flight (pipeline stages work on different
     /// steps); `collect` gathers them in the order they were sent.
     public func broadcast(_ request: StepRequest) throws {
+        guard isLooping else { throw WorkerFailure.loopStopped(step: request.step) }
         inFlight.append((request.step, try send(.step(request))))
     }
 
@@ -165,9 +166,32 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Asks every worker whether it can work.
     public func healthCheck() throws {
-        precondition(inFlight.isEmpty, "a health check waits for every step in flight to be collected first")
-        let sequence = try send(.healthCheck)
-        let answers = try gather(what: "a health check", sequence: sequence) { _, bytes throws(WireError) in try WorkerReply(decoding: bytes) }
+        try control(.healthCheck, what: "a health check")
+    }
+
+    /// Whether the workers' execution loop runs (they accept steps). It runs from the start.
+    public private(set) var isLooping = true
+
+    /// Pauses every worker's execution loop: they stay up and answer health checks, and
+    /// `broadcast` refuses steps until `startExecutionLoop`. Idempotent.
+    public func stopExecutionLoop() throws {
+        guard isLooping else { return }
+        try control(.stopLoop, what: "stopping the execution loop")
+        isLooping = false
+    }
+
+    /// Resumes the workers' execution loop; step numbers continue where they were. Idempotent.
+    public func startExecutionLoop() throws {
+        guard !isLooping else { return }
+        try control(.startLoop, what: "starting the execution loop")
+        isLooping = true
+    }
+
+    /// Sends a control command to every worker and checks every answer is ok.
+    private func control(_ command: WorkerCommand, what: String) throws {
+        precondition(inFlight.isEmpty, "\(what) waits for every step in flight to be collected first")
+        let sequence = try send(command)
+        let answers = try gather(what: what, sequence: sequence) { _, bytes throws(WireError) in try WorkerReply(decoding: bytes) }
         for (i, answer) in answers.enumerated() {
             if case let .failed(rank, message) = answer {
                 throw fail(.unhealthy(rank: Int(rank), pid: processes[i].pid, message: message))
@@ -267,6 +291,8 @@ public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
     case unhealthy(rank: Int, pid: Int32, message: String)
     case badReply(rank: Int, WireError)
     case transport(String)
+    /// A step sent while the execution loop is stopped (nothing was sent).
+    case loopStopped(step: UInt64)
     /// A call after `shutdown()`.
     case shutDown
 
@@ -277,6 +303,7 @@ public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
         case let .unhealthy(rank, pid, message): "worker rank \(rank) (pid \(pid)) is unhealthy: \(message)"
         case let .badReply(rank, error): "worker rank \(rank) sent a bad reply: \(error)"
         case let .transport(message): "control plane failed: \(message)"
+        case let .loopStopped(step): "step \(step) was not sent: the workers' execution loop is stopped (start it first)"
         case .shutDown: "the worker group is shut down"
         }
     }

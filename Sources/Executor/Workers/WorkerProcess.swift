@@ -191,6 +191,7 @@ public enum WorkerProcess {
         var request = StepRequest(step: 0, sequences: [])  // decoded into, step after step
         var lastStep: UInt64?
         var stop = false
+        var looping = true
         while !stop {
             try endpoint.next { bytes, writer in
                 switch try WorkerCommand.kind(of: bytes) {
@@ -199,9 +200,18 @@ public enum WorkerProcess {
                     return false
                 case .healthCheck:
                     WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
+                case .stopLoop:
+                    looping = false
+                    WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
+                case .startLoop:
+                    looping = true
+                    WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
                 case .step:
                     try request.decode(bytes)
-                    if let lastStep, request.step != lastStep + 1 {
+                    if !looping {
+                        WorkerReply.failed(rank: Int32(rank), message: "step \(request.step) arrived while the execution loop is stopped")
+                            .encode(into: &writer)
+                    } else if let lastStep, request.step != lastStep + 1 {
                         WorkerReply.failed(rank: Int32(rank), message: "expected step \(lastStep + 1), got \(request.step)")
                             .encode(into: &writer)
                     } else if let worker {

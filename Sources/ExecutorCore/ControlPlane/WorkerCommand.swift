@@ -7,6 +7,11 @@ public enum WorkerCommand: Sendable, Equatable {
     case healthCheck
     /// Leave the execution loop and exit cleanly.
     case stop
+    /// Pause the execution loop: the worker stays up, answers health checks and refuses
+    /// steps until `startLoop` (the seed's `stop_remote_worker_execution_loop`).
+    case stopLoop
+    /// Resume the execution loop; step numbers continue where they were.
+    case startLoop
 
     static let controlTag: StaticString = "CCTL"
 
@@ -14,10 +19,20 @@ public enum WorkerCommand: Sendable, Equatable {
         switch self {
         case let .step(request):
             request.encode(into: &w)
-        case .healthCheck, .stop:
+        case .healthCheck, .stop, .stopLoop, .startLoop:
             w.reset()
             w.header(tag: Self.controlTag)
-            w.integer(UInt8(self == .healthCheck ? 1 : 2))
+            w.integer(controlCode)
+        }
+    }
+
+    private var controlCode: UInt8 {
+        switch self {
+        case .step: 0
+        case .healthCheck: 1
+        case .stop: 2
+        case .stopLoop: 3
+        case .startLoop: 4
         }
     }
 
@@ -26,12 +41,14 @@ public enum WorkerCommand: Sendable, Equatable {
         case .step: self = .step(try StepRequest(decoding: bytes))
         case .healthCheck: self = .healthCheck
         case .stop: self = .stop
+        case .stopLoop: self = .stopLoop
+        case .startLoop: self = .startLoop
         }
     }
 
     /// Which command a message holds, without decoding a step (workers decode steps into
     /// a reused `StepRequest`).
-    public enum Kind: Sendable { case step, healthCheck, stop }
+    public enum Kind: Sendable { case step, healthCheck, stop, stopLoop, startLoop }
 
     public static func kind(of bytes: UnsafeRawBufferPointer) throws(WireError) -> Kind {
         guard bytes.count >= 4 else { throw .truncated(offset: 0, needed: 4, size: bytes.count, reading: "message tag") }
@@ -43,7 +60,9 @@ public enum WorkerCommand: Sendable, Equatable {
         switch kind {
         case 1: return .healthCheck
         case 2: return .stop
-        default: throw .invalidValue(offset: 6, reading: "command kind", found: "\(kind), expected 1 or 2")
+        case 3: return .stopLoop
+        case 4: return .startLoop
+        default: throw .invalidValue(offset: 6, reading: "command kind", found: "\(kind), expected 1 to 4")
         }
     }
 }
