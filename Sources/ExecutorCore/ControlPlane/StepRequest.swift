@@ -63,13 +63,17 @@ extension StepRequest {
         writer.integer(step)
         writer.integer(virtualEngine)
         writer.count(sequences.count)
-        for s in sequences {
-            writer.integer(s.id)
-            writer.integers(s.tokens)
-            writer.integer(s.startPosition)
-            writer.integers(s.blockTable)
-            writer.bool(s.sample)
-            s.sampling.encode(into: &writer)
+        // Borrowed in place: binding each sequence to a local would retain and release its
+        // four arrays (about a third of the encoding's time).
+        sequences.withUnsafeBufferPointer { sequences in
+            for i in sequences.indices {
+                writer.integer(sequences[i].id)
+                writer.integers(sequences[i].tokens)
+                writer.integer(sequences[i].startPosition)
+                writer.integers(sequences[i].blockTable)
+                writer.bool(sequences[i].sample)
+                sequences[i].sampling.encode(into: &writer)
+            }
         }
         writer.count(blockCopies.count)
         for c in blockCopies {
@@ -96,14 +100,17 @@ extension StepRequest {
         virtualEngine = try r.integer(Int32.self, reading: "virtual engine")
         let n = try r.count(elementSize: 8 + 4 + 4 + 4 + 1, reading: "sequences")
         if sequences.count > n { sequences.removeLast(sequences.count - n) }
-        for i in 0..<n {
-            if i == sequences.count { sequences.append(Sequence(id: 0, tokens: [], startPosition: 0, blockTable: [])) }
-            sequences[i].id = try r.integer(UInt64.self, reading: "sequence id")
-            try r.integers(into: &sequences[i].tokens, reading: "tokens")
-            sequences[i].startPosition = try r.integer(Int32.self, reading: "start position")
-            try r.integers(into: &sequences[i].blockTable, reading: "block table")
-            sequences[i].sample = try r.bool(reading: "sample flag")
-            try sequences[i].sampling.decode(&r)
+        while sequences.count < n { sequences.append(Sequence(id: 0, tokens: [], startPosition: 0, blockTable: [])) }
+        // In place, through one buffer: no uniqueness check per field.
+        try sequences.withUnsafeMutableBufferPointer { (sequences) throws(WireError) in
+            for i in 0..<n {
+                sequences[i].id = try r.integer(UInt64.self, reading: "sequence id")
+                try r.integers(into: &sequences[i].tokens, reading: "tokens")
+                sequences[i].startPosition = try r.integer(Int32.self, reading: "start position")
+                try r.integers(into: &sequences[i].blockTable, reading: "block table")
+                sequences[i].sample = try r.bool(reading: "sample flag")
+                try sequences[i].sampling.decode(&r)
+            }
         }
         let copies = try r.count(elementSize: 8, reading: "block copies")
         blockCopies.removeAll(keepingCapacity: true)
