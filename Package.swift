@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "MultiProcessTests",
             dependencies: [
-                "Engine", "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport",
+                "Engine", "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport", "ModelRunner", "Kernels",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),

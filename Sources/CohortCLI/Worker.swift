@@ -21,7 +21,7 @@ struct Worker: ParsableCommand {
     @Option var threads = 1
     @Option(name: .customLong("kv-cache-mb")) var kvCacheMiB = 256
     @Flag var precise = false
-    @Option(name: .customLong("kv-blocks")) var kvBlocks = 1
+    @Option(name: .customLong("kv-blocks")) var kvBlocks: Int?
     @Option var maxBatchTokens = 512
     @Option(name: .customLong("tp")) var tensorParallel = 1
     @Option(name: .customLong("pp")) var pipelineParallel = 1

@@ -43,22 +43,41 @@ public actor Driver {
         precondition(contexts.count == workers.count, "one context per worker")
         state = .starting
         do {
-            _ = try await runAll { worker, rank in try await worker.initialize(contexts[rank]) }
-            _ = try await runAll { worker, _ in try await worker.initializeDevice() }
-            _ = try await runAll(maxConcurrent: maxParallelLoadingWorkers) { worker, _ in try await worker.loadModel() }
-            let blocks = try await runAll { worker, _ in try await worker.availableKVBlocks() }
-            let smallest = blocks.min() ?? 0
-            guard smallest >= virtualEngines else {
-                throw ExecutorError("the smallest worker holds \(smallest) KV blocks; \(virtualEngines) virtual engines need at least one each")
-            }
-            blocksPerVirtualEngine = smallest / virtualEngines
-            let perEngine = blocksPerVirtualEngine, engines = virtualEngines
-            _ = try await runAll { worker, _ in try await worker.initializeCache(blocksPerVirtualEngine: perEngine, virtualEngines: engines) }
+            blocksPerVirtualEngine = try await Startup.run(
+                InProcessWorkers(driver: self), contexts: contexts, maxParallelLoadingWorkers: maxParallelLoadingWorkers,
+                virtualEngines: virtualEngines)
             state = .running
         } catch {
             state = .failed("\(error)")
             await shutdownWorkers()
             throw error
+        }
+    }
+
+    /// The start-up phases over the driver's workers, each a fan-out to all of them.
+    struct InProcessWorkers: StartupPhases {
+        let driver: Driver
+
+        func initialize(_ contexts: [WorkerContext]) async throws {
+            _ = try await driver.runAll { worker, rank in try await worker.initialize(contexts[rank]) }
+        }
+
+        func initializeDevices() async throws {
+            _ = try await driver.runAll { worker, _ in try await worker.initializeDevice() }
+        }
+
+        func loadModels(maxConcurrent: Int?) async throws {
+            _ = try await driver.runAll(maxConcurrent: maxConcurrent) { worker, _ in try await worker.loadModel() }
+        }
+
+        func availableKVBlocks() async throws -> [Int] {
+            try await driver.runAll { worker, _ in try await worker.availableKVBlocks() }
+        }
+
+        func initializeCaches(blocksPerVirtualEngine: Int, virtualEngines: Int) async throws {
+            _ = try await driver.runAll { worker, _ in
+                try await worker.initializeCache(blocksPerVirtualEngine: blocksPerVirtualEngine, virtualEngines: virtualEngines)
+            }
         }
     }
 

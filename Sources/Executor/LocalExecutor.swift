@@ -40,7 +40,7 @@ public final class LocalExecutor {
             backend = .driver(driver, worker)
             kvBlocks = await driver.blocksPerVirtualEngine
         } else {
-            let grid = try WorkerGrid(modelPath: modelPath, options: options, progress: progress)
+            let grid = try await WorkerGrid(modelPath: modelPath, options: options, progress: progress)
             loaded = grid.rank0.loaded!
             backend = .grid(grid)
             kvBlocks = grid.kvBlocks

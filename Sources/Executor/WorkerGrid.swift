@@ -40,9 +40,11 @@ final class WorkerGrid {
     private(set) var statistics = GridStatistics()
     private var rank0Outputs: [StepOutput] = []
 
-    /// Starts the workers, then loads rank 0's part here.
+    /// Starts the worker processes, then takes every rank through the seed's start-up
+    /// (`Startup`): contexts, devices, loading (at most `maxParallelLoadingWorkers` at once,
+    /// rank 0 here included), and the KV cache sized to the smallest rank.
     /// - Throws: before any process starts when the layout cannot split this model.
-    init(modelPath: String, options: ExecutorOptions, progress: @escaping @Sendable (Double) -> Void) throws {
+    init(modelPath: String, options: ExecutorOptions, progress: @escaping @Sendable (Double) -> Void) async throws {
         let file = try GGUFFile(path: modelPath)
         var configuration = try LlamaConfiguration(file: file, architecture: try file.string("general.architecture"))
         _ = try LlamaWeights(file: file, configuration: &configuration)
@@ -51,11 +53,8 @@ final class WorkerGrid {
         if options.pipelineLayers == nil && options.balancedPipeline {
             options.pipelineLayers = try PipelineStage.balancedLayerCounts(configuration, stages: layout.pipelineParallel)
         }
-        let grid = try ModelGrid(configuration: configuration, layout: layout, layerCounts: options.pipelineLayers)
-        let model = options.modelOptions
-        let kvBlocks = grid.kvBlocks(budgetBytes: model.kvCacheBytes, blockSize: model.blockSize, element: model.cacheElement)
+        _ = try ModelGrid(configuration: configuration, layout: layout, layerCounts: options.pipelineLayers)  // checks the split
         self.layout = layout
-        self.kvBlocks = kvBlocks
 
         var communicators: [SharedMemoryCommunicator] = []
         var channels: [StageChannel] = []
@@ -73,7 +72,7 @@ final class WorkerGrid {
             if layout.tensorParallel > 1 {
                 for _ in 0..<layout.pipelineParallel {
                     if tcp {
-                        // The driver binds each group's rendezvous and serves it while the ranks start.
+                        // The driver binds each group's rendezvous and serves it while the ranks load.
                         let rendezvous = try TCPRendezvous(secret: secret)
                         groupAddresses.append("tcp://\(rendezvous.host):\(rendezvous.port)")
                         Background.run { try rendezvous.serve(ranks: layout.tensorParallel, timeout: 120) }
@@ -92,10 +91,6 @@ final class WorkerGrid {
             closeAll()
             throw error
         }
-        // Rank 0 joins its TCP group while the workers start (they wait in the same rendezvous).
-        let rank0Join = tcp ? { [address = groupAddresses[0]] in
-            Background.run { try WorkerProcess.joinGroup(address, rank: 0, ranks: layout.tensorParallel, secret: secret) }
-        }() : nil
         let workers: WorkerGroup
         do {
             workers = try WorkerGroup(
@@ -105,7 +100,7 @@ final class WorkerGrid {
                 let rank = index + 1
                 let stage = layout.stage(ofRank: rank), tensorRank = layout.tensorRank(ofRank: rank)
                 return WorkerProcess.ModelShard(
-                    path: modelPath, options: options, kvBlocks: kvBlocks,
+                    path: modelPath, options: options,
                     communicator: groupAddresses.isEmpty ? nil : groupAddresses[stage],
                     previousStage: stage > 0 ? channels[stage - 1].ring.name : nil,
                     nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage].ring.name : nil,
@@ -116,35 +111,122 @@ final class WorkerGrid {
             closeAll()
             throw error
         }
-        // Every worker is attached (they answered a health check): nothing else may attach.
+        // One machine: every rank's rendezvous is loopback; each worker's context carries
+        // what its environment says (instance id, CPU set, threads).
+        let contexts = (0..<layout.worldSize).map { rank in
+            WorkerContext(
+                rank: rank, localRank: rank, worldSize: layout.worldSize, layout: layout, rendezvous: "127.0.0.1",
+                environment: rank == 0 ? [Placement.Environment.instanceID: workers.instanceID] : workers.environments[rank - 1])
+        }
+        let ranks = GridRanks(
+            layout: layout, processes: workers, loadGate: loadGate,
+            makeRank0: { group in
+                ModelWorker(
+                    modelPath: modelPath, options: options.modelOptions(stage: 0, kvBlocks: nil), group: group,
+                    links: StageLinks(next: channels.first, timeout: workers.configuration.stepTimeout, check: { try workers.checkAlive() }),
+                    progress: progress)
+            },
+            rank0Group: {
+                if tcp { return try WorkerProcess.joinGroup(groupAddresses[0], rank: 0, ranks: layout.tensorParallel, secret: secret).group }
+                return communicators.first
+            })
+        do {
+            kvBlocks = try await Startup.run(
+                ranks, contexts: contexts, maxParallelLoadingWorkers: options.maxParallelLoadingWorkers, virtualEngines: 1)
+        } catch {
+            workers.shutdown()
+            await ranks.rank0?.shutdown()
+            (ranks.rank0Group as? TCPCommunicator)?.close()
+            closeAll()
+            throw workers.failure ?? error
+        }
+        // Every rank is attached: nothing else may attach.
         communicators.forEach { $0.unlinkName() }
         channels.forEach { $0.ring.unlinkName() }
         mostConcurrentWorkerLoads = loadGate?.mostInside
         loadGate?.close()
-        let links = StageLinks(next: channels.first, timeout: workers.configuration.stepTimeout, check: { try workers.checkAlive() })
-        let rank0Group: (any TensorParallelGroup)?
-        do {
-            rank0Group = try rank0Join.map { try $0.wait() }?.group ?? communicators.first
-        } catch {
-            workers.shutdown()
-            closeAll()
-            throw error
-        }
-        let worker = ModelWorker(
-            modelPath: modelPath, options: options.modelOptions(stage: 0, kvBlocks: kvBlocks), group: rank0Group, links: links,
-            progress: progress)
-        do { try worker.loadNow() } catch {
-            workers.shutdown()
-            closeAll()
-            throw error
-        }
-        self.rank0 = worker
+        self.rank0 = ranks.rank0!
         self.workers = workers
         self.communicators = communicators
-        self.rank0Group = rank0Group
+        self.rank0Group = ranks.rank0Group
         self.channels = channels
         let sampler = layout.rank(stage: layout.pipelineParallel - 1, tensorRank: 0)
         samplingWorker = sampler == 0 ? nil : sampler - 1
+    }
+
+    /// The start-up phases over the grid: each posts the command to the worker processes,
+    /// does rank 0's part here meanwhile, then gathers the processes' answers.
+    final class GridRanks: StartupPhases {
+        let layout: ParallelLayout
+        let processes: WorkerGroup
+        let loadGate: LoadGate?
+        let makeRank0: ((any TensorParallelGroup)?) -> ModelWorker
+        let joinRank0Group: () throws -> (any TensorParallelGroup)?
+        private(set) var rank0: ModelWorker?
+        private(set) var rank0Group: (any TensorParallelGroup)?
+
+        init(
+            layout: ParallelLayout, processes: WorkerGroup, loadGate: LoadGate?,
+            makeRank0: @escaping ((any TensorParallelGroup)?) -> ModelWorker, rank0Group: @escaping () throws -> (any TensorParallelGroup)?
+        ) {
+            self.layout = layout
+            self.processes = processes
+            self.loadGate = loadGate
+            self.makeRank0 = makeRank0
+            self.joinRank0Group = rank0Group
+        }
+
+        func initialize(_ contexts: [WorkerContext]) async throws {
+            let pending = try processes.post(.initialize(contexts), what: "initialize")
+            guard contexts.first?.rank == 0, contexts[0].layout == layout else {
+                throw ExecutorError("initialize: expected rank 0's context for \(layout) first, found \(contexts.first.map { "rank \($0.rank) of \($0.layout)" } ?? "none")")
+            }
+            _ = try processes.replies(to: pending)
+        }
+
+        func initializeDevices() async throws {
+            // Rank 0's device is the driver's own process: nothing to pin.
+            _ = try processes.replies(to: try processes.post(.initializeDevice, what: "initializeDevice"))
+        }
+
+        func loadModels(maxConcurrent: Int?) async throws {
+            // The gate was created with the limit; rank 0 passes through it like the others.
+            let pending = try processes.post(.loadModel, what: "loading the model")
+            let group = try joinRank0Group()  // its peers join as they start loading
+            rank0Group = group
+            let worker = makeRank0(group)
+            do {
+                try loadGate?.enter { try processes.checkAlive() }
+                defer { loadGate?.leave() }
+                try worker.loadNow()
+            }
+            rank0 = worker
+            _ = try processes.replies(to: pending)
+        }
+
+        func availableKVBlocks() async throws -> [Int] {
+            let pending = try processes.post(.availableKVBlocks, what: "availableKVBlocks")
+            let mine = try rank0Worker().availableKVBlocksNow()
+            let theirs = try processes.replies(to: pending).enumerated().map { i, reply in
+                guard case let .blocks(_, count) = reply else {
+                    throw ExecutorError("rank \(i + 1) answered availableKVBlocks with \(reply), expected a block count")
+                }
+                return Int(count)
+            }
+            return [mine] + theirs
+        }
+
+        func initializeCaches(blocksPerVirtualEngine: Int, virtualEngines: Int) async throws {
+            let pending = try processes.post(
+                .initializeCache(blocksPerVirtualEngine: blocksPerVirtualEngine, virtualEngines: virtualEngines), what: "initializeCache")
+            try rank0Worker().initializeCacheNow(blocksPerVirtualEngine: blocksPerVirtualEngine, virtualEngines: virtualEngines)
+            _ = try processes.replies(to: pending)
+        }
+
+        private func rank0Worker() throws -> ModelWorker {
+            guard let rank0 else { throw ExecutorError("rank 0 has no model loaded (loadModels first)") }
+            return rank0
+        }
     }
 
     /// Sends a step through the grid and runs rank 0's part of it; returns once rank 0 is

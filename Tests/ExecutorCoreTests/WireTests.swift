@@ -60,6 +60,37 @@ import Testing
         }
     }
 
+    @Test("start-up commands and the block-count reply round-trip; a context outside its world is rejected by name")
+    func startupCommands() throws {
+        let layout = try ParallelLayout(tensorParallel: 2, pipelineParallel: 2)
+        let contexts = (0..<4).map {
+            WorkerContext(rank: $0, localRank: $0, worldSize: 4, layout: layout, rendezvous: "127.0.0.1",
+                          environment: ["COHORT_CPUS": "\($0)", "COHORT_INSTANCE_ID": "ab12", "NOTE": "é ✓"])
+        }
+        let commands: [WorkerCommand] = [
+            .initialize(contexts), .initializeDevice, .loadModel, .availableKVBlocks,
+            .initializeCache(blocksPerVirtualEngine: 1234, virtualEngines: 2), .stopLoop, .startLoop, .healthCheck,
+        ]
+        for command in commands {
+            var w = WireWriter()
+            command.encode(into: &w)
+            #expect(try w.withBytes { try WorkerCommand(decoding: $0) } == command)
+            #expect(try w.withBytes { try WorkerCommand.kind(of: $0) } == command.kind)
+        }
+        var w = WireWriter()
+        WorkerReply.blocks(rank: 3, count: 1 << 40).encode(into: &w)
+        #expect(try w.withBytes { try WorkerReply(decoding: $0) } == .blocks(rank: 3, count: 1 << 40))
+        // Rank 5 of a world of 4.
+        var bad = contexts
+        bad[1] = WorkerContext(rank: 5, localRank: 0, worldSize: 4, layout: layout, rendezvous: "x", environment: [:])
+        WorkerCommand.initialize(bad).encode(into: &w)
+        #expect {
+            try w.withBytes { _ = try WorkerCommand(decoding: $0) }
+        } throws: { error in
+            "\(error)".contains("rank 5, local rank 0, world size 4 for TP 2 × PP 2")
+        }
+    }
+
     @Test("a message from another version is rejected by name")
     func versionMismatch() {
         var bytes = encoded(Self.request)

@@ -3,6 +3,8 @@ import Executor
 import ExecutorCore
 import ExecutorTestSupport
 import Foundation
+import Kernels
+import ModelRunner
 import Testing
 
 /// TP × PP grids of real worker processes (`cohort worker`) on tiny generated models,
@@ -129,6 +131,22 @@ import Testing
         #expect(await engine.mostConcurrentWorkerLoads == 1)
         let result = try await engine.generate(Self.requests[0])
         #expect(result.tokens.count == Self.requests[0].parameters.maxTokens)
+        await engine.shutdown()
+    }
+
+    @Test("the KV cache is sized by asking every rank: the stage with the most layers holds the fewest blocks")
+    func kvSizedToSmallestRank() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        var options = Self.options(pp: 2, layers: [4, 1])
+        options.kvCacheMiB = 1
+        let engine = try await Engine.load(modelPath: path, options: options)
+        let c = try LlamaConfiguration(file: GGUFFile(path: path), architecture: "llama")
+        let perBlock = PagedKVCache.bytesPerBlock(layers: 4, blockSize: 16, kvDimensions: c.kvDimensions, element: .f32)
+        #expect(await engine.totalKVBlocks == (1 << 20) / perBlock)
+        #expect((1 << 20) / perBlock < (1 << 20) / PagedKVCache.bytesPerBlock(layers: 1, blockSize: 16, kvDimensions: c.kvDimensions, element: .f32))
+        let result = try await engine.generate(Self.requests[5])
+        #expect(result.tokens.count == Self.requests[5].parameters.maxTokens)
         await engine.shutdown()
     }
 

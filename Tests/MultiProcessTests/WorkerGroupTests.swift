@@ -80,6 +80,19 @@ import Testing
         #expect(g.processes.map(\.pid) == pids && pids.allSatisfy { isRunning($0) })
     }
 
+    @Test("start-up phases out of order are refused by the worker, naming the phase, rank and pid")
+    func startupOrder() throws {
+        let g = try group(2)
+        defer { g.shutdown() }
+        let pids = g.processes.map(\.pid)
+        #expect {
+            _ = try g.replies(to: try g.post(.loadModel, what: "loading the model"))
+        } throws: { error in
+            guard case let .unhealthy(rank, pid, message) = error as? WorkerFailure else { return false }
+            return rank == 1 && pid == pids[0] && message == "loading the model: loadModel before initializeDevice"
+        }
+    }
+
     @Test("a worker killed with SIGKILL fails the pending step within 1 s, naming rank, pid and signal; no process remains",
           arguments: transports)
     func killedWorker(transport: WorkerGroup.Configuration.Transport) throws {

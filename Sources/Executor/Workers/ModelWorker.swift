@@ -34,12 +34,16 @@ public final class ModelWorker: Worker {
         var sampler: Sampler
         var batch = ForwardBatch()
         var sequences: [UInt64: SequenceState] = [:]
+        /// KV blocks steps may use: all of the cache until `initializeCache` sets the
+        /// executor's count (the smallest rank's, so every rank agrees on block ids).
+        var blocks: Int
         /// Logits on the last stage, hidden states on the others.
         let output: UnsafeMutablePointer<Float>
 
         init(loaded: LoadedModel) {
             self.loaded = loaded
             sampler = Sampler(vocabularySize: loaded.configuration.vocabularySize)
+            blocks = loaded.model.cache.blockCount
             let width = loaded.model.stage.isLast ? loaded.configuration.vocabularySize : loaded.configuration.hiddenSize
             output = .allocate(capacity: width * loaded.model.maxBatchTokens)
         }
@@ -85,15 +89,29 @@ public final class ModelWorker: Worker {
         state.withLock { $0 = State(loaded: loaded) }
     }
 
-    public func availableKVBlocks() async throws -> Int {
+    public func availableKVBlocks() async throws -> Int { try availableKVBlocksNow() }
+
+    public func initializeCache(blocksPerVirtualEngine: Int, virtualEngines: Int) async throws {
+        try initializeCacheNow(blocksPerVirtualEngine: blocksPerVirtualEngine, virtualEngines: virtualEngines)
+    }
+
+    /// `availableKVBlocks` for callers outside Swift concurrency.
+    public func availableKVBlocksNow() throws -> Int {
         try withState { $0.loaded.model.cache.blockCount }
     }
 
-    public func initializeCache(blocksPerVirtualEngine: Int, virtualEngines: Int) async throws {
-        // The cache was allocated from the memory budget at load; one virtual engine uses it whole.
-        let available = try await availableKVBlocks()
-        guard virtualEngines == 1, blocksPerVirtualEngine <= available else {
-            throw ExecutorError("expected 1 virtual engine with at most \(available) blocks, found \(virtualEngines) × \(blocksPerVirtualEngine)")
+    /// `initializeCache` for callers outside Swift concurrency. The cache was allocated from
+    /// the memory budget at load (blocks cost resident memory only once written); from now
+    /// on steps may use the executor's count, the smallest rank's, which the virtual
+    /// engines share (the engine gives each its part).
+    public func initializeCacheNow(blocksPerVirtualEngine: Int, virtualEngines: Int) throws {
+        try withState { s in
+            let available = s.loaded.model.cache.blockCount, wanted = blocksPerVirtualEngine * virtualEngines
+            guard blocksPerVirtualEngine >= 1, virtualEngines >= 1, wanted <= available else {
+                throw ExecutorError(
+                    "initializeCache: expected at most \(available) KV blocks in all, found \(virtualEngines) × \(blocksPerVirtualEngine)")
+            }
+            s.blocks = wanted
         }
     }
 
@@ -138,10 +156,12 @@ public final class ModelWorker: Worker {
     /// Checks a step against this worker's model and cache without running it (the driver
     /// calls it before broadcasting, so that a bad step never reaches the other ranks).
     public func validateNow(_ step: StepRequest) throws {
-        try withState { s in try Self.validate(step, model: s.loaded.model, vocabulary: s.loaded.configuration.vocabularySize) }
+        try withState { s in
+            try Self.validate(step, model: s.loaded.model, vocabulary: s.loaded.configuration.vocabularySize, blocks: s.blocks)
+        }
     }
 
-    static func validate(_ step: StepRequest, model: LlamaModel, vocabulary: Int) throws {
+    static func validate(_ step: StepRequest, model: LlamaModel, vocabulary: Int, blocks: Int) throws {
         var tokens = 0
         for sequence in step.sequences {
             guard !sequence.tokens.isEmpty, sequence.startPosition >= 0 else {
@@ -156,14 +176,14 @@ public final class ModelWorker: Worker {
             for t in sequence.tokens where t < 0 || Int(t) >= vocabulary {
                 throw ExecutorError("sequence \(sequence.id): token \(t) is outside the vocabulary 0..<\(vocabulary)")
             }
-            for b in sequence.blockTable where b < 0 || Int(b) >= model.cache.blockCount {
-                throw ExecutorError("sequence \(sequence.id): KV block \(b) is outside 0..<\(model.cache.blockCount)")
+            for b in sequence.blockTable where b < 0 || Int(b) >= blocks {
+                throw ExecutorError("sequence \(sequence.id): KV block \(b) is outside 0..<\(blocks)")
             }
             tokens += sequence.tokens.count
         }
         for copy in step.blockCopies {
-            for b in [copy.source, copy.destination] where b < 0 || Int(b) >= model.cache.blockCount {
-                throw ExecutorError("block copy \(copy.source) → \(copy.destination): KV block \(b) is outside 0..<\(model.cache.blockCount)")
+            for b in [copy.source, copy.destination] where b < 0 || Int(b) >= blocks {
+                throw ExecutorError("block copy \(copy.source) → \(copy.destination): KV block \(b) is outside 0..<\(blocks)")
             }
         }
         guard tokens <= model.maxBatchTokens else {
@@ -175,7 +195,7 @@ public final class ModelWorker: Worker {
         let model = s.loaded.model
         let vocabulary = s.loaded.configuration.vocabularySize
         // Validate the whole step before changing any state.
-        try validate(step, model: model, vocabulary: vocabulary)
+        try validate(step, model: model, vocabulary: vocabulary, blocks: s.blocks)
         for id in step.finishedRequestIDs { s.sequences[id] = nil }
         // Cache operations come before the step that relies on them (copy-on-write forks).
         for copy in step.blockCopies { model.cache.copyBlock(from: Int(copy.source), to: Int(copy.destination)) }

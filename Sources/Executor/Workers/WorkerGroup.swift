@@ -62,6 +62,11 @@ public final class WorkerGroup: @unchecked Sendable {
         guard let rings = channel as? RingCommandChannel else { return [] }
         return [rings.broadcast.name] + rings.replies.map(\.name)
     }
+    /// The id every worker of this group shares (`COHORT_INSTANCE_ID`).
+    public let instanceID: String
+    /// What each worker's environment says about it (instance id, CPU set, threads), by
+    /// index (rank − 1): what its `WorkerContext` carries.
+    public let environments: [[String: String]]
     private let launcher: any Launcher
     private let channel: any CommandChannel
     private var writer = WireWriter()
@@ -88,8 +93,10 @@ public final class WorkerGroup: @unchecked Sendable {
         let launcher = launcher ?? LocalProcessLauncher(executable: configuration.executable)
         self.launcher = launcher
         let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        self.instanceID = instanceID
         // CPU workers: each gets its share of this machine's CPUs and a thread per CPU.
         let cpuSets = Placement.cpuSets(cpus: CPUAffinity.allowedCPUs(), workers: workers)
+        environments = (0..<workers).map { Placement.cpuEnvironment(cpuSets[$0]).merging([Placement.Environment.instanceID: instanceID]) { $1 } }
         do {
             processes = try launcher.launch(
                 workers: workers,
@@ -97,9 +104,8 @@ public final class WorkerGroup: @unchecked Sendable {
                     ["worker", "--rank", "\(index + 1)"] + channel.workerArguments(index)
                         + launcher.lifelineArguments + extraArguments(index)
                 },
-                environment: { index in
-                    Placement.cpuEnvironment(cpuSets[index]).merging([Placement.Environment.instanceID: instanceID]) { $1 }
-                        .merging(extraEnvironment) { $1 }.merging(channel.workerEnvironment) { $1 }
+                environment: { [environments] index in
+                    environments[index].merging(extraEnvironment) { $1 }.merging(channel.workerEnvironment) { $1 }
                 }
             ).map(\.handle)
         } catch {
@@ -188,15 +194,37 @@ public final class WorkerGroup: @unchecked Sendable {
     }
 
     /// Sends a control command to every worker and checks every answer is ok.
-    private func control(_ command: WorkerCommand, what: String) throws {
+    @discardableResult
+    private func control(_ command: WorkerCommand, what: String) throws -> [WorkerReply] {
+        try replies(to: try post(command, what: what))
+    }
+
+    /// A control command sent and not yet answered.
+    public struct Pending: Sendable {
+        let sequence: UInt64
+        let what: String
+    }
+
+    /// Sends a control command to every worker without waiting for the answers (the
+    /// driver does rank 0's part meanwhile); `replies(to:)` gathers them.
+    public func post(_ command: WorkerCommand, what: String) throws -> Pending {
         precondition(inFlight.isEmpty, "\(what) waits for every step in flight to be collected first")
-        let sequence = try send(command)
-        let answers = try gather(what: what, sequence: sequence) { _, bytes throws(WireError) in try WorkerReply(decoding: bytes) }
+        precondition(command.kind != .step && command.kind != .stop, "steps go through broadcast, stop through shutdown")
+        return Pending(sequence: try send(command), what: what)
+    }
+
+    /// Every worker's answer to a posted command, in rank order; a worker that answers
+    /// with a failure fails the group, naming its rank, pid and message.
+    public func replies(to pending: Pending) throws -> [WorkerReply] {
+        let answers = try gather(what: pending.what, sequence: pending.sequence) { _, bytes throws(WireError) in
+            try WorkerReply(decoding: bytes)
+        }
         for (i, answer) in answers.enumerated() {
             if case let .failed(rank, message) = answer {
-                throw fail(.unhealthy(rank: Int(rank), pid: processes[i].pid, message: message))
+                throw fail(.unhealthy(rank: Int(rank), pid: processes[i].pid, message: "\(pending.what): \(message)"))
             }
         }
+        return answers
     }
 
     /// Publishes a command; returns its message sequence number.

@@ -9,8 +9,10 @@ import Glibc
 /// The main loop of a worker process (`cohort worker …`, started by `WorkerGroup`).
 ///
 /// It dies with its driver (parent-death signal, and end-of-file on the lifeline), attaches
-/// to the rings, then answers commands until `stop`: it waits for each step without any
-/// per-step call from the driver.
+/// to the rings, then answers commands until `stop`. The driver takes it through the seed's
+/// start-up (`initialize` with its context, `initializeDevice`, `loadModel` through the
+/// load gate, `availableKVBlocks`, `initializeCache`); then it waits for each step without
+/// any per-step call from the driver.
 public enum WorkerProcess {
     public struct Arguments: Sendable {
         public var rank: Int
@@ -57,8 +59,9 @@ public enum WorkerProcess {
         public var path: String
         /// The grid (TP, PP, layer split) and the per-rank knobs.
         public var options: ExecutorOptions
-        /// KV blocks (the same on every rank: the smallest rank's count).
-        public var kvBlocks: Int
+        /// KV blocks to allocate; nil: as many as the memory budget holds (the driver then
+        /// asks every rank and uses the smallest count everywhere).
+        public var kvBlocks: Int?
         /// This rank's tensor-parallel group (TP > 1): a shared-memory communicator's name,
         /// or `tcp://HOST:PORT`, the group's rendezvous (the secret comes in the environment).
         public var communicator: String?
@@ -69,7 +72,7 @@ public enum WorkerProcess {
         public var loadGate: String?
 
         public init(
-            path: String, options: ExecutorOptions, kvBlocks: Int, communicator: String? = nil, previousStage: String? = nil,
+            path: String, options: ExecutorOptions, kvBlocks: Int? = nil, communicator: String? = nil, previousStage: String? = nil,
             nextStage: String? = nil, loadGate: String? = nil
         ) {
             self.loadGate = loadGate
@@ -84,8 +87,9 @@ public enum WorkerProcess {
         /// The `cohort worker` arguments that describe this shard.
         var arguments: [String] {
             var a = ["--model", path, "--threads", "\(options.threads)", "--kv-cache-mb", "\(options.kvCacheMiB)",
-                     "--kv-blocks", "\(kvBlocks)", "--max-batch-tokens", "\(options.maxBatchTokens)",
+                     "--max-batch-tokens", "\(options.maxBatchTokens)",
                      "--tp", "\(options.tensorParallel)", "--pp", "\(options.pipelineParallel)"]
+            if let kvBlocks { a += ["--kv-blocks", "\(kvBlocks)"] }
             if let layers = options.pipelineLayers { a += ["--pp-layers", layers.map(String.init).joined(separator: ",")] }
             if options.precise { a.append("--precise") }
             if let communicator { a += ["--communicator", communicator] }
@@ -113,34 +117,11 @@ public enum WorkerProcess {
         }
         orphanedNames = orphans
         watchLifeline(arguments.lifelineDescriptor)
-        if let cpus = getenv(Placement.Environment.cpuSet).map({ String(cString: $0) }), !cpus.isEmpty {
-            CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
-        }
+        // The launcher gave this worker its CPUs; `initializeDevice` applies its context's.
+        Session.pinToCPUSet()
         do {
             let endpoint = try endpoint(arguments)
-            var worker: ModelWorker?
-            if let shard = arguments.model {
-                let layout = try shard.options.layout
-                let stage = layout.stage(ofRank: arguments.rank), tensorRank = layout.tensorRank(ofRank: arguments.rank)
-                let group = try shard.communicator.map { name in
-                    try Self.joinGroup(name, rank: tensorRank, ranks: layout.tensorParallel).group
-                }
-                // Upstream waits need no timeout: if a peer dies the driver sees it and ends this process.
-                let links = StageLinks(
-                    previous: try shard.previousStage.map { try StageChannel.attach(name: $0) },
-                    next: try shard.nextStage.map { try StageChannel.attach(name: $0) })
-                worker = ModelWorker(
-                    modelPath: shard.path, options: shard.options.modelOptions(stage: stage, kvBlocks: shard.kvBlocks), group: group,
-                    links: links)
-                // At most the driver's limit of workers load at once; give up if the driver is gone.
-                let gate = try shard.loadGate.map { try LoadGate.attach(name: $0) }
-                try gate?.enter {
-                    guard getppid() == arguments.parentPID else { throw ExecutorError("the driver is gone") }
-                }
-                defer { gate?.leave() }
-                try worker!.loadNow()
-            }
-            try serve(rank: arguments.rank, endpoint: endpoint, worker: worker)
+            try Session(arguments: arguments).serve(endpoint)
             return 0
         } catch {
             let message = "cohort worker rank \(arguments.rank): \(error)\n"
@@ -187,48 +168,134 @@ public enum WorkerProcess {
         }
     }
 
-    static func serve(rank: Int, endpoint: any WorkerEndpoint, worker: ModelWorker?) throws {
-        var request = StepRequest(step: 0, sequences: [])  // decoded into, step after step
-        var lastStep: UInt64?
-        var stop = false
-        var looping = true
-        while !stop {
-            try endpoint.next { bytes, writer in
-                switch try WorkerCommand.kind(of: bytes) {
-                case .stop:
-                    stop = true
-                    return false
-                case .healthCheck:
-                    WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
-                case .stopLoop:
-                    looping = false
-                    WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
-                case .startLoop:
-                    looping = true
-                    WorkerReply.ok(rank: Int32(rank)).encode(into: &writer)
-                case .step:
-                    try request.decode(bytes)
-                    if !looping {
-                        WorkerReply.failed(rank: Int32(rank), message: "step \(request.step) arrived while the execution loop is stopped")
-                            .encode(into: &writer)
-                    } else if let lastStep, request.step != lastStep + 1 {
-                        WorkerReply.failed(rank: Int32(rank), message: "expected step \(lastStep + 1), got \(request.step)")
-                            .encode(into: &writer)
-                    } else if let worker {
-                        lastStep = request.step
+    /// One worker's state through start-up and steps.
+    final class Session {
+        let arguments: WorkerProcess.Arguments
+        var rank: Int32 { Int32(arguments.rank) }
+        private(set) var context: WorkerContext?
+        private var deviceReady = false
+        private(set) var worker: ModelWorker?
+        private var looping = true
+        private var lastStep: UInt64?
+        private var request = StepRequest(step: 0, sequences: [])  // decoded into, step after step
+
+        init(arguments: WorkerProcess.Arguments) { self.arguments = arguments }
+
+        /// Answers commands until `stop`.
+        func serve(_ endpoint: any WorkerEndpoint) throws {
+            var stop = false
+            while !stop {
+                try endpoint.next { bytes, writer in
+                    let kind = try WorkerCommand.kind(of: bytes)
+                    switch kind {
+                    case .stop:
+                        stop = true
+                        return false
+                    case .step:
+                        try request.decode(bytes)
+                        step(into: &writer)
+                    default:
                         do {
-                            try worker.executeNow(request).encode(into: &writer)
+                            try control(try WorkerCommand(decoding: bytes)).encode(into: &writer)
                         } catch {
-                            WorkerReply.failed(rank: Int32(rank), message: "\(error)").encode(into: &writer)
+                            WorkerReply.failed(rank: rank, message: "\(error)").encode(into: &writer)
                         }
-                    } else {
-                        lastStep = request.step
-                        // No model: one placeholder sample per sequence that asked for one.
-                        StepOutput.encodePlaceholder(for: request, into: &writer)
                     }
+                    return true
                 }
-                return true
             }
+        }
+
+        private func step(into writer: inout WireWriter) {
+            if !looping {
+                WorkerReply.failed(rank: rank, message: "step \(request.step) arrived while the execution loop is stopped")
+                    .encode(into: &writer)
+            } else if let lastStep, request.step != lastStep + 1 {
+                WorkerReply.failed(rank: rank, message: "expected step \(lastStep + 1), got \(request.step)").encode(into: &writer)
+            } else if let worker {
+                lastStep = request.step
+                do {
+                    try worker.executeNow(request).encode(into: &writer)
+                } catch {
+                    WorkerReply.failed(rank: rank, message: "\(error)").encode(into: &writer)
+                }
+            } else if arguments.model != nil {
+                WorkerReply.failed(rank: rank, message: "step \(request.step) arrived before loadModel").encode(into: &writer)
+            } else {
+                lastStep = request.step
+                // No model: one placeholder sample per sequence that asked for one.
+                StepOutput.encodePlaceholder(for: request, into: &writer)
+            }
+        }
+
+        /// Runs a control command; the reply to send.
+        private func control(_ command: WorkerCommand) throws -> WorkerReply {
+            switch command {
+            case .step, .stop: preconditionFailure("handled by serve")
+            case .healthCheck: break
+            case .stopLoop: looping = false
+            case .startLoop: looping = true
+            case let .initialize(contexts):
+                guard contexts.indices.contains(arguments.rank), contexts[arguments.rank].rank == arguments.rank else {
+                    throw ExecutorError("initialize: expected a context for rank \(arguments.rank) among \(contexts.count)")
+                }
+                let mine = contexts[arguments.rank]
+                if let shard = arguments.model, let layout = try? shard.options.layout, layout != mine.layout {
+                    throw ExecutorError("initialize: this worker was started for \(layout), the context says \(mine.layout)")
+                }
+                for (name, value) in mine.environment { setenv(name, value, 1) }
+                context = mine
+            case .initializeDevice:
+                guard context != nil else { throw ExecutorError("initializeDevice before initialize") }
+                Self.pinToCPUSet()
+                deviceReady = true
+            case .loadModel:
+                guard deviceReady else { throw ExecutorError("loadModel before initializeDevice") }
+                guard worker == nil else { throw ExecutorError("loadModel: the model is already loaded") }
+                if let shard = arguments.model { worker = try load(shard) }
+            case .availableKVBlocks:
+                return .blocks(rank: rank, count: Int64(try loaded().availableKVBlocksNow()))
+            case let .initializeCache(blocks, engines):
+                try loaded().initializeCacheNow(blocksPerVirtualEngine: blocks, virtualEngines: engines)
+            }
+            return .ok(rank: rank)
+        }
+
+        /// A CPU worker's device is its share of the machine's CPUs (`COHORT_CPUS`).
+        static func pinToCPUSet() {
+            if let cpus = getenv(Placement.Environment.cpuSet).map({ String(cString: $0) }), !cpus.isEmpty {
+                CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
+            }
+        }
+
+        private func loaded() throws -> ModelWorker {
+            guard let worker else { throw ExecutorError("no model loaded (loadModel first)") }
+            return worker
+        }
+
+        /// Joins this rank's group and stage channels, then loads through the load gate.
+        private func load(_ shard: ModelShard) throws -> ModelWorker {
+            let layout = try shard.options.layout
+            let stage = layout.stage(ofRank: arguments.rank), tensorRank = layout.tensorRank(ofRank: arguments.rank)
+            let group = try shard.communicator.map { name in
+                try WorkerProcess.joinGroup(name, rank: tensorRank, ranks: layout.tensorParallel).group
+            }
+            // Upstream waits need no timeout: if a peer dies the driver sees it and ends this process.
+            let links = StageLinks(
+                previous: try shard.previousStage.map { try StageChannel.attach(name: $0) },
+                next: try shard.nextStage.map { try StageChannel.attach(name: $0) })
+            let worker = ModelWorker(
+                modelPath: shard.path, options: shard.options.modelOptions(stage: stage, kvBlocks: shard.kvBlocks), group: group,
+                links: links)
+            // At most the driver's limit of workers load at once; give up if the driver is gone.
+            let gate = try shard.loadGate.map { try LoadGate.attach(name: $0) }
+            let parent = arguments.parentPID
+            try gate?.enter {
+                guard getppid() == parent else { throw ExecutorError("the driver is gone") }
+            }
+            defer { gate?.leave() }
+            try worker.loadNow()
+            return worker
         }
     }
 

@@ -6,7 +6,7 @@
 /// buffer, and read back with bounds checks that fail with an error, never a crash.
 public enum Wire {
     /// The encoding version this build speaks. Bump on any change to a message layout.
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
 }
 
 /// Why a control-plane message could not be read.

@@ -1,5 +1,10 @@
 /// What the driver broadcasts to its worker processes. Steps travel as `StepRequest`
-/// (tag CSTP); the rest as small control messages (tag CCTL).
+/// (tag CSTP); the rest as small control messages (tag CCTL): a one-byte kind, then the
+/// kind's fields.
+///
+/// The start-up commands follow the seed's init sequence: `initialize` (each worker takes
+/// its own context from the list, by rank), `initializeDevice`, `loadModel`,
+/// `availableKVBlocks` (answered with `WorkerReply.blocks`), `initializeCache`.
 public enum WorkerCommand: Sendable, Equatable {
     /// Run one step; every worker answers with a `StepOutput`.
     case step(StepRequest)
@@ -12,58 +17,145 @@ public enum WorkerCommand: Sendable, Equatable {
     case stopLoop
     /// Resume the execution loop; step numbers continue where they were.
     case startLoop
+    /// Every rank's context, in rank order; each worker takes its own.
+    case initialize([WorkerContext])
+    case initializeDevice
+    case loadModel
+    case availableKVBlocks
+    case initializeCache(blocksPerVirtualEngine: Int, virtualEngines: Int)
 
     static let controlTag: StaticString = "CCTL"
 
-    public func encode(into w: inout WireWriter) {
+    /// The kinds, as their one-byte codes on the wire.
+    public enum Kind: UInt8, Sendable {
+        case step = 0, healthCheck, stop, stopLoop, startLoop, initialize, initializeDevice, loadModel, availableKVBlocks,
+             initializeCache
+    }
+
+    public var kind: Kind {
         switch self {
-        case let .step(request):
-            request.encode(into: &w)
-        case .healthCheck, .stop, .stopLoop, .startLoop:
-            w.reset()
-            w.header(tag: Self.controlTag)
-            w.integer(controlCode)
+        case .step: .step
+        case .healthCheck: .healthCheck
+        case .stop: .stop
+        case .stopLoop: .stopLoop
+        case .startLoop: .startLoop
+        case .initialize: .initialize
+        case .initializeDevice: .initializeDevice
+        case .loadModel: .loadModel
+        case .availableKVBlocks: .availableKVBlocks
+        case .initializeCache: .initializeCache
         }
     }
 
-    private var controlCode: UInt8 {
+    public func encode(into w: inout WireWriter) {
+        if case let .step(request) = self {
+            request.encode(into: &w)
+            return
+        }
+        w.reset()
+        w.header(tag: Self.controlTag)
+        w.integer(kind.rawValue)
         switch self {
-        case .step: 0
-        case .healthCheck: 1
-        case .stop: 2
-        case .stopLoop: 3
-        case .startLoop: 4
+        case let .initialize(contexts):
+            w.count(contexts.count)
+            for c in contexts { c.encode(into: &w) }
+        case let .initializeCache(blocks, engines):
+            w.integer(Int64(blocks))
+            w.integer(Int32(engines))
+        default:
+            break
         }
     }
 
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
-        switch try Self.kind(of: bytes) {
-        case .step: self = .step(try StepRequest(decoding: bytes))
+        let kind = try Self.kind(of: bytes)
+        if kind == .step {
+            self = .step(try StepRequest(decoding: bytes))
+            return
+        }
+        var r = WireReader(bytes)
+        try r.header(tag: "CCTL")
+        _ = try r.integer(UInt8.self, reading: "command kind")
+        switch kind {
+        case .step: preconditionFailure("decoded above")
         case .healthCheck: self = .healthCheck
         case .stop: self = .stop
         case .stopLoop: self = .stopLoop
         case .startLoop: self = .startLoop
+        case .initializeDevice: self = .initializeDevice
+        case .loadModel: self = .loadModel
+        case .availableKVBlocks: self = .availableKVBlocks
+        case .initialize:
+            let n = try r.count(elementSize: 4 * 4, reading: "worker contexts")
+            var contexts: [WorkerContext] = []
+            for _ in 0..<n { contexts.append(try WorkerContext(decoding: &r)) }
+            self = .initialize(contexts)
+        case .initializeCache:
+            let blocks = try r.integer(Int64.self, reading: "KV blocks per virtual engine")
+            let engines = try r.integer(Int32.self, reading: "virtual engines")
+            guard blocks >= 0, engines >= 1 else {
+                throw .invalidValue(offset: 7, reading: "cache size", found: "\(blocks) blocks × \(engines) virtual engines")
+            }
+            self = .initializeCache(blocksPerVirtualEngine: Int(blocks), virtualEngines: Int(engines))
         }
+        try r.finish()
     }
 
     /// Which command a message holds, without decoding a step (workers decode steps into
     /// a reused `StepRequest`).
-    public enum Kind: Sendable { case step, healthCheck, stop, stopLoop, startLoop }
-
     public static func kind(of bytes: UnsafeRawBufferPointer) throws(WireError) -> Kind {
         guard bytes.count >= 4 else { throw .truncated(offset: 0, needed: 4, size: bytes.count, reading: "message tag") }
         if bytes.prefix(4).elementsEqual("CSTP".utf8) { return .step }
         var r = WireReader(bytes)
         try r.header(tag: "CCTL")
-        let kind = try r.integer(UInt8.self, reading: "command kind")
-        try r.finish()
-        switch kind {
-        case 1: return .healthCheck
-        case 2: return .stop
-        case 3: return .stopLoop
-        case 4: return .startLoop
-        default: throw .invalidValue(offset: 6, reading: "command kind", found: "\(kind), expected 1 to 4")
+        let code = try r.integer(UInt8.self, reading: "command kind")
+        guard code != 0, let kind = Kind(rawValue: code) else {
+            throw .invalidValue(offset: 6, reading: "command kind", found: "\(code), expected 1 to \(Kind.initializeCache.rawValue)")
         }
+        return kind
+    }
+}
+
+extension WorkerContext {
+    func encode(into w: inout WireWriter) {
+        w.integer(Int32(rank))
+        w.integer(Int32(localRank))
+        w.integer(Int32(worldSize))
+        w.integer(Int32(layout.tensorParallel))
+        w.integer(Int32(layout.pipelineParallel))
+        w.string(rendezvous)
+        let keys = environment.keys.sorted()
+        w.count(keys.count)
+        for k in keys {
+            w.string(k)
+            w.string(environment[k]!)
+        }
+    }
+
+    init(decoding r: inout WireReader) throws(WireError) {
+        let rank = Int(try r.integer(Int32.self, reading: "rank"))
+        let localRank = Int(try r.integer(Int32.self, reading: "local rank"))
+        let worldSize = Int(try r.integer(Int32.self, reading: "world size"))
+        let start = r.offset
+        let tp = Int(try r.integer(Int32.self, reading: "tensor-parallel size"))
+        let pp = Int(try r.integer(Int32.self, reading: "pipeline-parallel size"))
+        let layout: ParallelLayout
+        do { layout = try ParallelLayout(tensorParallel: tp, pipelineParallel: pp) } catch {
+            throw .invalidValue(offset: start, reading: "parallel layout", found: error.description)
+        }
+        guard worldSize == layout.worldSize, rank >= 0, rank < worldSize, localRank >= 0, localRank < worldSize else {
+            throw .invalidValue(
+                offset: start, reading: "worker context",
+                found: "rank \(rank), local rank \(localRank), world size \(worldSize) for \(layout)")
+        }
+        let rendezvous = try r.string(reading: "rendezvous")
+        let n = try r.count(elementSize: 8, reading: "environment")
+        var environment: [String: String] = [:]
+        for _ in 0..<n {
+            let key = try r.string(reading: "environment name")
+            environment[key] = try r.string(reading: "environment value of \(key)")
+        }
+        self.init(rank: rank, localRank: localRank, worldSize: worldSize, layout: layout, rendezvous: rendezvous, environment: environment)
     }
 }
 
@@ -71,6 +163,8 @@ public enum WorkerCommand: Sendable, Equatable {
 public enum WorkerReply: Sendable, Equatable {
     case ok(rank: Int32)
     case failed(rank: Int32, message: String)
+    /// The answer to `availableKVBlocks`.
+    case blocks(rank: Int32, count: Int64)
 
     static let tag: StaticString = "CRPL"
 
@@ -85,6 +179,10 @@ public enum WorkerReply: Sendable, Equatable {
             w.integer(rank)
             w.integer(UInt8(1))
             w.string(message)
+        case let .blocks(rank, count):
+            w.integer(rank)
+            w.integer(UInt8(2))
+            w.integer(count)
         }
     }
 
@@ -96,7 +194,8 @@ public enum WorkerReply: Sendable, Equatable {
         switch kind {
         case 0: self = .ok(rank: rank)
         case 1: self = .failed(rank: rank, message: try r.string(reading: "error message"))
-        default: throw .invalidValue(offset: 10, reading: "reply kind", found: "\(kind), expected 0 or 1")
+        case 2: self = .blocks(rank: rank, count: try r.integer(Int64.self, reading: "KV blocks"))
+        default: throw .invalidValue(offset: 10, reading: "reply kind", found: "\(kind), expected 0 to 2")
         }
         try r.finish()
     }
