@@ -278,7 +278,8 @@ public actor Engine: Service {
                 await withCheckedContinuation { sleepers.append($0) }
             }
         }
-        if !hasWork { try pauseWorkers() }
+        // A failure here is recorded for later calls, but this caller's request is done.
+        if !hasWork { try? pauseWorkers() }
     }
 
     /// With nothing to run, the workers leave their execution loop (the seed's
