@@ -11,9 +11,10 @@ internal import Foundation
 /// unpacked weights serve up to 4 tokens. Measured on one core of this project's machine
 /// (1536 × 576 Q4_1, in cache): 16 → 83 GMAC/s for one token, 25 → 137 for 8 to 16.
 ///
-/// The copy costs the matrices' size once per process (the mapping's pages are then no
-/// longer read in fast mode and the kernel may drop them). The row layout stays valid
-/// and is used for precise mode, the embedding lookup and rows past the last whole panel.
+/// The copy costs the matrices' size once per process; the mapping's pages it was read
+/// from are then released (`sources`), so the resident set grows little. The row layout
+/// stays valid (its pages come back from the page cache when read) and is used for
+/// precise mode, the embedding lookup and rows past the last whole panel.
 public final class PackedWeights: @unchecked Sendable {
     // @unchecked: the buffers are written once in `pack` and only read afterwards, by
     // views that never outlive this owner.
@@ -26,6 +27,9 @@ public final class PackedWeights: @unchecked Sendable {
     private var buffers: [UnsafeMutableRawPointer] = []
     /// Bytes held by all packed copies.
     public private(set) var byteCount = 0
+    /// Where each packed matrix's rows were read from (start and length), so their owner
+    /// can let those pages go.
+    public private(set) var sources: [(start: UnsafeRawPointer, byteCount: Int)] = []
 
     public init() {}
 
@@ -45,6 +49,7 @@ public final class PackedWeights: @unchecked Sendable {
         precondition(status == 0, "packing a \(matrix.rows)×\(matrix.columns) \(matrix.type) matrix failed")
         buffers.append(buffer)
         byteCount += bytes
+        sources.append((matrix.base, (rows - 1) * matrix.rowBytes + (matrix.type.byteCount(values: matrix.columns) ?? 0)))
         return matrix.withPacked(UnsafeRawPointer(buffer), rows: rows)
     }
 }

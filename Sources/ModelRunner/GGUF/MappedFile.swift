@@ -43,4 +43,17 @@ public final class MappedFile: @unchecked Sendable {
         let start = range.lowerBound / page * page
         madvise(UnsafeMutableRawPointer(mutating: base + start), range.upperBound - start, MADV_WILLNEED)
     }
+
+    /// Drops this process's pages of `byteCount` bytes at `address` (inside the mapping)
+    /// from its resident set: read again, they come back from the page cache. For tensors
+    /// this process reads from a copy instead (packed weights). Only whole pages inside the
+    /// range go.
+    public func release(_ address: UnsafeRawPointer, byteCount: Int) {
+        guard let base = bytes.baseAddress, byteCount > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lower = max(address - base, 0), upper = min(address - base + byteCount, bytes.count)
+        let start = (lower + page - 1) / page * page, end = upper / page * page
+        guard start < end else { return }
+        madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
 }

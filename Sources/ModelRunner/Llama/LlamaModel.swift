@@ -52,6 +52,8 @@ public final class LlamaModel {
             let storage = PackedWeights()
             self.weights = mine.packed(into: storage)
             self.packedWeights = storage
+            // Fast mode reads the copies: the mapping's pages for those matrices can go.
+            for source in storage.sources { weights.file.mappedFile.release(source.start, byteCount: source.byteCount) }
         } else {
             self.weights = mine
             self.packedWeights = nil
