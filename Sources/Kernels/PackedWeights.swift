@@ -12,7 +12,8 @@ internal import Foundation
 /// (1536 × 576 Q4_1, in cache): 16 → 83 GMAC/s for one token, 25 → 137 for 8 to 16.
 ///
 /// The copy costs the matrices' size once per process; the mapping's pages it was read
-/// from are then released (`sources`), so the resident set grows little. The row layout
+/// from can be released as each copy is made (`afterEach`), so the resident set grows
+/// little, at load too. The row layout
 /// stays valid (its pages come back from the page cache when read) and is used for
 /// precise mode, the embedding lookup and rows past the last whole panel.
 public final class PackedWeights: @unchecked Sendable {
@@ -27,11 +28,13 @@ public final class PackedWeights: @unchecked Sendable {
     private var buffers: [UnsafeMutableRawPointer] = []
     /// Bytes held by all packed copies.
     public private(set) var byteCount = 0
-    /// Where each packed matrix's rows were read from (start and length), so their owner
-    /// can let those pages go.
-    public private(set) var sources: [(start: UnsafeRawPointer, byteCount: Int)] = []
+    /// Called after each copy with where its rows were read from (start and length), so
+    /// the owner of that memory can let its pages go.
+    private let afterEach: (UnsafeRawPointer, Int) -> Void
 
-    public init() {}
+    public init(afterEach: @escaping (_ source: UnsafeRawPointer, _ byteCount: Int) -> Void = { _, _ in }) {
+        self.afterEach = afterEach
+    }
 
     deinit {
         for buffer in buffers { buffer.deallocate() }
@@ -49,7 +52,7 @@ public final class PackedWeights: @unchecked Sendable {
         precondition(status == 0, "packing a \(matrix.rows)×\(matrix.columns) \(matrix.type) matrix failed")
         buffers.append(buffer)
         byteCount += bytes
-        sources.append((matrix.base, (rows - 1) * matrix.rowBytes + (matrix.type.byteCount(values: matrix.columns) ?? 0)))
+        afterEach(matrix.base, (rows - 1) * matrix.rowBytes + (matrix.type.byteCount(values: matrix.columns) ?? 0))
         return matrix.withPacked(UnsafeRawPointer(buffer), rows: rows)
     }
 }

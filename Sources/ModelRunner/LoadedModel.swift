@@ -100,9 +100,14 @@ public final class LoadedModel {
         let blocks = options.kvBlocks ?? max(1, options.kvCacheBytes / blockBytes)
         guard blocks >= 1 else { throw LayoutError("a KV cache needs at least one block, got \(blocks)") }
 
-        // A whole model reads every page: fault them in now. A shard reads only its own,
-        // and leaves the rest of the file unmapped from its resident set.
-        if (group?.ranks ?? 1) == 1 && stages.count == 1 { Self.touchPages(file, progress: progress) } else { progress(1) }
+        // A whole model reads every page: fault them in now, or, when the model packs its
+        // matrices (reading, then releasing, each), only ask for read-ahead. A shard reads
+        // only its own pages and leaves the rest of the file out of its resident set.
+        let packs = options.mode == .fast && PackedWeights.isSupported
+        if (group?.ranks ?? 1) == 1 && stages.count == 1 {
+            if packs { file.mappedFile.prefetch(0..<file.mappedFile.bytes.count) } else { Self.touchPages(file, progress: progress) }
+        }
+        progress(1)
         self.file = file
         self.configuration = configuration
         self.tokenizer = tokenizer

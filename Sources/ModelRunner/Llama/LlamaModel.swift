@@ -49,11 +49,11 @@ public final class LlamaModel {
         self.stage = stage
         let mine = weights.sharded(shard, configuration: configuration).staged(stage)
         if mode == .fast && PackedWeights.isSupported {
-            let storage = PackedWeights()
+            // Fast mode reads the copies: the mapping's pages of each matrix go once it is copied.
+            let mapping = weights.file.mappedFile
+            let storage = PackedWeights { source, count in mapping.release(source, byteCount: count) }
             self.weights = mine.packed(into: storage)
             self.packedWeights = storage
-            // Fast mode reads the copies: the mapping's pages for those matrices can go.
-            for source in storage.sources { weights.file.mappedFile.release(source.start, byteCount: source.byteCount) }
         } else {
             self.weights = mine
             self.packedWeights = nil
