@@ -5,7 +5,8 @@ public import Kernels
 ///
 /// Memory: one allocation made up front, `layers × 2 × blocks × blockSize × kvDimensions`
 /// elements. Token `p` of a sequence lives in physical block `table[p / blockSize]` at slot
-/// `p % blockSize`. Elements are half precision in fast mode (as llama.cpp's default: half
+/// `p % blockSize`. Inside a block each KV head's vectors are contiguous
+/// (`[head][slot][headDimensions]`), so attention reads one head's block as one run. Elements are half precision in fast mode (as llama.cpp's default: half
 /// the memory, so twice the blocks per MiB, and half the traffic of attention, which reads
 /// the whole context of every sequence each step) and float32 with `--precise`, so that
 /// its error bound holds.
@@ -14,6 +15,8 @@ public final class PagedKVCache {
     public let blockCount: Int
     public let blockSize: Int
     public let kvDimensions: Int
+    public let kvHeads: Int
+    public let headDimensions: Int
     public let element: CacheElement
     private let storage: UnsafeMutableRawPointer
 
@@ -22,12 +25,15 @@ public final class PagedKVCache {
         layers * 2 * blockSize * kvDimensions * element.byteCount
     }
 
-    public init(layers: Int, blockCount: Int, blockSize: Int, kvDimensions: Int, element: CacheElement) {
-        precondition(layers > 0 && blockCount > 0 && blockSize > 0 && kvDimensions > 0, "KV cache sizes must be positive")
+    public init(layers: Int, blockCount: Int, blockSize: Int, kvHeads: Int, headDimensions: Int, element: CacheElement) {
+        precondition(layers > 0 && blockCount > 0 && blockSize > 0 && kvHeads > 0 && headDimensions > 0, "KV cache sizes must be positive")
+        let kvDimensions = kvHeads * headDimensions
         self.layers = layers
         self.blockCount = blockCount
         self.blockSize = blockSize
         self.kvDimensions = kvDimensions
+        self.kvHeads = kvHeads
+        self.headDimensions = headDimensions
         self.element = element
         let bytes = Self.bytesPerBlock(layers: layers, blockSize: blockSize, kvDimensions: kvDimensions, element: element) * blockCount
         // Not initialised: a slot is read only after its token was written, so blocks cost
@@ -44,23 +50,28 @@ public final class PagedKVCache {
         storage + (layer * 2 + (values ? 1 : 0)) * blockCount * blockSize * kvDimensions * element.byteCount
     }
 
-    /// The key vector of the token in `slot` (= block · blockSize + offset) for `layer`,
-    /// `kvDimensions` elements of type `element`.
+    /// KV head `head`'s keys in `block` for `layer`: `blockSize` vectors of `headDimensions`
+    /// elements of type `element`, one after another.
     @inline(__always)
-    public func key(layer: Int, slot: Int) -> UnsafeMutableRawPointer {
-        layerBase(layer, values: false) + slot * kvDimensions * element.byteCount
+    public func keys(layer: Int, block: Int, head: Int) -> UnsafeMutableRawPointer {
+        layerBase(layer, values: false) + (block * kvDimensions + head * headDimensions) * blockSize * element.byteCount
     }
 
+    /// KV head `head`'s values in `block` for `layer`, laid out as `keys`.
     @inline(__always)
-    public func value(layer: Int, slot: Int) -> UnsafeMutableRawPointer {
-        layerBase(layer, values: true) + slot * kvDimensions * element.byteCount
+    public func values(layer: Int, block: Int, head: Int) -> UnsafeMutableRawPointer {
+        layerBase(layer, values: true) + (block * kvDimensions + head * headDimensions) * blockSize * element.byteCount
     }
 
-    /// Writes one token's key and value (`kvDimensions` floats each) into `slot`.
+    /// Writes one token's key and value (`kvDimensions` floats each, head after head) into
+    /// `slot` (= block · blockSize + offset).
     @inline(__always)
     public func store(layer: Int, slot: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
-        element.store(key, count: kvDimensions, to: self.key(layer: layer, slot: slot))
-        element.store(value, count: kvDimensions, to: self.value(layer: layer, slot: slot))
+        let block = slot / blockSize, offset = (slot % blockSize) * headDimensions * element.byteCount
+        for head in 0..<kvHeads {
+            element.store(key + head * headDimensions, count: headDimensions, to: keys(layer: layer, block: block, head: head) + offset)
+            element.store(value + head * headDimensions, count: headDimensions, to: values(layer: layer, block: block, head: head) + offset)
+        }
     }
 
     /// Copies the contents of one block onto another in every layer (copy-on-write forks).

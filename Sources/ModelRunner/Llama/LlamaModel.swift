@@ -63,8 +63,8 @@ public final class LlamaModel {
         self.maxContext = min(configuration.contextLength, cacheBlocks * blockSize)
         let c = local
         cache = PagedKVCache(
-            layers: stage.layers.count, blockCount: cacheBlocks, blockSize: blockSize, kvDimensions: c.kvDimensions,
-            element: .default(for: mode))
+            layers: stage.layers.count, blockCount: cacheBlocks, blockSize: blockSize, kvHeads: c.kvHeads,
+            headDimensions: c.headDimensions, element: .default(for: mode))
         pool = ThreadPool(threads: threads)
         matmul = MatMul(
             maxTokens: maxBatchTokens,
@@ -242,49 +242,44 @@ public final class LlamaModel {
                             let scores = s.scores + thread * s.maxContext * group
                             for item in ThreadPool.slice(of: T * KVH, part: chunk, parts: chunks) {
                                 let t = item / KVH, kvHead = item % KVH
-                                let kvOffset = kvHead * hd
                                 let q = s.q + t * qDim + kvHead * group * hd
                                 let out = s.attention + t * qDim + kvHead * group * hd
                                 let length = Int(positions[t]) + 1
                                 let table = tables.baseAddress! + Int(tableStart[Int(sequenceOf[t])])
-                                // Block by block: the slots of one block are contiguous in the cache.
-                                // The next block's keys (and the first block's values) are
-                                // fetched while this block is computed: the cache of many
-                                // sequences is far larger than the CPU's caches.
-                                let kvStride = cache.kvDimensions
+                                // Block by block: a head's vectors in one block are one run. The
+                                // next block's keys (and the first block's values) are fetched
+                                // while this block is computed: the cache of many sequences is
+                                // far larger than the CPU's caches.
+                                func run(_ j: Int, values: Bool) -> UnsafeMutableRawPointer {
+                                    let block = Int(table[j / bs])
+                                    return values
+                                        ? cache.values(layer: layer, block: block, head: kvHead)
+                                        : cache.keys(layer: layer, block: block, head: kvHead)
+                                }
                                 func prefetch(_ j: Int, values: Bool) {
                                     guard j < length else { return }
-                                    let slot = Int(table[j / bs]) * bs
-                                    let base = values ? cache.value(layer: layer, slot: slot) : cache.key(layer: layer, slot: slot)
-                                    Attention.prefetch(base + kvOffset * element.byteCount, element: element, stride: kvStride,
-                                                       rows: min(bs, length - j), headDimensions: hd)
+                                    Attention.prefetch(run(j, values: values), element: element, stride: hd, rows: min(bs, length - j), headDimensions: hd)
                                 }
                                 prefetch(0, values: true)
                                 var j = 0
                                 while j < length {
-                                    let run = min(bs, length - j)
-                                    let slot = Int(table[j / bs]) * bs
+                                    let count = min(bs, length - j)
                                     prefetch(j + bs, values: false)
                                     Attention.scores(
-                                        queries: q, group: group, headDimensions: hd,
-                                        keys: cache.key(layer: layer, slot: slot) + kvOffset * element.byteCount, element: element,
-                                        keyStride: cache.kvDimensions,
-                                        count: run, scale: scale, into: scores + j, stride: s.maxContext)
-                                    j += run
+                                        queries: q, group: group, headDimensions: hd, keys: run(j, values: false), element: element,
+                                        keyStride: hd, count: count, scale: scale, into: scores + j, stride: s.maxContext)
+                                    j += count
                                 }
                                 for i in 0..<group { VectorMath.softmax(scores + i * s.maxContext, count: length) }
                                 out.update(repeating: 0, count: group * hd)
                                 j = 0
                                 while j < length {
-                                    let run = min(bs, length - j)
-                                    let slot = Int(table[j / bs]) * bs
+                                    let count = min(bs, length - j)
                                     prefetch(j + bs, values: true)
                                     Attention.accumulateValues(
                                         weights: scores + j, stride: s.maxContext, group: group, headDimensions: hd,
-                                        values: cache.value(layer: layer, slot: slot) + kvOffset * element.byteCount, element: element,
-                                        valueStride: cache.kvDimensions,
-                                        count: run, into: out)
-                                    j += run
+                                        values: run(j, values: true), element: element, valueStride: hd, count: count, into: out)
+                                    j += count
                                 }
                             }
                         }
