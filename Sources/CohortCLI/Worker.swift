@@ -21,7 +21,6 @@ struct Worker: ParsableCommand {
     @Option var threads = 1
     @Option(name: .customLong("kv-cache-mb")) var kvCacheMiB = 256
     @Flag var precise = false
-    @Option(name: .customLong("kv-blocks")) var kvBlocks: Int?
     @Option var maxBatchTokens = 512
     @Option(name: .customLong("tp")) var tensorParallel = 1
     @Option(name: .customLong("pp")) var pipelineParallel = 1
@@ -48,7 +47,7 @@ struct Worker: ParsableCommand {
                 threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, maxBatchTokens: maxBatchTokens, tensorParallel: tensorParallel,
                 pipelineParallel: pipelineParallel, pipelineLayers: try pipelineLayers.map(ModelArguments.parseLayerList))
             shard = .init(
-                path: model, options: options, kvBlocks: kvBlocks, communicator: communicator, previousStage: previousStage,
+                path: model, options: options, communicator: communicator, previousStage: previousStage,
                 nextStage: nextStage, loadGate: loadGate)
         }
         let status = WorkerProcess.run(.init(

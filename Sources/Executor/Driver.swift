@@ -135,10 +135,16 @@ public actor Driver {
         isLooping = true
     }
 
-    /// Runs one step on every rank; returns the last stage's output.
-    public func execute(_ step: StepRequest) async throws -> StepOutput {
+    /// Checks the driver runs and puts the workers back into their loop if an idle stop
+    /// took them out (as the seed's `execute_model` does): one actor hop per step.
+    private func prepareStep() async throws {
         try checkRunning()
         try await startExecutionLoop()
+    }
+
+    /// Runs one step on every rank; returns the last stage's output.
+    public func execute(_ step: StepRequest) async throws -> StepOutput {
+        try await prepareStep()
         let outputs = try await runAll { worker, _ in try await worker.execute(step) }
         return try lastStageOutput(outputs, step: step)
     }
@@ -146,8 +152,7 @@ public actor Driver {
     /// Runs one step of `virtualEngine`, stage by stage, holding each stage's lock only
     /// while that stage runs: steps of other virtual engines use the other stages meanwhile.
     public nonisolated func execute(_ step: StepRequest, virtualEngine: Int) async throws -> StepOutput {
-        try await checkRunning()
-        try await startExecutionLoop()
+        try await prepareStep()
         guard virtualEngine >= 0 && virtualEngine < virtualEngines, Int(step.virtualEngine) == virtualEngine else {
             throw ExecutorError("virtual engine \(virtualEngine) (step says \(step.virtualEngine)): expected one of 0..<\(virtualEngines)")
         }

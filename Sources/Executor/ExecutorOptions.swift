@@ -66,14 +66,14 @@ public struct ExecutorOptions: Sendable, Equatable {
     /// One thread per online CPU.
     public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
-    var modelOptions: ModelOptions { modelOptions(stage: 0, kvBlocks: nil) }
+    var modelOptions: ModelOptions { modelOptions(stage: 0) }
 
-    /// What one rank of pipeline stage `stage` loads, with `kvBlocks` KV blocks (nil: all
-    /// that `kvCacheMiB` holds).
-    func modelOptions(stage: Int, kvBlocks: Int?) -> ModelOptions {
+    /// What one rank of pipeline stage `stage` loads: a KV cache of all the blocks
+    /// `kvCacheMiB` holds (the start-up then agrees on the smallest rank's count).
+    func modelOptions(stage: Int) -> ModelOptions {
         ModelOptions(
             threads: threads, mode: precise ? .precise : .fast, kvCacheBytes: kvCacheMiB << 20, maxBatchTokens: maxBatchTokens,
-            kvBlocks: kvBlocks, pipelineStage: stage, pipelineStages: pipelineParallel, pipelineLayers: pipelineLayers)
+            pipelineStage: stage, pipelineStages: pipelineParallel, pipelineLayers: pipelineLayers)
     }
 }
 

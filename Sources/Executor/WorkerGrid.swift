@@ -122,7 +122,7 @@ final class WorkerGrid {
             layout: layout, processes: workers, loadGate: loadGate,
             makeRank0: { group in
                 ModelWorker(
-                    modelPath: modelPath, options: options.modelOptions(stage: 0, kvBlocks: nil), group: group,
+                    modelPath: modelPath, options: options.modelOptions(stage: 0), group: group,
                     links: StageLinks(next: channels.first, timeout: workers.configuration.stepTimeout, check: { try workers.checkAlive() }),
                     progress: progress)
             },

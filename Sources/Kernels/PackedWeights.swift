@@ -25,6 +25,10 @@ public final class PackedWeights: @unchecked Sendable {
     public static let isSupported: Bool =
         cohort_cpu_has_vnni() != 0 && ProcessInfo.processInfo.environment["COHORT_KERNELS"] != "rowwise"
 
+    /// Whether a model in `mode` packs its matrices: fast mode on a CPU with the panel
+    /// kernels (precise mode multiplies floats and keeps the row layout).
+    public static func isUsed(for mode: NumericMode) -> Bool { mode == .fast && isSupported }
+
     private var buffers: [UnsafeMutableRawPointer] = []
     /// Bytes held by all packed copies.
     public private(set) var byteCount = 0

@@ -103,9 +103,8 @@ public final class LoadedModel {
         // A whole model reads every page: fault them in now, or, when the model packs its
         // matrices (reading, then releasing, each), only ask for read-ahead. A shard reads
         // only its own pages and leaves the rest of the file out of its resident set.
-        let packs = options.mode == .fast && PackedWeights.isSupported
         if (group?.ranks ?? 1) == 1 && stages.count == 1 {
-            if packs { file.mappedFile.prefetch(0..<file.mappedFile.bytes.count) } else { Self.touchPages(file, progress: progress) }
+            if PackedWeights.isUsed(for: options.mode) { file.mappedFile.prefetch(0..<file.mappedFile.bytes.count) } else { Self.touchPages(file, progress: progress) }
         }
         progress(1)
         self.file = file

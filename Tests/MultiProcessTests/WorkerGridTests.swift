@@ -141,8 +141,11 @@ import Testing
         var options = Self.options(pp: 2, layers: [4, 1])
         options.kvCacheMiB = 1
         let engine = try await Engine.load(modelPath: path, options: options)
+        // What the ranks reported equals the planner's estimate for the 4-layer stage.
         let c = try LlamaConfiguration(file: GGUFFile(path: path), architecture: "llama")
+        let plan = try ModelGrid(configuration: c, layout: try options.layout, layerCounts: [4, 1])
         let perBlock = PagedKVCache.bytesPerBlock(layers: 4, blockSize: 16, kvDimensions: c.kvDimensions, element: .f32)
+        #expect(await engine.totalKVBlocks == plan.kvBlocks(budgetBytes: 1 << 20, blockSize: 16, element: .f32))
         #expect(await engine.totalKVBlocks == (1 << 20) / perBlock)
         #expect((1 << 20) / perBlock < (1 << 20) / PagedKVCache.bytesPerBlock(layers: 1, blockSize: 16, kvDimensions: c.kvDimensions, element: .f32))
         let result = try await engine.generate(Self.requests[5])

@@ -59,9 +59,6 @@ public enum WorkerProcess {
         public var path: String
         /// The grid (TP, PP, layer split) and the per-rank knobs.
         public var options: ExecutorOptions
-        /// KV blocks to allocate; nil: as many as the memory budget holds (the driver then
-        /// asks every rank and uses the smallest count everywhere).
-        public var kvBlocks: Int?
         /// This rank's tensor-parallel group (TP > 1): a shared-memory communicator's name,
         /// or `tcp://HOST:PORT`, the group's rendezvous (the secret comes in the environment).
         public var communicator: String?
@@ -72,13 +69,12 @@ public enum WorkerProcess {
         public var loadGate: String?
 
         public init(
-            path: String, options: ExecutorOptions, kvBlocks: Int? = nil, communicator: String? = nil, previousStage: String? = nil,
+            path: String, options: ExecutorOptions, communicator: String? = nil, previousStage: String? = nil,
             nextStage: String? = nil, loadGate: String? = nil
         ) {
             self.loadGate = loadGate
             self.path = path
             self.options = options
-            self.kvBlocks = kvBlocks
             self.communicator = communicator
             self.previousStage = previousStage
             self.nextStage = nextStage
@@ -89,7 +85,6 @@ public enum WorkerProcess {
             var a = ["--model", path, "--threads", "\(options.threads)", "--kv-cache-mb", "\(options.kvCacheMiB)",
                      "--max-batch-tokens", "\(options.maxBatchTokens)",
                      "--tp", "\(options.tensorParallel)", "--pp", "\(options.pipelineParallel)"]
-            if let kvBlocks { a += ["--kv-blocks", "\(kvBlocks)"] }
             if let layers = options.pipelineLayers { a += ["--pp-layers", layers.map(String.init).joined(separator: ",")] }
             if options.precise { a.append("--precise") }
             if let communicator { a += ["--communicator", communicator] }
@@ -285,7 +280,7 @@ public enum WorkerProcess {
                 previous: try shard.previousStage.map { try StageChannel.attach(name: $0) },
                 next: try shard.nextStage.map { try StageChannel.attach(name: $0) })
             let worker = ModelWorker(
-                modelPath: shard.path, options: shard.options.modelOptions(stage: stage, kvBlocks: shard.kvBlocks), group: group,
+                modelPath: shard.path, options: shard.options.modelOptions(stage: stage), group: group,
                 links: links)
             // At most the driver's limit of workers load at once; give up if the driver is gone.
             let gate = try shard.loadGate.map { try LoadGate.attach(name: $0) }

@@ -48,7 +48,7 @@ public final class LlamaModel {
         self.vocabularyRanges = (0..<shard.ranks).map { (try? TensorShard.plan(configuration, rank: $0, ranks: shard.ranks))?.vocabulary ?? 0..<0 }
         self.stage = stage
         let mine = weights.sharded(shard, configuration: configuration).staged(stage)
-        if mode == .fast && PackedWeights.isSupported {
+        if PackedWeights.isUsed(for: mode) {
             // Fast mode reads the copies: the mapping's pages of each matrix go once it is copied.
             let mapping = weights.file.mappedFile
             let storage = PackedWeights { source, count in mapping.release(source, byteCount: count) }

@@ -123,6 +123,7 @@ public struct ModelGrid: Sendable, Equatable {
 
     /// KV blocks every rank can hold within `bytes` of cache memory each: the smallest
     /// worker's count (the stage with the most layers, the shard with the most KV heads).
+    /// A plan: the executor's start-up asks every rank and arrives at the same count.
     public func kvBlocks(budgetBytes bytes: Int, blockSize: Int, element: CacheElement) -> Int {
         var blocks = Int.max
         for stage in stages {
