@@ -748,6 +748,10 @@ int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int 
 #define PANEL_TOKENS 8
 #endif
 
+/// Bytes of panels the tiles of a batch walk in turn: well inside one core's L2 (1 MB on
+/// the Zen 4 this was measured on; 128 and 256 KB measured alike, 512 KB slower).
+#define PANEL_RUN_BYTES (128 * 1024)
+
 /// T tokens (1…PANEL_TOKENS) against one panel of 8 rows; writes y[t * ldy + 0…7].
 VNNI_TARGET __attribute__((always_inline))
 static inline void panel_tile(int bits, int T, int nb, const void *panel, const cohort_q8_block *const *a,
@@ -821,18 +825,24 @@ void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd
     static const tile_fn four[8] = {panel4x1, panel4x2, panel4x3, panel4x4, panel4x5, panel4x6, panel4x7, panel4x8};
     static const tile_fn eight[8] = {panel8x1, panel8x2, panel8x3, panel8x4, panel8x5, panel8x6, panel8x7, panel8x8};
     const int nb = k / 32;
-    const int blockBytes = packed_block_bytes(type);
+    const size_t panelBytes = (size_t)nb * (size_t)packed_block_bytes(type);
     const tile_fn *tiles = type == COHORT_TYPE_Q8_0 ? eight : four;
-    for (int p = rowBegin / 8; p < rowEnd / 8; p++) {
-        const char *panel = (const char *)packed + (size_t)p * nb * blockBytes;
-        // Tiles as even as possible (17 tokens: 6 + 6 + 5, not 8 + 8 + 1): a small tile
-        // unpacks the weights for few tokens.
-        const int tileCount = (tokens + PANEL_TOKENS - 1) / PANEL_TOKENS;
+    // Tiles as even as possible (17 tokens: 6 + 6 + 5, not 8 + 8 + 1): a small tile
+    // unpacks the weights for few tokens.
+    const int tileCount = (tokens + PANEL_TOKENS - 1) / PANEL_TOKENS;
+    // With more than one tile, each tile walks a run of panels that stays in L2, so the
+    // weights come from memory once per run, not once per panel while the tiles take
+    // turns (that left the hardware prefetcher behind: 1536 × 576 Q4_1 streamed from
+    // memory, 16 tokens, 123 → 97 µs in one core; 12 tokens 94 → 73).
+    const int runPanels = tileCount == 1 ? rowEnd / 8 : (int)(PANEL_RUN_BYTES / panelBytes) + 1;
+    for (int p0 = rowBegin / 8; p0 < rowEnd / 8; p0 += runPanels) {
+        const int p1 = rowEnd / 8 - p0 < runPanels ? rowEnd / 8 : p0 + runPanels;
         for (int tile = 0, t = 0; tile < tileCount; tile++) {
             const int T = tokens / tileCount + (tile < tokens % tileCount ? 1 : 0);
             const cohort_q8_block *rows[PANEL_TOKENS];
             for (int i = 0; i < T; i++) rows[i] = a + (size_t)(t + i) * nb;
-            tiles[T - 1](nb, panel, rows, y + (size_t)t * ldy + 8 * p, ldy);
+            for (int p = p0; p < p1; p++)
+                tiles[T - 1](nb, (const char *)packed + (size_t)p * panelBytes, rows, y + (size_t)t * ldy + 8 * p, ldy);
             t += T;
         }
     }

@@ -80,7 +80,8 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
     @Test("packed panels equal the row kernels, whole panels and leftover rows alike",
           .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
     func packedMatchesRowKernels(type: TensorType) {
-        for (rows, columns) in [(8, 32), (21, 64), (64, 128), (130, 256)] {
+        // 4096 columns: a batch's tiles take turns over runs of 4-7 panels, several runs a thread.
+        for (rows, columns) in [(8, 32), (21, 64), (64, 128), (130, 256), (130, 4096)] {
             for (tokens, threads) in [(1, 1), (3, 2), (8, 1), (11, 2)] {
                 let rowwise = run(type, mode: .fast, threads: threads, rows: rows, columns: columns, tokens: tokens)
                 let packed = run(type, mode: .fast, threads: threads, rows: rows, columns: columns, tokens: tokens, packed: true)
