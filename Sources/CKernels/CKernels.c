@@ -630,10 +630,14 @@ void cohort_attention_values(const float *p, int ldP, int group, int hd, const v
     attention_values_scalar(half, p, ldP, group, hd, v, vStride, count, out);
 }
 
+// Into L2 (prefetcht1), not L1: an L1 prefetch holds one of the core's few L1 miss
+// buffers until its line arrives, so only ~24 lines are ever in flight; L2 keeps many
+// more. Decode attention of 16 sequences at 96 tokens over scattered 16-token blocks,
+// fetched two blocks ahead: 5.5 → 3.1 ms a step (the same arithmetic in cache: 2.0).
 void cohort_prefetch_rows(const void *base, size_t strideBytes, int rows, int rowBytes) {
     for (int r = 0; r < rows; r++) {
         const char *row = (const char *)base + (size_t)r * strideBytes;
-        for (int b = 0; b < rowBytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+        for (int b = 0; b < rowBytes; b += 64) __builtin_prefetch(row + b, 0, 2);
     }
 }
 

@@ -72,8 +72,8 @@ void cohort_attention_scores(const float *q, int group, int hd, const void *k, i
 void cohort_attention_values(const float *p, int ldP, int group, int hd, const void *v, int half, int vStride, int count,
                              float *out);
 
-/// Asks the CPU to fetch `rows` rows of `rowBytes` bytes, `strideBytes` apart, into cache
-/// (the next block of keys or values while this one is computed).
+/// Asks the CPU to fetch `rows` rows of `rowBytes` bytes, `strideBytes` apart, into L2
+/// (the keys or values two blocks ahead while this one is computed).
 void cohort_prefetch_rows(const void *base, size_t strideBytes, int rows, int rowBytes);
 
 /// y[i] = half(x[i]) for `n` floats, rounded to nearest even.

@@ -240,46 +240,61 @@ public final class LlamaModel {
                         let chunks = pool.chunkCount(items: T * KVH)
                         pool.run(chunks: chunks) { chunk, thread in
                             let scores = s.scores + thread * s.maxContext * group
-                            for item in ThreadPool.slice(of: T * KVH, part: chunk, parts: chunks) {
+                            let items = ThreadPool.slice(of: T * KVH, part: chunk, parts: chunks)
+                            // Where an item's (token, KV head) cached keys or values start at its
+                            // sequence's token j, a multiple of the block size: a head's vectors in
+                            // one block are one run.
+                            func run(_ item: Int, _ j: Int, values: Bool) -> UnsafeMutableRawPointer {
+                                let t = item / KVH
+                                let block = Int(tables[Int(tableStart[Int(sequenceOf[t])]) + j / bs])
+                                return values
+                                    ? cache.values(layer: layer, block: block, head: item % KVH)
+                                    : cache.keys(layer: layer, block: block, head: item % KVH)
+                            }
+                            func blockCount(_ item: Int) -> Int { (Int(positions[item / KVH]) + bs) / bs }
+                            // The cache of many sequences is far larger than the CPU's caches, so
+                            // blocks are fetched two ahead of their use along one stream: this item's
+                            // key blocks, its value blocks, then the next item's key blocks.
+                            func prefetch(_ item: Int, stream position: Int) {
+                                var item = item, position = position, n = blockCount(item)
+                                if position >= 2 * n {
+                                    item += 1
+                                    position -= 2 * n
+                                    guard item < items.upperBound else { return }
+                                    n = blockCount(item)
+                                }
+                                let values = position >= n
+                                let j = (values ? position - n : position) * bs
+                                let length = Int(positions[item / KVH]) + 1
+                                Attention.prefetch(
+                                    run(item, j, values: values), element: element, stride: hd, rows: min(bs, length - j),
+                                    headDimensions: hd)
+                            }
+                            if let first = items.first {
+                                prefetch(first, stream: 0)
+                                prefetch(first, stream: 1)
+                            }
+                            for item in items {
                                 let t = item / KVH, kvHead = item % KVH
                                 let q = s.q + t * qDim + kvHead * group * hd
                                 let out = s.attention + t * qDim + kvHead * group * hd
                                 let length = Int(positions[t]) + 1
-                                let table = tables.baseAddress! + Int(tableStart[Int(sequenceOf[t])])
-                                // Block by block: a head's vectors in one block are one run. The
-                                // next block's keys (and the first block's values) are fetched
-                                // while this block is computed: the cache of many sequences is
-                                // far larger than the CPU's caches.
-                                func run(_ j: Int, values: Bool) -> UnsafeMutableRawPointer {
-                                    let block = Int(table[j / bs])
-                                    return values
-                                        ? cache.values(layer: layer, block: block, head: kvHead)
-                                        : cache.keys(layer: layer, block: block, head: kvHead)
-                                }
-                                func prefetch(_ j: Int, values: Bool) {
-                                    guard j < length else { return }
-                                    Attention.prefetch(run(j, values: values), element: element, stride: hd, rows: min(bs, length - j), headDimensions: hd)
-                                }
-                                prefetch(0, values: true)
-                                var j = 0
-                                while j < length {
-                                    let count = min(bs, length - j)
-                                    prefetch(j + bs, values: false)
+                                let n = blockCount(item)
+                                for b in 0..<n {
+                                    prefetch(item, stream: b + 2)
                                     Attention.scores(
-                                        queries: q, group: group, headDimensions: hd, keys: run(j, values: false), element: element,
-                                        keyStride: hd, count: count, scale: scale, into: scores + j, stride: s.maxContext)
-                                    j += count
+                                        queries: q, group: group, headDimensions: hd, keys: run(item, b * bs, values: false),
+                                        element: element, keyStride: hd, count: min(bs, length - b * bs), scale: scale,
+                                        into: scores + b * bs, stride: s.maxContext)
                                 }
                                 for i in 0..<group { VectorMath.softmax(scores + i * s.maxContext, count: length) }
                                 out.update(repeating: 0, count: group * hd)
-                                j = 0
-                                while j < length {
-                                    let count = min(bs, length - j)
-                                    prefetch(j + bs, values: true)
+                                for b in 0..<n {
+                                    prefetch(item, stream: n + b + 2)
                                     Attention.accumulateValues(
-                                        weights: scores + j, stride: s.maxContext, group: group, headDimensions: hd,
-                                        values: run(j, values: true), element: element, valueStride: hd, count: count, into: out)
-                                    j += count
+                                        weights: scores + b * bs, stride: s.maxContext, group: group, headDimensions: hd,
+                                        values: run(item, b * bs, values: true), element: element, valueStride: hd,
+                                        count: min(bs, length - b * bs), into: out)
                                 }
                             }
                         }
