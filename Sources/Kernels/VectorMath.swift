@@ -67,12 +67,9 @@ public enum VectorMath {
         _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, epsilon: Float,
         into out: UnsafeMutablePointer<Float>, count: Int
     ) {
-        // Accumulate in Double: the sum of squares of a few thousand activations loses
-        // digits in float32, and this runs once per row.
-        var sum = 0.0
-        for i in 0..<count { sum += Double(x[i]) * Double(x[i]) }
-        let scale = Float(1 / (sum / Double(count) + Double(epsilon)).squareRoot())
-        for i in 0..<count { out[i] = x[i] * scale * weight[i] }
+        // The sum of squares is taken in double: a few thousand activations lose digits
+        // in float32. (In C: Swift keeps a double reduction in one serial chain.)
+        cohort_rms_norm(x, weight, epsilon, out, Int32(count))
     }
 
     /// In-place softmax over `count` floats; leaves probabilities (a vectorized exp in

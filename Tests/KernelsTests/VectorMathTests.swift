@@ -14,13 +14,19 @@ import Testing
         }
     }
 
-    @Test("RMSNorm scales to unit root-mean-square times the weight")
+    @Test("RMSNorm equals a double-precision reference for every length tail")
     func rmsNorm() {
-        let x = randomFloats(64, seed: 4), w = [Float](repeating: 2, count: 64)
-        var out = [Float](repeating: 0, count: 64)
-        VectorMath.rmsNorm(x, weight: w, epsilon: 0, into: &out, count: 64)
-        let rms = (out.map { Double($0 / 2) * Double($0 / 2) }.reduce(0, +) / 64).squareRoot()
-        #expect(abs(rms - 1) < 1e-5)
+        for n in [1, 7, 8, 37, 64, 576] {
+            let x = randomFloats(n, seed: 4), w = randomFloats(n, seed: 5)
+            var out = [Float](repeating: .nan, count: n)
+            VectorMath.rmsNorm(x, weight: w, epsilon: 1e-5, into: &out, count: n)
+            let meanSquare = x.map { Double($0) * Double($0) }.reduce(0, +) / Double(n)
+            let scale = 1 / (meanSquare + 1e-5).squareRoot()
+            for i in 0..<n {
+                let want = Double(x[i]) * scale * Double(w[i])
+                #expect(abs(Double(out[i]) - want) <= 1e-6 * max(1, abs(want)), "n \(n), element \(i)")
+            }
+        }
     }
 
     @Test("softmax sums to one and keeps order")
