@@ -596,7 +596,40 @@ static double sum_squares_avx2(const float *x, int n) {
     for (; i < n; i++) sum += (double)x[i] * (double)x[i];
     return sum;
 }
+
+/// The largest value: max_ps returns its second operand when the first is NaN, so NaNs
+/// never win.
+__attribute__((target("avx2,fma,f16c")))
+static int argmax_avx2(const float *x, int n) {
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(x + i), m8);
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float best = _mm_cvtss_f32(m4);
+    for (; i < n; i++)
+        if (x[i] > best) best = x[i];
+    const __m256 b8 = _mm256_set1_ps(best);
+    for (i = 0; i + 8 <= n; i += 8) {
+        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), b8, _CMP_EQ_OQ));
+        if (mask) return i + __builtin_ctz(mask);
+    }
+    for (; i < n; i++)
+        if (x[i] == best) return i;
+    return 0;
+}
 #endif
+
+int cohort_argmax(const float *x, int n) {
+#if COHORT_X86
+    if (cohort_cpu_has_avx2()) return argmax_avx2(x, n);
+#endif
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
 
 void cohort_rms_norm(const float *x, const float *weight, float epsilon, float *out, int n) {
     double sum = 0;

@@ -72,6 +72,11 @@ public enum VectorMath {
         cohort_rms_norm(x, weight, epsilon, out, Int32(count))
     }
 
+    /// The first index of the largest of `count` floats (greedy sampling); NaNs never win.
+    public static func argmax(_ x: UnsafePointer<Float>, count: Int) -> Int {
+        Int(cohort_argmax(x, Int32(count)))
+    }
+
     /// In-place softmax over `count` floats; leaves probabilities (a vectorized exp in
     /// `CKernels`).
     public static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int) {

@@ -29,6 +29,25 @@ import Testing
         }
     }
 
+    @Test("argmax finds the first largest value for every length tail; NaNs never win")
+    func argmax() {
+        for n in [1, 7, 8, 9, 64, 100, 49152] {
+            var x = randomFloats(n, seed: UInt64(n))
+            var want = 0
+            for i in 1..<n where x[i] > x[want] { want = i }
+            #expect(VectorMath.argmax(x, count: n) == want, "n \(n)")
+            if n > 9 {
+                x[n - 1] = x[want]  // a tie after the first: the first still wins
+                x[want == 3 ? 4 : 3] = .nan
+                #expect(VectorMath.argmax(x, count: n) == want, "n \(n) with a tie and a NaN")
+                x[n - 2] = .infinity
+                #expect(VectorMath.argmax(x, count: n) == n - 2, "n \(n) with +inf in the tail")
+            }
+        }
+        #expect(VectorMath.argmax([Float.nan, 1, .nan, 2, 2, .nan, .nan, .nan, .nan], count: 9) == 3)
+        #expect(VectorMath.argmax([-Float.infinity, -.infinity, -.infinity], count: 3) == 0)
+    }
+
     @Test("softmax sums to one and keeps order")
     func softmax() {
         var x: [Float] = [1, 3, 2, -1000]

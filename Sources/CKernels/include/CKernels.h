@@ -82,6 +82,9 @@ void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n);
 /// In-place softmax over `n` floats (a vectorized exp on AVX2).
 void cohort_softmax(float *x, int n);
 
+/// The first index of the largest of `n` floats (NaNs never win; 0 when none is a number).
+int cohort_argmax(const float *x, int n);
+
 /// out[i] = x[i] · weight[i] / sqrt(mean(x²) + epsilon), the mean taken in double precision.
 void cohort_rms_norm(const float *x, const float *weight, float epsilon, float *out, int n);
 

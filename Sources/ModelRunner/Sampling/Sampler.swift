@@ -1,4 +1,5 @@
 public import ExecutorCore
+import Kernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,29 +48,28 @@ public struct Sampler {
         random: inout RandomStream
     ) -> SampledToken {
         let n = vocabularySize
-
-        working.withUnsafeMutableBufferPointer { w in
-            for i in 0..<n { w[i] = logits[i] }
-            if p.repetitionPenalty != 1 {
-                for t in history.promptTokens.union(history.outputCounts.keys) where Int(t) < n {
-                    let v = w[Int(t)]
-                    w[Int(t)] = v > 0 ? v / p.repetitionPenalty : v * p.repetitionPenalty
-                }
-            }
-            if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
-                for (t, count) in history.outputCounts where Int(t) < n {
-                    w[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(count)
-                }
-            }
-        }
-
+        let penalized = p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0
         let token: Int32
-        if p.isGreedy {
-            var best = 0
-            for i in 1..<n where working[i] > working[best] { best = i }
-            token = Int32(best)
+        if p.isGreedy && !penalized {
+            token = Int32(VectorMath.argmax(logits, count: n))
         } else {
-            token = sampleFiltered(p, random: &random)
+            working.withUnsafeMutableBufferPointer { w in
+                for i in 0..<n { w[i] = logits[i] }
+                if p.repetitionPenalty != 1 {
+                    for t in history.promptTokens.union(history.outputCounts.keys) where Int(t) < n {
+                        let v = w[Int(t)]
+                        w[Int(t)] = v > 0 ? v / p.repetitionPenalty : v * p.repetitionPenalty
+                    }
+                }
+                if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+                    for (t, count) in history.outputCounts where Int(t) < n {
+                        w[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(count)
+                    }
+                }
+            }
+            token = p.isGreedy
+                ? Int32(working.withUnsafeBufferPointer { VectorMath.argmax($0.baseAddress!, count: n) })
+                : sampleFiltered(p, random: &random)
         }
 
         // Log-probabilities of the raw logits, only when asked for (a pass of expf over the vocabulary).
