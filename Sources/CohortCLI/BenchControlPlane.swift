@@ -58,8 +58,11 @@ struct BenchControlPlane: ParsableCommand {
         } while writer.bytes.count < payloadBytes
         var latencies: [Double] = []
         latencies.reserveCapacity(steps)
+        // Built once, renumbered each step: building a step is the scheduler's time, not
+        // the control plane's.
+        var request = StepRequest(step: 0, sequences: sequences)
         for step in 0..<(steps + 200) {
-            let request = StepRequest(step: UInt64(step), sequences: sequences)
+            request.step = UInt64(step)
             let start = MonotonicClock.now()
             _ = try group.step(request)
             if step >= 200 { latencies.append((MonotonicClock.now() - start) * 1e6) }

@@ -285,7 +285,7 @@ final class WorkerGrid {
 
     /// A step of single-token decodes only (the steady state the statistics describe).
     static func isDecode(_ request: StepRequest) -> Bool {
-        !request.sequences.isEmpty && request.sequences.allSatisfy { $0.tokens.count == 1 }
+        !request.sequences.isEmpty && request.sequences.tokenCount == request.sequences.count
     }
 
     /// Stops the workers and unmaps everything. Idempotent.

@@ -91,6 +91,81 @@ import Testing
         }
     }
 
+    @Test("sequences travel as columns: shared sampling parameters are stored once")
+    func columns() {
+        let shared = SamplingParameters(temperature: 0.5, seed: 1)
+        var sequences = StepRequest.Sequences()
+        for i in 0..<5 {
+            let n = Int32(i)
+            sequences.append(StepRequest.Sequence(
+                id: UInt64(i), tokens: [n, 7], startPosition: 3, blockTable: [n], sample: i != 2,
+                sampling: i == 4 ? SamplingParameters() : shared))
+        }
+        #expect(sequences.samplingTable == [shared, SamplingParameters()])
+        #expect(sequences.allTokens == [0, 7, 1, 7, 2, 7, 3, 7, 4, 7] && sequences.tokenCount == 10 && sequences.sampleCount == 4)
+        #expect(sequences[3] == StepRequest.Sequence(id: 3, tokens: [3, 7], startPosition: 3, blockTable: [3], sampling: shared))
+        #expect(Array(sequences.blockTable(4)) == [4] && sequences.sampling(4) == SamplingParameters())
+    }
+
+    /// A step message written column by column, `columns` overriding the well-formed ones.
+    func handWritten(_ columns: [String: [Int32]]) -> [UInt8] {
+        var w = WireWriter()
+        w.header(tag: "CSTP")
+        w.integer(UInt64(1))
+        w.integer(Int32(0))
+        w.integers([UInt64(10), 11])
+        let wellFormed: [(String, [Int32])] = [
+            ("start positions", [0, 0]), ("token offsets", [0, 1, 2]), ("tokens", [5, 6]), ("block offsets", [0, 1, 2]),
+            ("blocks", [0, 1]),
+        ]
+        for (name, column) in wellFormed { w.integers(columns[name] ?? column) }
+        w.integers((columns["sample flags"] ?? [1, 1]).map(UInt8.init))
+        w.integers(columns["sampling indices"] ?? [0, 0])
+        w.count(0)  // no sampling parameters: any index is out of range
+        w.count(0)
+        w.integers([UInt64]())
+        return w.bytes
+    }
+
+    /// Each breaks one rule; checks run in this order, so each case is caught by its own.
+    /// (The message carries no sampling parameters, so the last case is the unmodified one.)
+    static let brokenColumns: [([String: [Int32]], String)] = [
+        (["start positions": [0]], "start positions"),
+        (["token offsets": [0, 2, 1]], "token offsets"),
+        (["token offsets": [0, 1, 3]], "token offsets"),
+        (["block offsets": [1, 1, 2]], "block table offsets"),
+        (["sample flags": [1, 2]], "sample flags"),
+        ([:], "sampling parameter indices"),
+    ]
+
+    @Test("a step whose columns disagree is rejected, naming the column", arguments: brokenColumns)
+    func inconsistentColumns(columns: [String: [Int32]], named: String) {
+        let bytes = handWritten(columns)
+        #expect {
+            try bytes.withUnsafeBytes { _ = try StepRequest(decoding: $0) }
+        } throws: { error in
+            "\(error)".contains(named)
+        }
+    }
+
+    @Test("an output whose top-logprob offsets overrun is rejected by name")
+    func inconsistentOutput() {
+        var w = WireWriter()
+        w.header(tag: "COUT")
+        w.integer(UInt64(1))
+        w.integers([UInt64(4)])
+        w.integers([Int32(9)])
+        w.integers([Float(-1).bitPattern])
+        w.integers([Int32(0), 2])  // two alternatives, one stored
+        w.integers([Int32(9)])
+        w.integers([Float(-1).bitPattern])
+        #expect {
+            try w.withBytes { _ = try StepOutput(decoding: $0) }
+        } throws: { error in
+            "\(error)".contains("top logprob offsets")
+        }
+    }
+
     @Test("a message from another version is rejected by name")
     func versionMismatch() {
         var bytes = encoded(Self.request)

@@ -162,25 +162,28 @@ public final class ModelWorker: Worker {
     }
 
     static func validate(_ step: StepRequest, model: LlamaModel, vocabulary: Int, blocks: Int) throws {
-        var tokens = 0
-        for sequence in step.sequences {
-            guard !sequence.tokens.isEmpty, sequence.startPosition >= 0 else {
-                throw ExecutorError("sequence \(sequence.id): expected at least one token at a position ≥ 0, "
-                    + "found \(sequence.tokens.count) tokens at \(sequence.startPosition)")
+        let sequences = step.sequences
+        for i in sequences.indices {
+            let id = sequences.ids[i], start = sequences.startPositions[i], count = sequences.tokenCount(i)
+            guard count > 0, start >= 0 else {
+                throw ExecutorError("sequence \(id): expected at least one token at a position ≥ 0, found \(count) tokens at \(start)")
             }
-            let end = Int(sequence.startPosition) + sequence.tokens.count
-            guard end <= model.maxContext, sequence.blockTable.count * model.cache.blockSize >= end else {
-                throw ExecutorError("sequence \(sequence.id): positions up to \(end) need \(end) cached tokens, "
-                    + "the block table covers \(sequence.blockTable.count * model.cache.blockSize) and the context \(model.maxContext)")
+            let end = Int(start) + count, covered = sequences.blockTable(i).count * model.cache.blockSize
+            guard end <= model.maxContext, covered >= end else {
+                throw ExecutorError("sequence \(id): positions up to \(end) need \(end) cached tokens, "
+                    + "the block table covers \(covered) and the context \(model.maxContext)")
             }
-            for t in sequence.tokens where t < 0 || Int(t) >= vocabulary {
-                throw ExecutorError("sequence \(sequence.id): token \(t) is outside the vocabulary 0..<\(vocabulary)")
-            }
-            for b in sequence.blockTable where b < 0 || Int(b) >= blocks {
-                throw ExecutorError("sequence \(sequence.id): KV block \(b) is outside 0..<\(blocks)")
-            }
-            tokens += sequence.tokens.count
         }
+        // Whole columns at once: every token, every block.
+        if let t = sequences.allTokens.first(where: { $0 < 0 || Int($0) >= vocabulary }) {
+            let i = sequences.indices.first { sequences.tokens($0).contains(t) }!
+            throw ExecutorError("sequence \(sequences.ids[i]): token \(t) is outside the vocabulary 0..<\(vocabulary)")
+        }
+        if let b = sequences.allBlocks.first(where: { $0 < 0 || Int($0) >= blocks }) {
+            let i = sequences.indices.first { sequences.blockTable($0).contains(b) }!
+            throw ExecutorError("sequence \(sequences.ids[i]): KV block \(b) is outside 0..<\(blocks)")
+        }
+        let tokens = sequences.tokenCount
         for copy in step.blockCopies {
             for b in [copy.source, copy.destination] where b < 0 || Int(b) >= blocks {
                 throw ExecutorError("block copy \(copy.source) → \(copy.destination): KV block \(b) is outside 0..<\(blocks)")
@@ -200,28 +203,31 @@ public final class ModelWorker: Worker {
         // Cache operations come before the step that relies on them (copy-on-write forks).
         for copy in step.blockCopies { model.cache.copyBlock(from: Int(copy.source), to: Int(copy.destination)) }
         s.batch.removeAll()
-        for sequence in step.sequences {
-            if s.sequences[sequence.id] == nil {
-                s.sequences[sequence.id] = SequenceState(
-                    history: PenaltyHistory(prompt: []), random: RandomStream(seed: sequence.sampling.seed ?? .random(in: 0...UInt64.max)))
+        let sequences = step.sequences
+        for i in sequences.indices {
+            let id = sequences.ids[i]
+            if s.sequences[id] == nil {
+                s.sequences[id] = SequenceState(
+                    history: PenaltyHistory(prompt: []), random: RandomStream(seed: sequences.sampling(i).seed ?? .random(in: 0...UInt64.max)))
             }
             // Tokens before the first sample are the prompt; later ones were sampled here.
-            if !s.sequences[sequence.id]!.sampled { s.sequences[sequence.id]!.history.addPrompt(sequence.tokens) }
-            s.batch.append(sequence.tokens, startPosition: Int(sequence.startPosition), blockTable: sequence.blockTable,
-                           wantLogits: sequence.sample)
+            if !s.sequences[id]!.sampled { s.sequences[id]!.history.addPrompt(sequences.tokens(i)) }
+            s.batch.append(sequences.tokens(i), startPosition: Int(sequences.startPositions[i]), blockTable: sequences.blockTable(i),
+                           wantLogits: sequences.sample(i))
         }
         if !s.batch.tokens.isEmpty { try forward(step.step, s.batch, model: model, output: s.output, links: links, tensorRank: tensorRank) }
-        var samples: [StepOutput.Sample] = []
+        var samples = StepOutput.Samples()
         guard sample else { return StepOutput(step: step.step, samples: samples) }
         var row = 0
-        for sequence in step.sequences where sequence.sample {
-            var state = s.sequences[sequence.id]!
+        for i in sequences.indices where sequences.sample(i) {
+            let id = sequences.ids[i]
+            var state = s.sequences[id]!
             let sampled = s.sampler.sample(
-                logits: s.output + row * vocabulary, parameters: sequence.sampling, history: state.history, random: &state.random)
+                logits: s.output + row * vocabulary, parameters: sequences.sampling(i), history: state.history, random: &state.random)
             state.history.record(sampled.token)
             state.sampled = true
-            s.sequences[sequence.id] = state
-            samples.append(.init(sequenceID: sequence.id, token: sampled.token, logprob: sampled.logprob, top: sampled.top))
+            s.sequences[id] = state
+            samples.append(sequenceID: id, token: sampled.token, logprob: sampled.logprob, top: sampled.top)
             row += 1
         }
         return StepOutput(step: step.step, samples: samples)
