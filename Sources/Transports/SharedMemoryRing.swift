@@ -8,13 +8,14 @@ import ExecutorCore
 /// readers, each reader acknowledging every message (vLLM's `shm_broadcast` idea).
 ///
 /// The writer may reuse a slot only when every reader has acknowledged the message in it,
-/// so no message is lost or repeated. Waiting spins briefly (a few hundred polls), yields the
+/// so no message is lost or repeated. Waiting spins briefly (`spinLimit` polls, which the
+/// creator chooses for every party: see `spinPolls(parties:cores:)`), yields the
 /// core for up to 50 µs, then sleeps on a process-shared futex: readers on the write epoch,
 /// the writer on the acknowledgement epoch. Each side counts its sleepers so the other wakes it only when
 /// someone sleeps.
 ///
 /// Shared memory layout (64-byte lines): header (magic, version, readers, slots, slot
-/// bytes); write sequence + write epoch + sleeping readers; acknowledgement epoch +
+/// bytes, spin polls); write sequence + write epoch + sleeping readers; acknowledgement epoch +
 /// sleeping writer; one read sequence per reader; then the slots, each a u32 length and
 /// the payload. Names are `/cohort-` plus 128 random bits, created exclusively with mode
 /// 0600, so only this user can attach and nobody can guess the name.
@@ -27,8 +28,8 @@ public final class SharedMemoryRing: @unchecked Sendable {
     public let readers: Int
     public let slots: Int
     public let slotBytes: Int
-    /// Polls of the shared word before yielding.
-    public var spinLimit = 200
+    /// Polls of the shared word before yielding (from the ring's header; may be changed locally).
+    public var spinLimit: Int
     /// Seconds of yielding the core (sched_yield) before sleeping on the futex.
     public var yieldSeconds = 50e-6
 
@@ -36,20 +37,32 @@ public final class SharedMemoryRing: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
 
     static let magic: UInt32 = 0x474E_5243  // "CRNG"
-    static let layoutVersion: UInt32 = 1
+    static let layoutVersion: UInt32 = 2
+
+    /// How long the parties of a ring should spin before yielding: a few hundred polls
+    /// (about a microsecond) when every party has a core of its own, a few dozen when
+    /// parties outnumber cores, where a spinning waiter only delays the peer that needs its
+    /// core. bench control-plane, 4.4 KB steps on 2 cores: 2 workers (3 processes) 8.0 µs
+    /// a step with 200 polls, 7.1 with 20, 16.3 with 2000; 4 workers 12.9 against 11.4;
+    /// 1 worker (2 processes) 3.2 with 200 against 3.9-4.9 with 20.
+    public static func spinPolls(parties: Int, cores: Int) -> Int { parties <= cores ? 200 : 20 }
 
     // MARK: - Life cycle
 
     /// Creates a new ring (the writer's side) under a fresh unguessable name.
-    public static func create(readers: Int, slots: Int = 8, slotBytes: Int = 64 << 10) throws(SharedMemoryError) -> SharedMemoryRing {
-        guard readers >= 1, slots >= 2, slotBytes >= 8, slotBytes <= 1 << 30 else {
-            throw .invalidConfiguration("readers ≥ 1, slots ≥ 2, 8 ≤ slot bytes ≤ 1 GiB; got \(readers), \(slots), \(slotBytes)")
+    public static func create(
+        readers: Int, slots: Int = 8, slotBytes: Int = 64 << 10, spinPolls: Int = 200
+    ) throws(SharedMemoryError) -> SharedMemoryRing {
+        guard readers >= 1, slots >= 2, slotBytes >= 8, slotBytes <= 1 << 30, spinPolls >= 0, spinPolls <= 1 << 20 else {
+            throw .invalidConfiguration(
+                "readers ≥ 1, slots ≥ 2, 8 ≤ slot bytes ≤ 1 GiB, 0 ≤ spin polls ≤ 2^20; got \(readers), \(slots), \(slotBytes), \(spinPolls)")
         }
         let segment = try SharedMemorySegment.create(size: Layout.size(readers: readers, slots: slots, slotBytes: slotBytes))
         let base = segment.base
         base.storeBytes(of: UInt32(readers), toByteOffset: Layout.readers, as: UInt32.self)
         base.storeBytes(of: UInt32(slots), toByteOffset: Layout.slots, as: UInt32.self)
         base.storeBytes(of: UInt64(slotBytes), toByteOffset: Layout.slotBytes, as: UInt64.self)
+        base.storeBytes(of: UInt32(spinPolls), toByteOffset: Layout.spinPolls, as: UInt32.self)
         base.storeBytes(of: layoutVersion, toByteOffset: Layout.version, as: UInt32.self)
         cohort_atomic_store(base.advanced(by: Layout.magic).assumingMemoryBound(to: UInt32.self), magic)
         return SharedMemoryRing(segment: segment, readers: readers, slots: slots, slotBytes: slotBytes)
@@ -82,6 +95,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
         self.readers = readers
         self.slots = slots
         self.slotBytes = slotBytes
+        spinLimit = Int(segment.base.load(fromByteOffset: Layout.spinPolls, as: UInt32.self))
         writeSequence = cohort_atomic_load64(segment.base.advanced(by: Layout.writeSequence).assumingMemoryBound(to: UInt64.self))
     }
 
@@ -245,7 +259,7 @@ public final class SharedMemoryRing: @unchecked Sendable {
     // MARK: - Layout
 
     enum Layout {
-        static let magic = 0, version = 4, readers = 8, slots = 12, slotBytes = 16
+        static let magic = 0, version = 4, readers = 8, slots = 12, slotBytes = 16, spinPolls = 24
         static let writeSequence = 64, writeEpoch = 72, readersSleeping = 76
         static let acknowledgeEpoch = 128, writerSleeping = 132, attached = 136
         static let headerSize = 192

@@ -77,6 +77,17 @@ import Transports
         #expect(throws: SharedMemoryError.messageTooLarge(bytes: 17, slotBytes: 16)) { try big.withUnsafeBytes { try ring.write($0) } }
     }
 
+    @Test("the creator's spin budget reaches every party; parties outnumbering cores spin less")
+    func spinPolls() throws {
+        let ring = try SharedMemoryRing.create(readers: 2, slots: 2, slotBytes: 16, spinPolls: 37)
+        defer { ring.close() }
+        let peer = try SharedMemoryRing.attach(name: ring.name)
+        defer { peer.close() }
+        #expect(ring.spinLimit == 37 && peer.spinLimit == 37)
+        #expect(SharedMemoryRing.spinPolls(parties: 2, cores: 2) > SharedMemoryRing.spinPolls(parties: 3, cores: 2))
+        #expect(throws: SharedMemoryError.self) { try SharedMemoryRing.create(readers: 1, spinPolls: -1) }
+    }
+
     @Test("names are unguessable, mode 0600, and gone after close")
     func naming() throws {
         let a = try SharedMemoryRing.create(readers: 1), b = try SharedMemoryRing.create(readers: 1)

@@ -39,10 +39,14 @@ final class RingCommandChannel: CommandChannel {
     let replies: [SharedMemoryRing]
 
     init(workers: Int, slotBytes: Int, checkInterval: Double) throws {
-        broadcast = try SharedMemoryRing.create(readers: workers, slots: 4, slotBytes: slotBytes)
+        // The driver and every worker wait on these rings.
+        let spin = SharedMemoryRing.spinPolls(parties: workers + 1, cores: CPUAffinity.allowedCPUs().count)
+        broadcast = try SharedMemoryRing.create(readers: workers, slots: 4, slotBytes: slotBytes, spinPolls: spin)
         var replies: [SharedMemoryRing] = []
         do {
-            for _ in 0..<workers { replies.append(try SharedMemoryRing.create(readers: 1, slots: 4, slotBytes: slotBytes)) }
+            for _ in 0..<workers {
+                replies.append(try SharedMemoryRing.create(readers: 1, slots: 4, slotBytes: slotBytes, spinPolls: spin))
+            }
         } catch {
             broadcast.close()
             replies.forEach { $0.close() }
