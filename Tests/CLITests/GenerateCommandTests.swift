@@ -89,6 +89,7 @@ struct CLI {
         (["--threads", "0"], "--threads must be between 1 and 256, got 0"),
         (["--max-tokens", "0"], "--max-tokens must be an integer ≥ 1, got 0"),
         (["--logprobs", "50"], "--logprobs must be an integer in 0…20, got 50"),
+        (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens must be between 1 and 65536, got 0"),
         (["--prompt-tokens", "1,x"], "'x'"),
         (["--output", "yaml"], "yaml"),
     ])
@@ -194,7 +195,11 @@ struct CLI {
         let file = TemporaryFiles.path("prompts.jsonl")
         defer { TemporaryFiles.remove(file) }
         try lines.joined(separator: "\n").write(toFile: file, atomically: true, encoding: .utf8)
-        let r = try CLI.run(["generate", "--model", model, "--temperature", "0", "--prompts-file", file, "--max-num-seqs", "2"])
+        // Two tokens a step: prompts are prefilled in chunks, and the tokens stay the same.
+        let r = try CLI.run([
+            "generate", "--model", model, "--temperature", "0", "--prompts-file", file, "--max-num-seqs", "2",
+            "--max-num-batched-tokens", "2",
+        ])
         #expect(r.status == 0, "\(r.stderr)")
         let results = try r.stdout.split(separator: "\n").map {
             try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
