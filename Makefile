@@ -1,6 +1,6 @@
 # Cohort: the two commands a fresh machine needs are `make run` and `make test`.
 
-PROMPT ?= What is the capital of France?
+PROMPT ?= What is the capital of Japan?
 
 .PHONY: setup run test test-debug test-release bench bench-llamacpp
 
