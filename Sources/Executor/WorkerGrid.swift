@@ -58,6 +58,8 @@ final class WorkerGrid {
 
         var communicators: [SharedMemoryCommunicator] = []
         var channels: [StageChannel] = []
+        // Every rank's threads want a core while the grid computes.
+        let spinPolls = SharedMemoryRing.spinPolls(parties: layout.worldSize * options.threads, cores: CPUAffinity.allowedCPUs().count)
         let loadGate = try options.maxParallelLoadingWorkers.map { try LoadGate.create(limit: $0) }
         /// Each stage's group as workers find it: a segment name or a TCP rendezvous address.
         var groupAddresses: [String] = []
@@ -85,7 +87,8 @@ final class WorkerGrid {
             }
             for _ in 0..<(layout.pipelineParallel - 1) {
                 channels.append(try StageChannel.create(
-                    readers: layout.tensorParallel, maxTokens: options.maxBatchTokens, hiddenSize: configuration.hiddenSize))
+                    readers: layout.tensorParallel, maxTokens: options.maxBatchTokens, hiddenSize: configuration.hiddenSize,
+                    spinPolls: spinPolls))
             }
         } catch {
             closeAll()
@@ -94,7 +97,8 @@ final class WorkerGrid {
         let workers: WorkerGroup
         do {
             workers = try WorkerGroup(
-                workers: layout.worldSize - 1, configuration: .init(executable: options.workerExecutable, stepTimeout: 120),
+                workers: layout.worldSize - 1,
+                configuration: .init(executable: options.workerExecutable, stepTimeout: 120, threadsPerProcess: options.threads),
                 environment: tcp ? [InstanceSecret.environmentName: secret.hex] : [:]
             ) { index in
                 let rank = index + 1

@@ -38,9 +38,7 @@ final class RingCommandChannel: CommandChannel {
     let broadcast: SharedMemoryRing
     let replies: [SharedMemoryRing]
 
-    init(workers: Int, slotBytes: Int, checkInterval: Double) throws {
-        // The driver and every worker wait on these rings.
-        let spin = SharedMemoryRing.spinPolls(parties: workers + 1, cores: CPUAffinity.allowedCPUs().count)
+    init(workers: Int, slotBytes: Int, checkInterval: Double, spinPolls spin: Int) throws {
         broadcast = try SharedMemoryRing.create(readers: workers, slots: 4, slotBytes: slotBytes, spinPolls: spin)
         var replies: [SharedMemoryRing] = []
         do {

@@ -18,9 +18,12 @@ public struct StageChannel: @unchecked Sendable {
     public init(ring: SharedMemoryRing) { self.ring = ring }
 
     /// A new channel for `readers` receiving ranks and steps of up to `maxTokens` × `hiddenSize`.
-    public static func create(readers: Int, maxTokens: Int, hiddenSize: Int, slots: Int = 4) throws(SharedMemoryError) -> StageChannel {
+    public static func create(
+        readers: Int, maxTokens: Int, hiddenSize: Int, slots: Int = 4, spinPolls: Int = 200
+    ) throws(SharedMemoryError) -> StageChannel {
         StageChannel(ring: try SharedMemoryRing.create(
-            readers: readers, slots: slots, slotBytes: headerBytes + maxTokens * hiddenSize * MemoryLayout<Float>.size))
+            readers: readers, slots: slots, slotBytes: headerBytes + maxTokens * hiddenSize * MemoryLayout<Float>.size,
+            spinPolls: spinPolls))
     }
 
     public static func attach(name: String) throws(SharedMemoryError) -> StageChannel {

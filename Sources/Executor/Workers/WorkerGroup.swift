@@ -33,6 +33,10 @@ public final class WorkerGroup: @unchecked Sendable {
         public var slotBytes: Int
         /// How commands reach the workers.
         public var transport: Transport
+        /// Compute threads in each process (the driver's and each worker's): with the
+        /// processes, how many threads want a core when all are busy, which decides how
+        /// long ring waits spin.
+        public var threadsPerProcess: Int
 
         public enum Transport: Sendable, Equatable {
             /// Shared-memory rings: workers on this machine.
@@ -43,8 +47,9 @@ public final class WorkerGroup: @unchecked Sendable {
 
         public init(
             executable: String? = nil, stepTimeout: Double = 30, checkInterval: Double = 0.05, slotBytes: Int = 1 << 20,
-            transport: Transport = .sharedMemory
+            transport: Transport = .sharedMemory, threadsPerProcess: Int = 1
         ) {
+            self.threadsPerProcess = threadsPerProcess
             self.executable = executable
             self.stepTimeout = stepTimeout
             self.checkInterval = checkInterval
@@ -86,7 +91,10 @@ public final class WorkerGroup: @unchecked Sendable {
         self.workerCount = workers
         self.configuration = configuration
         let channel: any CommandChannel = switch configuration.transport {
-        case .sharedMemory: try RingCommandChannel(workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval)
+        case .sharedMemory: try RingCommandChannel(
+                workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval,
+                spinPolls: SharedMemoryRing.spinPolls(
+                    parties: (workers + 1) * max(1, configuration.threadsPerProcess), cores: CPUAffinity.allowedCPUs().count))
         case let .tcp(host): try TCPCommandChannel(workers: workers, host: host)
         }
         self.channel = channel
