@@ -31,7 +31,7 @@ public enum Attention {
 
 extension Attention {
     /// Starts fetching `rows` cached vectors of `headDimensions` elements, `stride`
-    /// elements apart: the next block's keys or values, while this block is computed.
+    /// elements apart, into L2: the keys or values two blocks ahead of the one computed.
     @inline(__always)
     public static func prefetch(_ base: UnsafeRawPointer, element: CacheElement, stride: Int, rows: Int, headDimensions: Int) {
         cohort_prefetch_rows(base, stride * element.byteCount, Int32(rows), Int32(headDimensions * element.byteCount))
