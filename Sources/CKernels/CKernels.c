@@ -93,6 +93,15 @@ static void quantize_block_scalar(const float *x, cohort_q8_block *y) {
 }
 
 #if COHORT_X86
+/// The largest of eight lanes.
+__attribute__((target("avx2,fma,f16c")))
+static inline float hmax_ps(__m256 v) {
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    return _mm_cvtss_f32(m4);
+}
+
 __attribute__((target("avx2,fma,f16c")))
 static void quantize_block_avx2(const float *x, cohort_q8_block *y) {
     __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
@@ -102,10 +111,7 @@ static void quantize_block_avx2(const float *x, cohort_q8_block *y) {
     m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v1));
     m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v2));
     m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v3));
-    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float amax = _mm_cvtss_f32(m4);
+    const float amax = hmax_ps(m);
     const float d = amax / 127.0f;
     const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
     const __m256 mul = _mm256_set1_ps(id);
@@ -600,10 +606,7 @@ static void softmax_avx2(float *x, int n) {
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     int i = 0;
     for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
-    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(vmax, 1), _mm256_castps256_ps128(vmax));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float maxValue = _mm_cvtss_f32(m4);
+    float maxValue = hmax_ps(vmax);
     for (; i < n; i++) maxValue = fmaxf(maxValue, x[i]);
     const __m256 m = _mm256_set1_ps(maxValue);
     __m256 vsum = _mm256_setzero_ps();
@@ -660,10 +663,7 @@ static int argmax_avx2(const float *x, int n) {
     __m256 m8 = _mm256_set1_ps(-INFINITY);
     int i = 0;
     for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(x + i), m8);
-    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m8, 1), _mm256_castps256_ps128(m8));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float best = _mm_cvtss_f32(m4);
+    float best = hmax_ps(m8);
     for (; i < n; i++)
         if (x[i] > best) best = x[i];
     const __m256 b8 = _mm256_set1_ps(best);
@@ -778,7 +778,7 @@ void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n) {
 // Q4_1 as stored; Q4_0 with m = −8d; Q8_0 offset by 128 with m = −128d. The block's scale
 // is applied once per 8 rows instead of once per row (the row-at-a-time kernels above
 // spend more on that and on horizontal sums than on the products), the unpacked weights
-// are reused for up to four tokens, and no horizontal sum is needed: lane i is row i.
+// are reused for up to eight tokens, and no horizontal sum is needed: lane i is row i.
 // A (row, token) result is the same sequence of operations for every batch size, so
 // batched outputs equal single-token outputs bit for bit.
 

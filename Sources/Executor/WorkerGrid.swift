@@ -58,8 +58,7 @@ final class WorkerGrid {
 
         var communicators: [SharedMemoryCommunicator] = []
         var channels: [StageChannel] = []
-        // Every rank's threads want a core while the grid computes.
-        let spinPolls = SharedMemoryRing.spinPolls(parties: layout.worldSize * options.threads, cores: CPUAffinity.allowedCPUs().count)
+        let spinPolls = CPUAffinity.ringSpinPolls(processes: layout.worldSize, threadsPerProcess: options.threads)
         let loadGate = try options.maxParallelLoadingWorkers.map { try LoadGate.create(limit: $0) }
         /// Each stage's group as workers find it: a segment name or a TCP rendezvous address.
         var groupAddresses: [String] = []

@@ -1,4 +1,5 @@
 import CSystem
+import Transports
 
 /// Which CPUs this process may use, and pinning to a subset (CPU workers' "devices").
 enum CPUAffinity {
@@ -7,6 +8,12 @@ enum CPUAffinity {
         var buffer = [Int32](repeating: 0, count: 1024)
         let n = cohort_allowed_cpus(&buffer, Int32(buffer.count))
         return n > 0 ? buffer[..<Int(n)].map(Int.init) : [0]
+    }
+
+    /// How long waits on a ring shared by `processes` processes of `threadsPerProcess`
+    /// compute threads each should spin: every such thread wants a core while they compute.
+    static func ringSpinPolls(processes: Int, threadsPerProcess: Int) -> Int {
+        SharedMemoryRing.spinPolls(parties: processes * max(1, threadsPerProcess), cores: allowedCPUs().count)
     }
 
     /// Restricts this process to `cpus` (best effort: an empty or invalid set is ignored).

@@ -93,8 +93,7 @@ public final class WorkerGroup: @unchecked Sendable {
         let channel: any CommandChannel = switch configuration.transport {
         case .sharedMemory: try RingCommandChannel(
                 workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval,
-                spinPolls: SharedMemoryRing.spinPolls(
-                    parties: (workers + 1) * max(1, configuration.threadsPerProcess), cores: CPUAffinity.allowedCPUs().count))
+                spinPolls: CPUAffinity.ringSpinPolls(processes: workers + 1, threadsPerProcess: configuration.threadsPerProcess))
         case let .tcp(host): try TCPCommandChannel(workers: workers, host: host)
         }
         self.channel = channel
