@@ -49,11 +49,17 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["Transports", "ExecutorCore", "CSystem"], swiftSettings: numericSettings),
         // Start workers and hand back their processes: local processes now, MPI and Ray next.
         .target(name: "Launchers", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
-        // The driver: worker groups, the control plane, model execution.
+        // A worker process: joins its driver, receives its configuration, heartbeats, runs its
+        // rank of the model (rank 0 runs the same `ModelWorker` in the driver).
+        .target(
+            name: "WorkerRuntime",
+            dependencies: ["ExecutorCore", "ModelRunner", "Kernels", "Transports", "Collectives", "CSystem"],
+            swiftSettings: swiftSettings),
+        // The driver: the executor, its lifecycle, worker groups, health, the control plane.
         .target(
             name: "Executor",
             dependencies: [
-                "ExecutorCore", "ModelRunner", "Transports", "Collectives", "Launchers", "CSystem",
+                "ExecutorCore", "ModelRunner", "Transports", "Collectives", "Launchers", "WorkerRuntime", "CSystem",
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
@@ -69,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "CohortCLI",
             dependencies: [
-                "Engine", "Executor", "ExecutorCore",
+                "Engine", "Executor", "ExecutorCore", "WorkerRuntime", "Launchers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

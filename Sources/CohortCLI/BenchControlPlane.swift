@@ -1,6 +1,7 @@
 import ArgumentParser
 import Executor
 import ExecutorCore
+import Launchers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,6 +23,9 @@ struct BenchControlPlane: ParsableCommand {
     @Option(help: "shm (shared-memory rings) or tcp (a connection per worker over loopback).")
     var transport = "shm"
 
+    @Option(help: "local (children of this process) or detached (own sessions, not children: they join by address and secret).")
+    var launcher = "local"
+
     @Option(help: "text or json.")
     var output: Generate.OutputFormat = .json
 
@@ -32,6 +36,7 @@ struct BenchControlPlane: ParsableCommand {
         }
         guard steps >= 10 else { throw ValidationError("--steps must be ≥ 10, got \(steps)") }
         guard ["shm", "tcp"].contains(transport) else { throw ValidationError("--transport must be shm or tcp, got '\(transport)'") }
+        guard ["local", "detached"].contains(launcher) else { throw ValidationError("--launcher must be local or detached, got '\(launcher)'") }
     }
 
     struct Report: Encodable {
@@ -46,7 +51,8 @@ struct BenchControlPlane: ParsableCommand {
 
     func run() throws {
         let group = try WorkerGroup(
-            workers: workers, configuration: .init(transport: transport == "tcp" ? .tcp(host: "127.0.0.1") : .sharedMemory))
+            workers: workers, configuration: .init(transport: transport == "tcp" ? .tcp(host: "127.0.0.1") : .sharedMemory),
+            launcher: launcher == "detached" ? DetachedLauncher() : nil)
         defer { group.shutdown() }
         // A decode-like step: sequences of one token with block tables, padded to the size asked.
         var sequences: [StepRequest.Sequence] = []

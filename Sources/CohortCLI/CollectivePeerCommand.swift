@@ -1,5 +1,5 @@
 import ArgumentParser
-import Executor
+import WorkerRuntime
 
 /// Joins a shared-memory communicator and runs all-reduces (for tests and benchmarks).
 struct CollectivePeerCommand: ParsableCommand {

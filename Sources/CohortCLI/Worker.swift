@@ -1,57 +1,45 @@
 import ArgumentParser
-import Executor
+import Transports
+import WorkerRuntime
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Runs one worker process; started by the driver, not by hand.
+/// Runs one worker process: started by a launcher (the driver's own, `mpirun`, a Ray
+/// actor, a shell), it joins the driver and receives everything else from it.
 struct Worker: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a worker process (started by the driver).", shouldDisplay: false)
+        abstract: "Run a worker process that joins a driver (the instance secret comes in COHORT_SECRET).", shouldDisplay: false)
 
-    @Option var rank: Int
-    @Option var broadcast: String?
-    @Option var reply: String?
-    @Option var groupRings: String?
-    @Option(help: "The driver's command listener, tcp://HOST:PORT (instead of --broadcast and --reply).")
-    var driver: String?
-    @Option var lifelineFd: Int32
-    @Option var parentPid: Int32
-    @Option var model: String?
-    @Option var threads = 1
-    @Option(name: .customLong("kv-cache-mb")) var kvCacheMiB = 256
-    @Flag var precise = false
-    @Option var maxBatchTokens = 512
-    @Option(name: .customLong("tp")) var tensorParallel = 1
-    @Option(name: .customLong("pp")) var pipelineParallel = 1
-    @Option(name: .customLong("pp-layers")) var pipelineLayers: String?
-    @Option var communicator: String?
-    @Option var previousStage: String?
-    @Option var loadGate: String?
-    @Option var nextStage: String?
+    @Option(help: "The driver's rendezvous, HOST:PORT or [IPv6]:PORT.")
+    var driver: String
 
-    func channel() throws -> WorkerProcess.Channel {
-        if let driver { return try WorkerProcess.Channel.tcp(address: driver) }
-        guard let broadcast, let reply else { throw ValidationError("give --driver tcp://HOST:PORT, or --broadcast and --reply") }
-        return .rings(broadcast: broadcast, reply: reply, group: groupRings.map { $0.split(separator: ",").map(String.init) } ?? [])
-    }
+    @Option(help: "The launcher's token for this worker (1, 2, …); the driver assigns its rank.")
+    var join: Int
+
+    @Option(help: "An inherited pipe whose end-of-file means the driver died (local launcher).")
+    var lifelineFd: Int32?
+
+    @Option(help: "The driver's pid, for the parent-death signal (local launcher).")
+    var parentPid: Int32?
 
     func validate() throws {
-        guard rank >= 1 else { throw ValidationError("--rank must be ≥ 1 for a worker process, got \(rank)") }
+        guard join >= 1 else { throw ValidationError("--join must be ≥ 1, got \(join)") }
+        _ = try WorkerRuntime.JoinArguments.parseAddress(driver)
     }
 
     func run() throws {
-        var shard: WorkerProcess.ModelShard?
-        if let model {
-            let options = ExecutorOptions(
-                threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, maxBatchTokens: maxBatchTokens, tensorParallel: tensorParallel,
-                pipelineParallel: pipelineParallel, pipelineLayers: try pipelineLayers.map(ModelArguments.parseLayerList))
-            shard = .init(
-                path: model, options: options, communicator: communicator, previousStage: previousStage,
-                nextStage: nextStage, loadGate: loadGate)
+        guard let hex = getenv(InstanceSecret.environmentName) else {
+            throw ValidationError("a worker needs the instance secret in \(InstanceSecret.environmentName); it is not set")
         }
-        let status = WorkerProcess.run(.init(
-            rank: rank, channel: try channel(), lifelineDescriptor: lifelineFd, parentPID: parentPid, model: shard))
+        let secret: InstanceSecret
+        do { secret = try InstanceSecret(hex: String(cString: hex)) } catch {
+            throw ValidationError("\(InstanceSecret.environmentName): \(error)")
+        }
+        let address = try WorkerRuntime.JoinArguments.parseAddress(driver)
+        let status = WorkerRuntime.run(.init(
+            driverHost: address.host, driverPort: address.port, joinToken: join, secret: secret, lifelineDescriptor: lifelineFd,
+            parentPID: parentPid, build: Build.current))
         if status != 0 { throw ExitCode(status) }
     }
 }

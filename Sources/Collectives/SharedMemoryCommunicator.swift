@@ -33,7 +33,10 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
     /// Floats per slot: larger buffers go in chunks.
     public let capacity: Int
     /// Longest wait for the other ranks at a barrier.
-    public var timeout: Double = 30
+    public var timeout: Double = .infinity
+    /// Called every time a wait wakes without its peers (every 50 ms): throws to end the
+    /// wait (the driver's rank 0 passes its health check, which names a stuck or dead rank).
+    public var watchdog: (@Sendable () throws -> Void)?
     private let segment: SharedMemorySegment
     /// The buffer set the next operation uses (every rank flips it in step).
     private var bufferSet = 0
@@ -197,6 +200,9 @@ public final class SharedMemoryCommunicator: @unchecked Sendable {
                 let pid = Int32(bitPattern: cohort_atomic_load(word(Layout.pid(r))))
                 if pid != 0 && !Self.isAlive(pid) { throw .peerDied(rank: r, pid: pid, operation: operation) }
             }
+            if let watchdog {
+                do { try watchdog() } catch { throw .watchdog(operation: operation, reason: "\(error)") }
+            }
             if MonotonicClock.now() > deadline { throw .peerStuck(ranks: missing, operation: operation, seconds: timeout) }
         }
     }
@@ -248,9 +254,12 @@ public enum CollectiveError: Error, Equatable, CustomStringConvertible {
     case peerStuck(ranks: [Int], operation: String, seconds: Double)
     /// A peer over TCP closed its connection or failed (a TCP peer's pid is not known here).
     case peerLost(rank: Int, operation: String, reason: String)
+    /// The communicator's watchdog ended the wait (it names the rank to blame).
+    case watchdog(operation: String, reason: String)
 
     public var description: String {
         switch self {
+        case let .watchdog(operation, reason): "\(operation) stopped waiting: \(reason)"
         case let .peerDied(rank, pid, operation): "\(operation) failed: rank \(rank) (pid \(pid)) died"
         case let .peerLost(rank, operation, reason): "\(operation) failed: rank \(rank) is gone (\(reason))"
         case let .peerStuck(ranks, operation, seconds): "\(operation) failed: rank\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", ")) did not arrive within \(seconds) s"

@@ -23,8 +23,11 @@ public final class TCPCommunicator: @unchecked Sendable {
     // @unchecked: one thread uses a communicator at a time (its rank's worker).
     public let rank: Int
     public let ranks: Int
-    /// Longest wait for a peer in one ring step.
-    public var timeout: Double = 30
+    /// Longest wait for a peer in one ring step (by default none: the driver watches).
+    public var timeout: Double = .infinity
+    /// Called while a ring step waits without progress (every 50 ms): throws to end the
+    /// wait (the driver's rank 0 passes its health check, which names a stuck or dead rank).
+    public var watchdog: (@Sendable () throws -> Void)?
     private let next: TCPConnection?
     private let previous: TCPConnection?
     private var scratch: [Float] = []
@@ -130,7 +133,9 @@ public final class TCPCommunicator: @unchecked Sendable {
         _ next: TCPConnection, _ previous: TCPConnection
     ) throws(CollectiveError) {
         do {
-            try TCPConnection.exchange(sending: send, to: next, receivingInto: receive, from: previous, timeout: timeout)
+            try TCPConnection.exchange(
+                sending: send, to: next, receivingInto: receive, from: previous, timeout: timeout.isFinite ? timeout : nil,
+                check: { try watchdog?() })
         } catch let error as TCPError {
             switch error {
             case let .closed(peer):
@@ -141,7 +146,8 @@ public final class TCPCommunicator: @unchecked Sendable {
                 throw .peerLost(rank: previous.peerRank, operation: operation, reason: "\(error)")
             }
         } catch {
-            throw .peerLost(rank: previous.peerRank, operation: operation, reason: "\(error)")
+            // The watchdog: it names the rank to blame.
+            throw .watchdog(operation: operation, reason: "\(error)")
         }
     }
 

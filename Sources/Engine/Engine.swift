@@ -44,7 +44,7 @@ public actor Engine: Service {
         }
     }
 
-    private let executor: LocalExecutor
+    private let executor: ModelExecutor
     public nonisolated let configuration: Configuration
     /// The longest a request may grow (prompt and output): one engine's share of the cache.
     public nonisolated let contextLimit: Int
@@ -72,7 +72,7 @@ public actor Engine: Service {
 
     /// Takes over `executor` (the engine shuts it down). A configuration the cache cannot
     /// serve makes every request fail with the reason.
-    public init(executor: sending LocalExecutor, configuration: Configuration = Configuration()) {
+    public init(executor: sending ModelExecutor, configuration: Configuration = Configuration()) {
         let configuration = Configuration(
             virtualEngines: max(1, configuration.virtualEngines), maxSequences: max(1, configuration.maxSequences))
         let share = max(1, executor.kvBlocks / configuration.virtualEngines)
@@ -100,7 +100,7 @@ public actor Engine: Service {
             throw GenerationError(
                 "expected ≥ 1 virtual engine and ≥ 1 sequence per engine, found \(configuration.virtualEngines) and \(configuration.maxSequences)")
         }
-        let executor = try await LocalExecutor(modelPath: modelPath, options: options, progress: progress)
+        let executor = try ModelExecutor(modelPath: modelPath, options: options, progress: progress)
         return Engine(executor: executor, configuration: configuration)
     }
 
@@ -112,7 +112,7 @@ public actor Engine: Service {
     public var tokenizer: Tokenizer { executor.tokenizer }
     public var loadSeconds: Double { executor.loadSeconds }
     /// Where the driver's time went, when the model runs over a grid of processes.
-    public var gridStatistics: GridStatistics? { executor.gridStatistics }
+    public var gridStatistics: GridStatistics? { executor.layout.worldSize > 1 ? executor.statistics : nil }
     /// The most worker processes that loaded at once, when a limit was set.
     public var mostConcurrentWorkerLoads: Int? { executor.mostConcurrentWorkerLoads }
     /// The worker processes' ids, by rank (1, 2, …).
@@ -222,10 +222,10 @@ public actor Engine: Service {
             do {
                 try await drive(.serve)
             } catch {
-                await executor.shutdown()
+                executor.shutdown()
                 throw error
             }
-            await executor.shutdown()
+            executor.shutdown()
         } onGracefulShutdown: {
             self.admitting.withLock { $0 = false }
             Task { await self.wake() }
@@ -243,7 +243,7 @@ public actor Engine: Service {
     /// callers that drive the engine through `generate`.
     public func shutdown() async {
         admitting.withLock { $0 = false }
-        if !isDriving { await executor.shutdown() }
+        if !isDriving { executor.shutdown() }
     }
 
     private var hasWork: Bool { schedulers.contains { $0.hasWork } || !inFlight.isEmpty }

@@ -1,4 +1,4 @@
-import ModelRunner
+public import ModelRunner
 import Kernels
 public import ExecutorCore
 #if canImport(Glibc)
@@ -42,6 +42,14 @@ public struct ExecutorOptions: Sendable, Equatable {
     /// process's own executable).
     public var workerExecutable: String?
 
+    /// The address workers on other machines reach the driver at (`--host-ip`, or
+    /// `COHORT_HOST_IP`); nil: loopback, every worker on this machine.
+    public var hostIP: String?
+
+    /// A fixed step deadline in seconds (`--step-timeout`); nil: it follows the measured
+    /// step times (`StepDeadline`).
+    public var stepTimeout: Double?
+
     public init(
         threads: Int = ExecutorOptions.defaultThreads, precise: Bool = false, kvCacheMiB: Int = 256, maxBatchTokens: Int = 512,
         tensorParallel: Int = 1, pipelineParallel: Int = 1, pipelineLayers: [Int]? = nil, balancedPipeline: Bool = false,
@@ -65,8 +73,6 @@ public struct ExecutorOptions: Sendable, Equatable {
 
     /// One thread per online CPU.
     public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
-
-    var modelOptions: ModelOptions { modelOptions(stage: 0) }
 
     /// What one rank of pipeline stage `stage` loads: a KV cache of all the blocks
     /// `kvCacheMiB` holds (the start-up then agrees on the smallest rank's count).

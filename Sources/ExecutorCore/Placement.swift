@@ -1,26 +1,13 @@
 /// Where workers go and who they are: the seed's `_init_workers_ray` placement rules as a
 /// pure function, shared by every launcher (in-process, local processes, MPI, Ray).
 ///
-/// Before launch, `Placement.plan` decides how many workers each machine gets (the driver's
-/// machine must host rank 0). After launch, `Placement.assign` orders the workers the
-/// launcher reports: the driver's machine first, then machines with fewer workers, then by
+/// Once every worker has joined, `Placement.assign` orders the workers as they reported
+/// themselves (machine, address, devices): the driver's machine first, then machines with fewer workers, then by
 /// address; global ranks follow that order and a local rank is the index among the
-/// machine's workers. Each worker's environment carries its machine's device list
-/// (`CUDA_VISIBLE_DEVICES`, sorted numerically) and the instance id shared by all.
+/// machine's workers. Each worker's environment carries the instance id shared by all and
+/// its devices: a GPU worker its machine's device list (`CUDA_VISIBLE_DEVICES`, sorted
+/// numerically), a CPU worker its own CPU set (`COHORT_CPUS`) and thread count.
 public enum Placement {
-    /// What one machine offers.
-    public struct Machine: Sendable, Hashable {
-        public var id: String
-        public var address: String
-        /// GPU ids, or CPU ids for CPU workers.
-        public var deviceIDs: [Int]
-        public init(id: String, address: String, deviceIDs: [Int]) {
-            self.id = id
-            self.address = address
-            self.deviceIDs = deviceIDs
-        }
-    }
-
     /// A worker as a launcher reports it.
     public struct LaunchedWorker: Sendable, Hashable {
         public var machineID: String
@@ -59,6 +46,21 @@ public enum Placement {
         public var machineCount: Int
     }
 
+    /// What a worker's devices are.
+    public enum DeviceKind: Sendable, Equatable {
+        /// GPUs: every worker sees its machine's list and uses the one at its local rank.
+        case gpu
+        /// CPUs: every worker owns a disjoint CPU set and runs a thread per CPU.
+        case cpu
+    }
+
+    static func environment(devices: [Int], kind: DeviceKind) -> [String: String] {
+        switch kind {
+        case .gpu: [Environment.visibleDevices: devices.map(String.init).joined(separator: ",")]
+        case .cpu: cpuEnvironment(devices)
+        }
+    }
+
     /// Environment variable names, in one table.
     public enum Environment {
         public static let visibleDevices = "CUDA_VISIBLE_DEVICES"
@@ -92,40 +94,12 @@ public enum Placement {
         [Environment.cpuSet: cpus.map(String.init).joined(separator: ","), Environment.threads: "\(max(1, cpus.count))"]
     }
 
-    // MARK: - Before launch
-
-    /// Workers per machine for `worldSize` workers, one per device: the driver's machine
-    /// first (it must host rank 0), then the others in the order given.
-    /// - Throws: naming the missing resource when the driver's machine has no device or the
-    ///   machines together have too few.
-    public static func plan(worldSize: Int, machines: [Machine], driverMachineID: String) throws(PlacementError) -> [String: Int] {
-        guard let driver = machines.first(where: { $0.id == driverMachineID }) else {
-            throw PlacementError("the driver's machine '\(driverMachineID)' is not among the machines offered (\(machines.map(\.id).joined(separator: ", ")))")
-        }
-        guard !driver.deviceIDs.isEmpty else {
-            throw PlacementError("the driver's machine '\(driverMachineID)' offers no device, but rank 0 must run there: add a device on it or run the driver on a machine with one")
-        }
-        let total = machines.reduce(0) { $0 + $1.deviceIDs.count }
-        guard total >= worldSize else {
-            let offered = machines.map { "\($0.id): \($0.deviceIDs.count)" }.joined(separator: ", ")
-            throw PlacementError("\(worldSize) workers need \(worldSize) devices, the machines offer \(total) (\(offered))")
-        }
-        var counts: [String: Int] = [:]
-        var left = worldSize
-        for machine in [driver] + machines.filter({ $0.id != driverMachineID }) where left > 0 {
-            let n = min(left, machine.deviceIDs.count)
-            counts[machine.id] = n
-            left -= n
-        }
-        return counts
-    }
-
     // MARK: - After launch
 
     /// Orders launched workers into ranks and builds each one's environment.
     /// - Throws: when no worker runs on the driver's machine.
     public static func assign(
-        workers: [LaunchedWorker], driverMachineID: String, instanceID: String
+        workers: [LaunchedWorker], driverMachineID: String, instanceID: String, devices: DeviceKind = .gpu
     ) throws(PlacementError) -> Plan {
         guard let driverIndex = workers.firstIndex(where: { $0.machineID == driverMachineID }) else {
             let found = Set(workers.map(\.machineID)).sorted().joined(separator: ", ")
@@ -152,16 +126,15 @@ public enum Placement {
             ranksOnMachine[workers[index].machineID, default: []].append(rank)
             devicesOnMachine[workers[index].machineID, default: []].append(contentsOf: workers[index].deviceIDs)
         }
+        let kind = devices
         let assignments = order.enumerated().map { rank, index in
             let w = workers[index]
-            let devices = devicesOnMachine[w.machineID]!.sorted()
+            let machineDevices = devicesOnMachine[w.machineID]!.sorted()
             return Assignment(
                 rank: rank, localRank: ranksOnMachine[w.machineID]!.firstIndex(of: rank)!, worldSize: workers.count,
-                launchIndex: index, machineID: w.machineID, address: w.address, machineDeviceIDs: devices,
-                environment: [
-                    Environment.visibleDevices: devices.map(String.init).joined(separator: ","),
-                    Environment.instanceID: instanceID,
-                ])
+                launchIndex: index, machineID: w.machineID, address: w.address, machineDeviceIDs: machineDevices,
+                environment: Self.environment(devices: kind == .gpu ? machineDevices : w.deviceIDs, kind: kind)
+                    .merging([Environment.instanceID: instanceID]) { $1 })
         }
         let machines = Set(workers.map(\.machineID)).count
         return Plan(

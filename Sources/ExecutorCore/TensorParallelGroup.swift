@@ -9,6 +9,8 @@ public protocol TensorParallelGroup: AnyObject {
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
     /// output ← every rank's input, concatenated in rank order.
     func allGather(_ input: UnsafeBufferPointer<Float>, into output: UnsafeMutableBufferPointer<Float>) throws
+    /// Longest wait for the peers in one collective before they are named stuck.
+    var timeout: Double { get set }
     /// Time this rank has spent in collectives so far (waiting for peers included).
     var collectiveNanoseconds: Int64 { get }
 }

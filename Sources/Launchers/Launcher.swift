@@ -1,33 +1,45 @@
 public import ExecutorCore
 
-/// Starts worker processes and hands back, for each, where it runs: machine id, address,
-/// process id and device ids (`Placement.LaunchedWorker`), plus a handle to watch and stop
-/// it. Implementations: `LocalProcessLauncher` now; MPI (`mpirun`) and Ray (C++ API actors)
-/// plug in here without touching the executor.
+/// Starts worker processes wherever it puts them and, where it can, hands back a handle to
+/// watch and stop each. It is used for placement and process lifecycle only: every worker
+/// it starts joins the driver by itself (`JoinInstructions`), says where it runs, and gets
+/// its rank and configuration from the driver. Implementations: `LocalProcessLauncher`
+/// (children of the driver) now; MPI (`mpirun`) and Ray (actors) plug in here.
 public protocol Launcher: Sendable {
-    /// Starts one worker per entry of `workers`: `arguments(i)` are the `cohort` arguments of
-    /// worker `i`, `environment(i)` is added to its environment.
-    func launch(
-        workers: Int, arguments: (Int) -> [String], environment: (Int) -> [String: String]
-    ) throws(LaunchError) -> [LaunchedProcess]
+    /// Starts `workers` workers; worker `i` joins with token `i + 1`. Returns one entry per
+    /// worker: a handle when this launcher can watch the process (nil: the driver watches
+    /// the worker's link alone).
+    func launch(workers: Int, join: JoinInstructions) throws(LaunchError) -> [(any WorkerProcessHandle)?]
 
-    /// Ends the lifeline of every worker started: they exit by themselves.
+    /// Ends whatever extra tie the launcher keeps to its workers (a lifeline): workers that
+    /// are still running exit by themselves.
     func releaseLifeline()
-
-    /// The worker arguments that tell a worker how to notice the driver's death (for local
-    /// processes: the inherited lifeline descriptor and the driver's pid).
-    var lifelineArguments: [String] { get }
 }
 
-/// A started worker: where it runs and how to watch it.
-public struct LaunchedProcess: Sendable {
-    public var worker: Placement.LaunchedWorker
-    public var handle: any WorkerProcessHandle
+/// How a worker reaches its driver: the whole of what a launcher passes on.
+public struct JoinInstructions: Sendable, Equatable {
+    /// The binary whose `worker` subcommand runs a worker.
+    public var executable: String
+    /// The driver's rendezvous, `HOST:PORT` (`[IPv6]:PORT`).
+    public var driverAddress: String
+    /// The instance secret, as hex: passed in the environment, never on a command line.
+    public var secretHex: String
 
-    public init(worker: Placement.LaunchedWorker, handle: any WorkerProcessHandle) {
-        self.worker = worker
-        self.handle = handle
+    /// Where the secret goes in a worker's environment.
+    public static let secretEnvironmentName = "COHORT_SECRET"
+
+    public init(executable: String, driverAddress: String, secretHex: String) {
+        self.executable = executable
+        self.driverAddress = driverAddress
+        self.secretHex = secretHex
     }
+
+    /// The `cohort` arguments of the worker with join token `token`.
+    public func arguments(joinToken token: Int) -> [String] {
+        ["worker", "--driver", driverAddress, "--join", "\(token)"]
+    }
+
+    public var environment: [String: String] { [Self.secretEnvironmentName: secretHex] }
 }
 
 /// Watches and stops one worker process, wherever it runs.

@@ -12,49 +12,29 @@ import Synchronization
 /// worker sees end-of-file and exits at once. Workers also ask for SIGTERM on parent death,
 /// whose handler removes the shared-memory names they were given before exiting.
 public final class LocalProcessLauncher: Launcher {
-    /// The executable that runs `worker` (default: this process's own binary).
-    public let executable: String
     /// The driver's end of the lifeline, while open.
     private let lifelineWriteEnd = Mutex<Int32>(-1)
 
     /// The fd number the lifeline has in every worker.
     public static let lifelineDescriptor: Int32 = 3
 
-    public var lifelineArguments: [String] {
+    /// The worker arguments that hand a child its lifeline and the driver's pid.
+    var lifelineArguments: [String] {
         ["--lifeline-fd", "\(Self.lifelineDescriptor)", "--parent-pid", "\(getpid())"]
     }
 
-    public init(executable: String? = nil) {
-        self.executable = executable ?? Self.ownExecutable()
-    }
+    public init() {}
 
-    static func ownExecutable() -> String {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        return n > 0 ? String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
-    }
-
-    /// Starts `workers` processes of `executable` on this machine.
+    /// Starts `workers` children of this process on this machine.
     /// - Throws: `LaunchError` naming the worker and the system error; processes already
     ///   started are killed first.
-    public func launch(
-        workers: Int, arguments: (Int) -> [String], environment: (Int) -> [String: String]
-    ) throws(LaunchError) -> [LaunchedProcess] {
-        let machine = Self.hostName()
-        return try launchChildren(indices: Array(0..<workers), arguments: arguments, environment: environment).map {
-            LaunchedProcess(
-                worker: Placement.LaunchedWorker(machineID: machine, address: "127.0.0.1", processID: $0.pid, deviceIDs: []),
-                handle: $0)
-        }
+    public func launch(workers: Int, join: JoinInstructions) throws(LaunchError) -> [(any WorkerProcessHandle)?] {
+        try launchChildren(
+            executable: join.executable, indices: Array(0..<workers),
+            arguments: { join.arguments(joinToken: $0 + 1) + lifelineArguments }, environment: { _ in join.environment })
     }
 
-    static func hostName() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        gethostname(&buffer, buffer.count - 1)
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    func launchChildren(indices: [Int], arguments: (Int) -> [String], environment: (Int) -> [String: String]) throws(LaunchError) -> [ChildProcess] {
+    func launchChildren(executable: String, indices: [Int], arguments: (Int) -> [String], environment: (Int) -> [String: String]) throws(LaunchError) -> [ChildProcess] {
         var fds: [Int32] = [-1, -1]
         guard cohort_pipe_cloexec(&fds) == 0 else { throw LaunchError("cannot create the lifeline pipe: \(String(cString: strerror(errno)))") }
         lifelineWriteEnd.withLock { $0 = fds[1] }
@@ -62,7 +42,8 @@ public final class LocalProcessLauncher: Launcher {
         var started: [ChildProcess] = []
         for index in indices {
             do throws(LaunchError) {
-                started.append(try spawn(index: index, arguments: arguments(index), environment: environment(index), lifeline: fds[0]))
+                started.append(try Self.spawn(
+                    executable: executable, index: index, arguments: arguments(index), environment: environment(index), lifeline: fds[0]))
             } catch {
                 for child in started { child.kill(timeout: 5) }
                 releaseLifeline()
@@ -72,11 +53,15 @@ public final class LocalProcessLauncher: Launcher {
         return started
     }
 
-    private func spawn(index: Int, arguments: [String], environment: [String: String], lifeline: Int32) throws(LaunchError) -> ChildProcess {
+    /// Starts `executable` with this process's environment plus `environment`; `lifeline`
+    /// becomes the child's fd 3.
+    static func spawn(
+        executable: String, index: Int, arguments: [String], environment: [String: String], lifeline: Int32?
+    ) throws(LaunchError) -> ChildProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, lifeline, Self.lifelineDescriptor)
+        if let lifeline { posix_spawn_file_actions_adddup2(&actions, lifeline, Self.lifelineDescriptor) }
 
         var env = [String: String]()
         var p = environ

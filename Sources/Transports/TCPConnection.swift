@@ -187,6 +187,45 @@ public final class TCPConnection: @unchecked Sendable {
         return address
     }
 
+    // MARK: - Inspecting
+
+    /// Whether a message (or end-of-file) is waiting, after up to `seconds`.
+    public func isReadable(within seconds: Double) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, Int32(max(0, seconds * 1000))) > 0
+    }
+
+    /// The local address of this connection: the one that routes to the peer.
+    public var localAddress: String {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard rc == 0 else { return "unknown" }
+        return Self.numericHost(&storage)
+    }
+
+    /// The numeric host of an IPv4 or IPv6 socket address.
+    static func numericHost(_ storage: inout sockaddr_storage) -> String {
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        let family = Int32(storage.ss_family)
+        withUnsafePointer(to: &storage) { p in
+            if family == AF_INET6 {
+                p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                    var addr = a.pointee.sin6_addr
+                    inet_ntop(AF_INET6, &addr, &text, socklen_t(text.count))
+                }
+            } else {
+                p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in
+                    var addr = a.pointee.sin_addr
+                    inet_ntop(AF_INET, &addr, &text, socklen_t(text.count))
+                }
+            }
+        }
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     // MARK: - Messages
 
     /// Sends one message.

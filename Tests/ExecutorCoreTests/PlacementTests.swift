@@ -46,21 +46,19 @@ import Testing
         }
     }
 
-    @Test("plans put rank 0's machine first and name what is missing")
-    func plans() throws {
-        let machines = [
-            Placement.Machine(id: "a", address: "10.0.0.1", deviceIDs: [0, 1]),
-            Placement.Machine(id: "driver", address: "10.0.0.2", deviceIDs: [0]),
+    @Test("CPU workers carry their own CPU set and thread count, GPU workers their machine's device list")
+    func cpuWorkers() throws {
+        let workers = [
+            W(machineID: "m", address: "127.0.0.1", deviceIDs: []),
+            W(machineID: "m", address: "127.0.0.1", deviceIDs: [2, 3]),
+            W(machineID: "m", address: "127.0.0.1", deviceIDs: [0, 1]),
         ]
-        #expect(try Placement.plan(worldSize: 3, machines: machines, driverMachineID: "driver") == ["driver": 1, "a": 2])
-        #expect(try Placement.plan(worldSize: 1, machines: machines, driverMachineID: "driver") == ["driver": 1])
-        #expect(throws: PlacementError("4 workers need 4 devices, the machines offer 3 (a: 2, driver: 1)")) {
-            try Placement.plan(worldSize: 4, machines: machines, driverMachineID: "driver")
-        }
-        let noDevice = [Placement.Machine(id: "driver", address: "x", deviceIDs: []), machines[0]]
-        #expect {
-            try Placement.plan(worldSize: 1, machines: noDevice, driverMachineID: "driver")
-        } throws: { ($0 as? PlacementError)?.description.contains("offers no device") ?? false }
+        let cpu = try Placement.assign(workers: workers, driverMachineID: "m", instanceID: "i", devices: .cpu)
+        #expect(cpu.assignments.map(\.localRank) == [0, 1, 2])
+        #expect(cpu.assignments[1].environment == ["COHORT_CPUS": "2,3", "COHORT_THREADS": "2", "COHORT_INSTANCE_ID": "i"])
+        #expect(cpu.assignments[1].machineDeviceIDs == [0, 1, 2, 3])
+        let gpu = try Placement.assign(workers: workers, driverMachineID: "m", instanceID: "i")
+        #expect(gpu.assignments[2].environment["CUDA_VISIBLE_DEVICES"] == "0,1,2,3")
     }
 
     @Test("CPU workers get disjoint, even CPU sets and a thread per CPU")

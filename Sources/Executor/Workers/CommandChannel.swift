@@ -9,10 +9,8 @@ import Glibc
 /// over TCP wherever the workers run (`TCPCommandChannel`). `WorkerGroup` is the same
 /// over either.
 protocol CommandChannel: AnyObject {
-    /// The worker arguments that say where worker `index` finds the channel.
-    func workerArguments(_ index: Int) -> [String]
-    /// Added to every worker's environment (the TCP instance secret).
-    var workerEnvironment: [String: String] { get }
+    /// Where worker `index` (rank index + 1) finds the channel.
+    func address(ofWorker index: Int) -> WorkerConfiguration.CommandChannelAddress
     /// After launch: waits until every worker is connected (`check` finds dead ones).
     func connect(timeout: Double, check: () throws -> Void) throws
     /// Sends a command to every worker; returns its sequence number.
@@ -56,10 +54,9 @@ final class RingCommandChannel: CommandChannel {
 
     /// Every worker also gets every ring name of the group: if the driver dies while workers
     /// start, any worker that started removes them all.
-    func workerArguments(_ index: Int) -> [String] {
-        ["--broadcast", broadcast.name, "--reply", replies[index].name, "--group-rings", replies.map(\.name).joined(separator: ",")]
+    func address(ofWorker index: Int) -> WorkerConfiguration.CommandChannelAddress {
+        .rings(broadcast: broadcast.name, reply: replies[index].name, group: [broadcast.name] + replies.map(\.name))
     }
-    var workerEnvironment: [String: String] { [:] }
     func connect(timeout: Double, check: () throws -> Void) throws {}
 
     func publish(_ bytes: UnsafeRawBufferPointer, timeout: Double, check: () throws -> Void) throws -> UInt64 {
@@ -97,24 +94,24 @@ final class RingCommandChannel: CommandChannel {
 }
 
 /// The channel over TCP: the driver binds a listener (the kernel picks the port, which the
-/// workers get on their command line), every worker connects presenting its rank and the
-/// instance secret (in its environment), and commands and replies are framed messages on
-/// its connection. Anything that is not one of this group's workers is refused and logged.
+/// workers get in their configuration), every worker connects presenting its rank and the
+/// instance secret, and commands and replies are framed messages on its connection.
+/// Anything that is not one of this group's workers is refused and logged.
 final class TCPCommandChannel: CommandChannel {
     let listener: TCPListener
-    let secret = InstanceSecret.random()
+    let secret: InstanceSecret
     let workers: Int
     private var connections: [TCPConnection?]
     private var published: UInt64 = 0
 
-    init(workers: Int, host: String) throws {
+    init(workers: Int, host: String, secret: InstanceSecret) throws {
         listener = try TCPListener(host: host)
+        self.secret = secret
         self.workers = workers
         connections = Array(repeating: nil, count: workers)
     }
 
-    func workerArguments(_ index: Int) -> [String] { ["--driver", "tcp://\(listener.host):\(listener.port)"] }
-    var workerEnvironment: [String: String] { [InstanceSecret.environmentName: secret.hex] }
+    func address(ofWorker index: Int) -> WorkerConfiguration.CommandChannelAddress { .tcp(host: listener.host, port: listener.port) }
 
     func connect(timeout: Double, check: () throws -> Void) throws {
         while connections.contains(where: { $0 == nil }) {

@@ -1,32 +1,43 @@
 public import ExecutorCore
 public import Launchers
 import Metrics
-import Transports
+public import Transports
+import WorkerRuntime
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The driver's side of the worker processes on this machine: it starts them, broadcasts
-/// every command through one shared-memory ring, gathers their replies from one ring each,
-/// watches them, and shuts them down.
+/// The driver's side of its worker processes (ranks 1…N−1; rank 0 runs in the driver): it
+/// has a launcher start them, lets them join, places them, configures each with one typed
+/// message, watches their heartbeats, broadcasts every command and gathers the replies, and
+/// shuts them down.
 ///
-///     let group = try WorkerGroup(workers: 4, configuration: .init(executable: path))
+///     let group = try WorkerGroup(workers: 4, configuration: .init(executable: path)) { rank, context in … }
 ///     let outputs = try group.step(request)    // one StepOutput per worker, in rank order
 ///     group.shutdown()                          // idempotent; also after any failure
 ///
-/// Worker ranks are 1…workers (rank 0 is the driver's own worker). A worker that exits or
-/// is killed fails the pending call within `checkInterval` seconds, naming its rank, pid
-/// and exit status or signal; one that does not answer within `stepTimeout` is reported
-/// as stuck. Either way the group then shuts every worker down.
+/// Joining: the driver binds a rendezvous (loopback on one machine, `hostIP` otherwise) and
+/// gives the launcher its address and the instance secret; each worker connects, proves the
+/// secret and says hello (join token, pid, build, machine, address, CPUs, memory). A worker
+/// of another build is refused by name. Then the seed's placement orders them (the
+/// driver's machine first, then machines with fewer workers, then by address), and each
+/// gets its `WorkerConfiguration`; the link stays open for heartbeats both ways.
+///
+/// A worker that dies fails the pending call within `checkInterval`, naming its rank, pid
+/// and exit status or signal (or its closed link, when the launcher cannot watch it); one
+/// whose heartbeats stop for `silenceLimit` is named stuck; one that answers no step within
+/// the step deadline (`StepDeadline`: measured step times, or `--step-timeout`) is named
+/// stuck with the step. Either way the group then shuts every worker down.
 public final class WorkerGroup: @unchecked Sendable {
     // @unchecked: all state is driven by one caller thread at a time (the executor's step
-    // loop); `shutdown` is idempotent and guarded by `isShutDown`.
+    // loop); `shutdown` is idempotent and guarded by `isShutDown`; the health board is
+    // shared with the monitor thread under its own mutex.
 
     public struct Configuration: Sendable {
-        /// The binary whose `worker` subcommand runs a worker.
+        /// The binary whose `worker` subcommand runs a worker (default: this process's own).
         public var executable: String?
-        /// Longest wait for any reply before a worker counts as stuck.
-        public var stepTimeout: Double
+        /// Longest wait for a start-up command (loading included) while heartbeats come.
+        public var startupTimeout: Double
         /// How often waits check that workers are alive.
         public var checkInterval: Double
         /// Largest message in either direction.
@@ -37,6 +48,19 @@ public final class WorkerGroup: @unchecked Sendable {
         /// processes, how many threads want a core when all are busy, which decides how
         /// long ring waits spin.
         public var threadsPerProcess: Int
+        /// The grid the workers form with rank 0 (world size = workers + 1).
+        public var layout: ParallelLayout?
+        /// The address workers reach the driver at (nil: loopback, one machine).
+        public var hostIP: String?
+        /// The id every worker shares (nil: `COHORT_INSTANCE_ID`, else random).
+        public var instanceID: String?
+        /// Heartbeats: how often each side sends one, how long a silent worker is tolerated
+        /// before it is named stuck, and how long a worker tolerates a silent driver.
+        public var heartbeatInterval: Double
+        public var silenceLimit: Double
+        public var driverSilenceLimit: Double
+        /// The step deadline (its `fixed` value is `--step-timeout`).
+        public var stepDeadline: StepDeadline
 
         public enum Transport: Sendable, Equatable {
             /// Shared-memory rings: workers on this machine.
@@ -46,22 +70,45 @@ public final class WorkerGroup: @unchecked Sendable {
         }
 
         public init(
-            executable: String? = nil, stepTimeout: Double = 30, checkInterval: Double = 0.05, slotBytes: Int = 1 << 20,
-            transport: Transport = .sharedMemory, threadsPerProcess: Int = 1
+            executable: String? = nil, startupTimeout: Double = 600, checkInterval: Double = 0.05, slotBytes: Int = 1 << 20,
+            transport: Transport = .sharedMemory, threadsPerProcess: Int = 1, layout: ParallelLayout? = nil, hostIP: String? = nil,
+            instanceID: String? = nil, heartbeatInterval: Double = 0.1, silenceLimit: Double = 1, driverSilenceLimit: Double = 5,
+            stepDeadline: StepDeadline = StepDeadline()
         ) {
-            self.threadsPerProcess = threadsPerProcess
             self.executable = executable
-            self.stepTimeout = stepTimeout
+            self.startupTimeout = startupTimeout
             self.checkInterval = checkInterval
             self.slotBytes = slotBytes
             self.transport = transport
+            self.threadsPerProcess = threadsPerProcess
+            self.layout = layout
+            self.hostIP = hostIP
+            self.instanceID = instanceID
+            self.heartbeatInterval = heartbeatInterval
+            self.silenceLimit = silenceLimit
+            self.driverSilenceLimit = driverSilenceLimit
+            self.stepDeadline = stepDeadline
         }
     }
 
+    /// One worker process as it joined: where it runs and who it is.
+    public struct Member: Sendable {
+        public var rank: Int
+        public var hello: WorkerHello
+        /// The launcher's handle, when it can watch the process.
+        public var handle: (any WorkerProcessHandle)?
+        public var pid: Int32 { hello.processID }
+        public var machine: String { hello.machineID }
+    }
+
     public let workerCount: Int
-    public let configuration: Configuration
-    /// The worker processes, by launch index (worker `i` has rank `i + 1`).
-    public let processes: [any WorkerProcessHandle]
+    public private(set) var configuration: Configuration
+    /// The worker processes by rank − 1.
+    public let members: [Member]
+    /// Every rank's placement (rank 0 is the driver's own).
+    public let assignments: [Placement.Assignment]
+    /// Where the workers met the driver, and where rank-0-bound rendezvous bind.
+    public let rendezvousHost: String
     /// Names the shared-memory rings had (removed once every worker attached); empty over TCP.
     public var ringNames: [String] {
         guard let rings = channel as? RingCommandChannel else { return [] }
@@ -69,58 +116,103 @@ public final class WorkerGroup: @unchecked Sendable {
     }
     /// The id every worker of this group shares (`COHORT_INSTANCE_ID`).
     public let instanceID: String
-    /// What each worker's environment says about it (instance id, CPU set, threads), by
-    /// index (rank − 1): what its `WorkerContext` carries.
-    public let environments: [[String: String]]
+    /// The instance secret every connection of this group proves.
+    public let secret: InstanceSecret
     private let launcher: any Launcher
     private let channel: any CommandChannel
+    private let monitor: HealthMonitor
     private var writer = WireWriter()
-    private var stepNumber: UInt64 = 0
     private var isShutDown = false
     /// Set when a worker failed; every later call fails with it.
     public private(set) var failure: WorkerFailure?
 
-    /// Starts `workers` worker processes and waits until each has attached and answered a
-    /// health check.
-    /// `extraArguments(i)` are added to worker `i`'s command line (a model shard to serve).
+    /// The environment name of the instance id a user may set.
+    public static let instanceIDEnvironment = Placement.Environment.instanceID
+
+    /// Starts `workers` worker processes through `launcher` (default: children of this
+    /// process), lets them join, places them, and sends each its configuration:
+    /// `prepare()` runs once all have joined (create shared-memory names there), then
+    /// `configure(rank, context)` gives worker `rank`'s (its command channel is filled in
+    /// here). Returns once each has attached and answered a health check.
     public init(
-        workers: Int, configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil,
-        environment extraEnvironment: [String: String] = [:], extraArguments: (Int) -> [String] = { _ in [] }
+        workers: Int, secret: InstanceSecret = .random(), configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil,
+        prepare: () throws -> Void = {},
+        configure: (Int, WorkerContext) throws -> WorkerConfiguration = { _, context in
+            WorkerConfiguration(context: context, model: nil, commands: .tcp(host: "", port: 0))
+        }
     ) throws {
         precondition(workers >= 1, "a worker group needs at least one worker, got \(workers)")
         self.workerCount = workers
+        self.secret = secret
+        var configuration = configuration
+        let layout = try configuration.layout ?? ParallelLayout(tensorParallel: workers + 1)
+        configuration.layout = layout
         self.configuration = configuration
-        let channel: any CommandChannel = switch configuration.transport {
-        case .sharedMemory: try RingCommandChannel(
-                workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval,
-                spinPolls: CPUAffinity.ringSpinPolls(processes: workers + 1, threadsPerProcess: configuration.threadsPerProcess))
-        case let .tcp(host): try TCPCommandChannel(workers: workers, host: host)
+        let environment = getenv(Self.instanceIDEnvironment).map { String(cString: $0) }
+        instanceID = configuration.instanceID ?? (environment?.isEmpty == false ? environment! : String(UInt64.random(in: 0...UInt64.max), radix: 16))
+        let launcher = launcher ?? LocalProcessLauncher()
+        self.launcher = launcher
+        let bindHost = configuration.hostIP ?? "127.0.0.1"
+        let executable = configuration.executable ?? Build.ownExecutable()
+        var joined: Bootstrap.Joined
+        do {
+            let rendezvous = try TCPListener(host: bindHost)
+            let join = JoinInstructions(
+                executable: executable, driverAddress: Bootstrap.address(host: rendezvous.host, port: rendezvous.port), secretHex: secret.hex)
+            let handles = try launcher.launch(workers: workers, join: join)
+            joined = try Bootstrap.join(
+                workers: workers, listener: rendezvous, secret: secret, handles: handles, build: Build.of(executable: executable),
+                timeout: configuration.startupTimeout)
+        } catch {
+            launcher.releaseLifeline()
+            throw error
+        }
+        // The seed's placement on the addresses the workers reported; then the shared-memory
+        // names, which workers learn only with their configuration: a driver killed while
+        // its workers start leaves none behind.
+        let placed: Bootstrap.Placed
+        let channel: any CommandChannel
+        do {
+            placed = try Bootstrap.place(joined, driverAddress: bindHost, instanceID: instanceID)
+            try prepare()
+            channel = switch configuration.transport {
+            case .sharedMemory: try RingCommandChannel(
+                    workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval,
+                    spinPolls: CPUAffinity.ringSpinPolls(processes: workers + 1, threadsPerProcess: configuration.threadsPerProcess))
+            case let .tcp(host): try TCPCommandChannel(workers: workers, host: host, secret: secret)
+            }
+        } catch {
+            Bootstrap.abandon(joined, launcher: launcher)
+            throw error
         }
         self.channel = channel
-        let launcher = launcher ?? LocalProcessLauncher(executable: configuration.executable)
-        self.launcher = launcher
-        let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        self.instanceID = instanceID
-        // CPU workers: each gets its share of this machine's CPUs and a thread per CPU.
-        let cpuSets = Placement.cpuSets(cpus: CPUAffinity.allowedCPUs(), workers: workers)
-        environments = (0..<workers).map { Placement.cpuEnvironment(cpuSets[$0]).merging([Placement.Environment.instanceID: instanceID]) { $1 } }
+        members = placed.members
+        assignments = placed.plan.assignments
+        rendezvousHost = placed.plan.rendezvousHost
         do {
-            processes = try launcher.launch(
-                workers: workers,
-                arguments: { index in
-                    ["worker", "--rank", "\(index + 1)"] + channel.workerArguments(index)
-                        + launcher.lifelineArguments + extraArguments(index)
-                },
-                environment: { [environments] index in
-                    environments[index].merging(extraEnvironment) { $1 }.merging(channel.workerEnvironment) { $1 }
-                }
-            ).map(\.handle)
+            for member in members {
+                let assignment = assignments[member.rank]
+                let context = WorkerContext(
+                    rank: member.rank, localRank: assignment.localRank, worldSize: layout.worldSize, layout: layout,
+                    rendezvous: rendezvousHost, environment: assignment.environment)
+                var worker = try configure(member.rank, context)
+                worker.commands = channel.address(ofWorker: member.rank - 1)
+                worker.heartbeatInterval = configuration.heartbeatInterval
+                worker.driverSilenceLimit = configuration.driverSilenceLimit
+                worker.encode(into: &writer)
+                try writer.withBytes { try placed.links[member.rank - 1].send($0, timeout: 10) }
+            }
         } catch {
+            Bootstrap.abandon(joined, launcher: launcher)
             channel.close()
             throw error
         }
+        // From here on the links carry heartbeats only.
+        monitor = HealthMonitor(
+            board: HealthBoard(workers: members.map { ($0.machine, $0.pid) }, silenceLimit: configuration.silenceLimit),
+            links: placed.links, handles: members.map(\.handle), interval: configuration.heartbeatInterval)
         do {
-            try channel.connect(timeout: configuration.stepTimeout, check: checkAlive)
+            try channel.connect(timeout: configuration.startupTimeout) { try self.checkAlive(during: "workers attaching") }
             try healthCheck()
         } catch {
             if let timeout = error as? TCPError, case .timedOut = timeout {
@@ -132,6 +224,12 @@ public final class WorkerGroup: @unchecked Sendable {
         channel.seal()
     }
 
+    /// The environment of rank 0 (the driver's own worker): its placement's.
+    public var rank0Environment: [String: String] { assignments[0].environment }
+
+    /// Every worker process's health: alive, stuck or dead, its last step and heartbeat age.
+    public func health() -> [RankHealth] { monitor.board.report() }
+
     // MARK: - Calls
 
     /// Per-step control-plane latency (broadcast until every reply is in), exported
@@ -140,10 +238,8 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Sends a step to every worker and returns their outputs in rank order.
     public func step(_ request: StepRequest) throws -> [StepOutput] {
-        let start = MonotonicClock.nanoseconds()
-        defer { stepTimer.recordNanoseconds(MonotonicClock.nanoseconds() - start) }
         try broadcast(request)
-        return try collect(request)
+        return try collect(step: request.step)
     }
 
     /// Sends a step to every worker without waiting (the driver runs rank 0's part
@@ -151,30 +247,37 @@ public final class WorkerGroup: @unchecked Sendable {
     /// steps); `collect` gathers them in the order they were sent.
     public func broadcast(_ request: StepRequest) throws {
         guard isLooping else { throw WorkerFailure.loopStopped(step: request.step) }
-        inFlight.append((request.step, try send(.step(request))))
+        let start = MonotonicClock.nanoseconds()
+        inFlight.append((request.step, try send(.step(request), during: request.step), start, request.sequences.tokenCount))
     }
 
-    /// Steps sent and not yet collected: (step number, message sequence), oldest first.
-    private var inFlight: [(step: UInt64, sequence: UInt64)] = []
+    /// Steps sent and not yet collected, oldest first.
+    private var inFlight: [(step: UInt64, sequence: UInt64, sent: Int64, tokens: Int)] = []
 
-
-    /// Gathers every worker's output for `request` (the oldest step not yet collected), in rank order.
-    public func collect(_ request: StepRequest) throws -> [StepOutput] {
-        guard let oldest = inFlight.first, oldest.step == request.step else {
-            throw fail(.transport("collect for step \(request.step), but the oldest step in flight is \(inFlight.first.map { "\($0.step)" } ?? "none")"))
+    /// Gathers every worker's output for `request` (the oldest step not yet collected), in
+    /// rank order, waiting at most the step deadline.
+    public func collect(step: UInt64) throws -> [StepOutput] {
+        guard let oldest = inFlight.first, oldest.step == step else {
+            throw fail(.transport("collect for step \(step), but the oldest step in flight is \(inFlight.first.map { "\($0.step)" } ?? "none")"))
         }
         inFlight.removeFirst()
-        return try gather(what: "step \(request.step)", sequence: oldest.sequence) { rank, bytes throws(WireError) in
+        let deadline = configuration.stepDeadline.seconds(tokens: oldest.tokens)
+        let outputs = try gather(step: step, sequence: oldest.sequence, timeout: deadline, tokens: oldest.tokens) {
+            rank, bytes throws(WireError) in
             if bytes.count >= 4 && bytes.prefix(4).elementsEqual("CRPL".utf8),
                case let .failed(_, message) = try WorkerReply(decoding: bytes) {
-                throw WireError.invalidValue(offset: 0, reading: "step \(request.step) on rank \(rank)", found: message)
+                throw WireError.invalidValue(offset: 0, reading: "step \(step) on rank \(rank)", found: message)
             }
             let output = try StepOutput(decoding: bytes)
-            guard output.step == request.step else {
-                throw WireError.invalidValue(offset: 6, reading: "step number from rank \(rank)", found: "\(output.step), expected \(request.step)")
+            guard output.step == step else {
+                throw WireError.invalidValue(offset: 6, reading: "step number from rank \(rank)", found: "\(output.step), expected \(step)")
             }
             return output
         }
+        let elapsed = MonotonicClock.nanoseconds() - oldest.sent
+        stepTimer.recordNanoseconds(elapsed)
+        configuration.stepDeadline.record(seconds: Double(elapsed) * 1e-9, tokens: oldest.tokens)
+        return outputs
     }
 
     /// Asks every worker whether it can work.
@@ -217,56 +320,68 @@ public final class WorkerGroup: @unchecked Sendable {
     public func post(_ command: WorkerCommand, what: String) throws -> Pending {
         precondition(inFlight.isEmpty, "\(what) waits for every step in flight to be collected first")
         precondition(command.kind != .step && command.kind != .stop, "steps go through broadcast, stop through shutdown")
-        return Pending(sequence: try send(command), what: what)
+        return Pending(sequence: try send(command, during: nil, what: what), what: what)
     }
 
     /// Every worker's answer to a posted command, in rank order; a worker that answers
-    /// with a failure fails the group, naming its rank, pid and message.
+    /// with a failure fails the group, naming its rank, pid, machine and message.
     public func replies(to pending: Pending) throws -> [WorkerReply] {
-        let answers = try gather(what: pending.what, sequence: pending.sequence) { _, bytes throws(WireError) in
-            try WorkerReply(decoding: bytes)
+        let answers = try gather(what: pending.what, sequence: pending.sequence, timeout: configuration.startupTimeout) {
+            _, bytes throws(WireError) in try WorkerReply(decoding: bytes)
         }
         for (i, answer) in answers.enumerated() {
             if case let .failed(rank, message) = answer {
-                throw fail(.unhealthy(rank: Int(rank), pid: processes[i].pid, message: "\(pending.what): \(message)"))
+                throw fail(.unhealthy(rank: Int(rank), pid: members[i].pid, machine: members[i].machine, message: "\(pending.what): \(message)"))
             }
         }
         return answers
     }
 
     /// Publishes a command; returns its message sequence number.
-    private func send(_ command: WorkerCommand) throws -> UInt64 {
+    private func send(_ command: WorkerCommand, during step: UInt64?, what: String = "") throws -> UInt64 {
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
         command.encode(into: &writer)
+        let timeout = step == nil ? configuration.startupTimeout : configuration.stepDeadline.seconds(tokens: 1)
         do {
             return try writer.withBytes { bytes in
-                try channel.publish(bytes, timeout: configuration.stepTimeout, check: checkAlive)
+                try channel.publish(bytes, timeout: timeout) { try self.checkAlive(during: step.map { "step \($0)" } ?? what) }
             }
         } catch let error as WorkerFailure {
             throw error
         } catch {
-            throw transportFailure(error)
+            throw transportFailure(error, during: step.map { "step \($0)" } ?? what)
         }
     }
 
-    private func gather<T>(what: String, sequence: UInt64, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T) throws -> [T] {
+    private func gather<T>(
+        step: UInt64, sequence: UInt64, timeout: Double, tokens: Int, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T
+    ) throws -> [T] {
+        try gather(what: "step \(step)", step: step, sequence: sequence, timeout: timeout, decode)
+    }
+
+    private func gather<T>(
+        what: @autoclosure () -> String, step: UInt64? = nil, sequence: UInt64, timeout: Double,
+        _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T
+    ) throws -> [T] {
         // After a failure or shutdown the rings are unmapped: nothing more to gather.
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
+        let start = MonotonicClock.now()
         do {
-            return try channel.gather(sequence, timeout: configuration.stepTimeout, check: checkAlive) { i, bytes in
+            return try channel.gather(sequence, timeout: timeout, check: { try self.checkAlive(during: what()) }) { i, bytes in
                 do throws(WireError) { return try decode(i + 1, bytes) } catch { throw ReplyError(worker: i, error: error) }
             }
         } catch let timeout as ChannelTimeout {
-            let i = timeout.worker
-            throw fail(.stuck(rank: i + 1, pid: processes[i].pid, waitingFor: what, seconds: configuration.stepTimeout))
+            let m = members[timeout.worker]
+            let basis = step == nil ? "the start-up timeout" : configuration.stepDeadline.explanation(tokens: 1)
+            throw fail(.stuck(rank: m.rank, pid: m.pid, machine: m.machine, waitingFor: what(), seconds: MonotonicClock.now() - start, basis: basis))
         } catch let bad as ReplyError {
             throw fail(.badReply(rank: bad.worker + 1, bad.error))
         } catch let error as WorkerFailure {
             throw error
         } catch {
-            throw transportFailure(error)
+            throw transportFailure(error, during: what())
         }
     }
 
@@ -277,21 +392,19 @@ public final class WorkerGroup: @unchecked Sendable {
     }
 
     /// The failure behind a transport error: a worker that died (its socket or ring broke
-    /// just before it became a zombie, so look for a moment), or the transport itself.
-    private func transportFailure(_ error: any Error) -> WorkerFailure {
+    /// just before the monitor saw it end, so look for a moment), or the transport itself.
+    private func transportFailure(_ error: any Error, during what: String) -> WorkerFailure {
         for _ in 0..<40 {
-            do { try checkAlive() } catch let failure as WorkerFailure { return failure } catch {}
+            do { try checkAlive(during: what) } catch let failure as WorkerFailure { return failure } catch {}
             usleep(5_000)
         }
         return fail(.transport("\(error)"))
     }
 
-    /// Throws (and shuts the group down) if any worker has ended.
-    public func checkAlive() throws {
+    /// Throws (and shuts the group down) if any worker has ended or gone silent.
+    public func checkAlive(during activity: @autoclosure () -> String = "a wait") throws {
         if let failure { throw failure }
-        for (i, p) in processes.enumerated() {
-            if let t = p.termination() { throw fail(.died(rank: i + 1, pid: p.pid, termination: t)) }
-        }
+        if let found = monitor.board.failure(during: activity()) { throw fail(found) }
     }
 
     private func fail(_ f: WorkerFailure) -> WorkerFailure {
@@ -302,28 +415,38 @@ public final class WorkerGroup: @unchecked Sendable {
 
     // MARK: - Shutdown
 
-    /// Stops every worker: a stop message, then the lifeline, then SIGKILL for any that
-    /// is still running after `grace` seconds; reaps all. Idempotent; safe from any state.
+    /// Stops every worker: a stop message, then the links and the lifeline, then SIGKILL
+    /// for any that is still running after `grace` seconds; reaps all. Idempotent; safe
+    /// from any state.
     public func shutdown(grace: Double = 1) {
         guard !isShutDown else { return }
         isShutDown = true
         if failure == nil {
+            // An orderly stop: workers leave their loop and exit before their links close.
             WorkerCommand.stop.encode(into: &writer)
-            _ = try? writer.withBytes { try channel.publish($0, timeout: 0.2, check: {}) }
+            if (try? writer.withBytes({ try channel.publish($0, timeout: 0.2, check: {}) })) != nil {
+                Bootstrap.waitForExit(members, seconds: grace)
+            }
         }
+        monitor.stop()
         launcher.releaseLifeline()
-        for p in processes where p.wait(timeout: grace) == nil { p.kill(timeout: 5) }
+        Bootstrap.stop(members, grace: grace)
         channel.close()
     }
 
     deinit { shutdown() }
 }
 
-/// A worker that failed; the message names the rank and pid.
+/// A worker that failed; the message names the rank, its pid and machine, and what waited.
 public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
     case died(rank: Int, pid: Int32, termination: ChildProcess.Termination)
-    case stuck(rank: Int, pid: Int32, waitingFor: String, seconds: Double)
-    case unhealthy(rank: Int, pid: Int32, message: String)
+    /// Its link to the driver closed or failed (a worker the launcher cannot watch).
+    case linkLost(rank: Int, pid: Int32, machine: String, reason: String, during: String)
+    /// Its heartbeats stopped: a stopped process, or a machine gone quiet.
+    case silent(rank: Int, pid: Int32, machine: String, seconds: Double, during: String)
+    /// Alive, but no answer within the deadline.
+    case stuck(rank: Int, pid: Int32, machine: String, waitingFor: String, seconds: Double, basis: String)
+    case unhealthy(rank: Int, pid: Int32, machine: String, message: String)
     case badReply(rank: Int, WireError)
     case transport(String)
     /// A step sent while the execution loop is stopped (nothing was sent).
@@ -331,11 +454,25 @@ public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
     /// A call after `shutdown()`.
     case shutDown
 
+    /// The rank to blame, if any.
+    public var rank: Int? {
+        switch self {
+        case let .died(rank, _, _), let .linkLost(rank, _, _, _, _), let .silent(rank, _, _, _, _), let .stuck(rank, _, _, _, _, _),
+             let .unhealthy(rank, _, _, _), let .badReply(rank, _): rank
+        case .transport, .loopStopped, .shutDown: nil
+        }
+    }
+
     public var description: String {
         switch self {
         case let .died(rank, pid, termination): "worker rank \(rank) (pid \(pid)) \(termination)"
-        case let .stuck(rank, pid, what, seconds): "worker rank \(rank) (pid \(pid)) is stuck: no answer to \(what) within \(seconds) s"
-        case let .unhealthy(rank, pid, message): "worker rank \(rank) (pid \(pid)) is unhealthy: \(message)"
+        case let .linkLost(rank, pid, machine, reason, during):
+            "worker rank \(rank) (pid \(pid) on \(machine)) is gone during \(during): \(reason)"
+        case let .silent(rank, pid, machine, seconds, during):
+            "worker rank \(rank) (pid \(pid) on \(machine)) is stuck during \(during): no heartbeat for \(HealthBoard.seconds(seconds)) s (stopped?)"
+        case let .stuck(rank, pid, machine, what, seconds, basis):
+            "worker rank \(rank) (pid \(pid) on \(machine)) is stuck: no answer to \(what) within \(HealthBoard.seconds(seconds)) s (\(basis))"
+        case let .unhealthy(rank, pid, machine, message): "worker rank \(rank) (pid \(pid) on \(machine)) is unhealthy: \(message)"
         case let .badReply(rank, error): "worker rank \(rank) sent a bad reply: \(error)"
         case let .transport(message): "control plane failed: \(message)"
         case let .loopStopped(step): "step \(step) was not sent: the workers' execution loop is stopped (start it first)"

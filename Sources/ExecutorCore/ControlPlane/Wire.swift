@@ -7,7 +7,7 @@
 /// that fail with an error, never a crash.
 public enum Wire {
     /// The encoding version this build speaks. Bump on any change to a message layout.
-    public static let version: UInt16 = 4
+    public static let version: UInt16 = 5
 }
 
 /// Why a control-plane message could not be read.
@@ -136,12 +136,14 @@ public struct WireReader {
 
     public var remaining: Int { bytes.count - offset }
 
-    public mutating func header(tag: String) throws(WireError) {
+    /// Reads the tag and version; `anyVersion` accepts any version (a hello, which must be
+    /// read to name a peer of another build).
+    public mutating func header(tag: String, anyVersion: Bool = false) throws(WireError) {
         let found = try take(4, reading: "message tag")
         let text = String(decoding: found, as: UTF8.self)
         guard text == tag else { throw .wrongMessage(expected: tag, found: text) }
         let version = try integer(UInt16.self, reading: "version")
-        guard version == Wire.version else { throw .versionMismatch(expected: Wire.version, found: version) }
+        guard anyVersion || version == Wire.version else { throw .versionMismatch(expected: Wire.version, found: version) }
     }
 
     mutating func take(_ n: Int, reading what: @autoclosure () -> String) throws(WireError) -> UnsafeRawBufferPointer {

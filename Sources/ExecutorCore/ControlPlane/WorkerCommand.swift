@@ -2,9 +2,10 @@
 /// (tag CSTP); the rest as small control messages (tag CCTL): a one-byte kind, then the
 /// kind's fields.
 ///
-/// The start-up commands follow the seed's init sequence: `initialize` (each worker takes
-/// its own context from the list, by rank), `initializeDevice`, `loadModel`,
-/// `availableKVBlocks` (answered with `WorkerReply.blocks`), `initializeCache`.
+/// The start-up commands follow the seed's init sequence, after a pre-flight: `preflight`
+/// (the model file and memory), `initialize` (the worker applies the context its
+/// `WorkerConfiguration` carried), `initializeDevice`, `loadModel`, `availableKVBlocks`
+/// (answered with `WorkerReply.blocks`), `initializeCache`.
 public enum WorkerCommand: Sendable, Equatable {
     /// Run one step; every worker answers with a `StepOutput`.
     case step(StepRequest)
@@ -17,8 +18,10 @@ public enum WorkerCommand: Sendable, Equatable {
     case stopLoop
     /// Resume the execution loop; step numbers continue where they were.
     case startLoop
-    /// Every rank's context, in rank order; each worker takes its own.
-    case initialize([WorkerContext])
+    /// Check the model file against the driver's and the memory for the shard and KV budget.
+    case preflight
+    /// Apply the context (environment) of the worker's configuration.
+    case initialize
     case initializeDevice
     case loadModel
     case availableKVBlocks
@@ -29,7 +32,7 @@ public enum WorkerCommand: Sendable, Equatable {
     /// The kinds, as their one-byte codes on the wire.
     public enum Kind: UInt8, Sendable {
         case step = 0, healthCheck, stop, stopLoop, startLoop, initialize, initializeDevice, loadModel, availableKVBlocks,
-             initializeCache
+             initializeCache, preflight
     }
 
     public var kind: Kind {
@@ -44,6 +47,7 @@ public enum WorkerCommand: Sendable, Equatable {
         case .loadModel: .loadModel
         case .availableKVBlocks: .availableKVBlocks
         case .initializeCache: .initializeCache
+        case .preflight: .preflight
         }
     }
 
@@ -56,9 +60,6 @@ public enum WorkerCommand: Sendable, Equatable {
         w.header(tag: Self.controlTag)
         w.integer(kind.rawValue)
         switch self {
-        case let .initialize(contexts):
-            w.count(contexts.count)
-            for c in contexts { c.encode(into: &w) }
         case let .initializeCache(blocks, engines):
             w.integer(Int64(blocks))
             w.integer(Int32(engines))
@@ -85,11 +86,8 @@ public enum WorkerCommand: Sendable, Equatable {
         case .initializeDevice: self = .initializeDevice
         case .loadModel: self = .loadModel
         case .availableKVBlocks: self = .availableKVBlocks
-        case .initialize:
-            let n = try r.count(elementSize: 4 * 4, reading: "worker contexts")
-            var contexts: [WorkerContext] = []
-            for _ in 0..<n { contexts.append(try WorkerContext(decoding: &r)) }
-            self = .initialize(contexts)
+        case .initialize: self = .initialize
+        case .preflight: self = .preflight
         case .initializeCache:
             let blocks = try r.integer(Int64.self, reading: "KV blocks per virtual engine")
             let engines = try r.integer(Int32.self, reading: "virtual engines")
@@ -110,7 +108,7 @@ public enum WorkerCommand: Sendable, Equatable {
         try r.header(tag: "CCTL")
         let code = try r.integer(UInt8.self, reading: "command kind")
         guard code != 0, let kind = Kind(rawValue: code) else {
-            throw .invalidValue(offset: 6, reading: "command kind", found: "\(code), expected 1 to \(Kind.initializeCache.rawValue)")
+            throw .invalidValue(offset: 6, reading: "command kind", found: "\(code), expected 1 to \(Kind.preflight.rawValue)")
         }
         return kind
     }

@@ -2,9 +2,9 @@ import CSystem
 import Transports
 
 /// Which CPUs this process may use, and pinning to a subset (CPU workers' "devices").
-enum CPUAffinity {
+public enum CPUAffinity {
     /// The CPUs in this process's affinity mask.
-    static func allowedCPUs() -> [Int] {
+    public static func allowedCPUs() -> [Int] {
         var buffer = [Int32](repeating: 0, count: 1024)
         let n = cohort_allowed_cpus(&buffer, Int32(buffer.count))
         return n > 0 ? buffer[..<Int(n)].map(Int.init) : [0]
@@ -12,7 +12,7 @@ enum CPUAffinity {
 
     /// How long waits on a ring shared by `processes` processes of `threadsPerProcess`
     /// compute threads each should spin: every such thread wants a core while they compute.
-    static func ringSpinPolls(processes: Int, threadsPerProcess: Int) -> Int {
+    public static func ringSpinPolls(processes: Int, threadsPerProcess: Int) -> Int {
         SharedMemoryRing.spinPolls(parties: processes * max(1, threadsPerProcess), cores: allowedCPUs().count)
     }
 

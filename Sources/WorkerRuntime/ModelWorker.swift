@@ -11,9 +11,9 @@ import Synchronization
 ///
 /// It keeps, per sequence id, what sampling needs across steps (penalty history and the
 /// request's random stream) and drops it when the id comes back in `finishedRequestIDs`.
-/// Steps arrive one at a time (the driver serialises them per stage), so the state is
-/// owned by whichever step runs.
-public final class ModelWorker: Worker {
+/// Steps arrive one at a time (one thread runs a rank's steps), so the state is owned by
+/// whichever step runs.
+public final class ModelWorker: Sendable {
     public let modelPath: String
     public let options: ModelOptions
     /// The tensor-parallel group this worker's shard belongs to (nil: the whole model).
@@ -70,40 +70,30 @@ public final class ModelWorker: Worker {
     /// The loaded model (after `loadModel`).
     public var loaded: LoadedModel? { state.withLock { $0?.loaded } }
 
-    // MARK: - Worker
+    // MARK: - Start-up
 
-    public func initialize(_ context: WorkerContext) async throws {
+    /// Checks this worker's shard fits the grid it is told about.
+    public func initialize(_ context: WorkerContext) throws {
         let ranks = group?.group.ranks ?? 1, stages = options.pipelineStages
         guard context.layout.tensorParallel == ranks, context.layout.pipelineParallel == stages else {
             throw ExecutorError("this worker holds a TP \(ranks) shard of a PP \(stages) stage: expected TP \(ranks) × PP \(stages), found \(context.layout)")
         }
     }
 
-    public func initializeDevice() async throws {}
-
-    public func loadModel() async throws { try loadNow() }
-
-    /// `loadModel` for callers outside Swift concurrency (a worker process's loop).
+    /// Loads this worker's shard of the model.
     public func loadNow() throws {
         let loaded = try LoadedModel(path: modelPath, options: options, group: group?.group, progress: progress)
         state.withLock { $0 = State(loaded: loaded) }
     }
 
-    public func availableKVBlocks() async throws -> Int { try availableKVBlocksNow() }
-
-    public func initializeCache(blocksPerVirtualEngine: Int, virtualEngines: Int) async throws {
-        try initializeCacheNow(blocksPerVirtualEngine: blocksPerVirtualEngine, virtualEngines: virtualEngines)
-    }
-
-    /// `availableKVBlocks` for callers outside Swift concurrency.
+    /// KV blocks this worker can hold in the memory budget left after loading.
     public func availableKVBlocksNow() throws -> Int {
         try withState { $0.loaded.model.cache.blockCount }
     }
 
-    /// `initializeCache` for callers outside Swift concurrency. The cache was allocated from
-    /// the memory budget at load (blocks cost resident memory only once written); from now
-    /// on steps may use the executor's count, the smallest rank's, which the virtual
-    /// engines share (the engine gives each its part).
+    /// The cache was allocated from the memory budget at load (blocks cost resident memory
+    /// only once written); from now on steps may use the executor's count, the smallest
+    /// rank's, which the virtual engines share (the engine gives each its part).
     public func initializeCacheNow(blocksPerVirtualEngine: Int, virtualEngines: Int) throws {
         try withState { s in
             let available = s.loaded.model.cache.blockCount, wanted = blocksPerVirtualEngine * virtualEngines
@@ -115,34 +105,22 @@ public final class ModelWorker: Worker {
         }
     }
 
-    public func execute(_ step: StepRequest) async throws -> StepOutput? { try executeNow(step) }
-
-    public func startExecutionLoop() async throws { setLooping(true) }
-    public func stopExecutionLoop() async throws { setLooping(false) }
-
-    /// Whether this worker takes steps (`startExecutionLoop` / `stopExecutionLoop`).
-    public var isLooping: Bool { looping.withLock { $0 } }
-    private let looping = Mutex(true)
-
-    /// The loop's state, for callers outside Swift concurrency.
-    public func setLooping(_ on: Bool) { looping.withLock { $0 = on } }
-
-    /// `execute` for callers outside Swift concurrency (a worker process's loop).
+    /// Runs this worker's part of a step; tensor rank 0 of the last stage returns the
+    /// samples, every other rank an empty output.
     public func executeNow(_ step: StepRequest) throws -> StepOutput {
-        guard isLooping else { throw ExecutorError("step \(step.step) arrived while the worker's execution loop is stopped") }
         let tensorRank = group?.group.rank ?? 0
         return try withState { s in
             try Self.run(step, on: s, sample: tensorRank == 0 && s.loaded.model.stage.isLast, links: links, tensorRank: tensorRank)
         }
     }
 
-    public func checkHealth() async throws {
-        _ = try withState { _ in () }
-    }
-
-    public func shutdown() async {
+    /// Drops the model and cache. Idempotent.
+    public func shutdown() {
         state.withLock { $0 = nil }
     }
+
+    /// Time this worker's group has spent in collectives (0 without one).
+    public var collectiveNanoseconds: Int64 { group?.group.collectiveNanoseconds ?? 0 }
 
     private func withState<T>(_ body: (State) throws -> T) throws -> T {
         try state.withLock { s in
