@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(
             name: "ExecutorTests",
             dependencies: [
-                "Engine", "Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport",
+                "Engine", "Executor", "ExecutorCore", "ModelRunner", "Kernels", "ExecutorTestSupport", "WorkerRuntime",
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings),

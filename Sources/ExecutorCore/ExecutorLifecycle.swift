@@ -30,6 +30,11 @@ public struct ExecutorLifecycle: Sendable, Equatable {
     public struct InFlightStep: Sendable, Equatable {
         public var step: UInt64
         public var virtualEngine: Int
+
+        public init(step: UInt64, virtualEngine: Int) {
+            self.step = step
+            self.virtualEngine = virtualEngine
+        }
     }
 
     public private(set) var state: State = .created

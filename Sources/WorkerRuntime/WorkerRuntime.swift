@@ -99,6 +99,8 @@ public enum WorkerRuntime {
             orphanedNames = configuration.sharedMemoryNames
             installOrphanCleanup(orphanedNames)
             DriverLink.start(link, interval: configuration.heartbeatInterval, silenceLimit: configuration.driverSilenceLimit)
+            // The CPUs placement gave this worker (`initializeDevice` applies them again).
+            Session.pinToCPUSet(configuration.context)
             let endpoint = try endpoint(configuration, secret: arguments.secret)
             try Session(configuration: configuration, secret: arguments.secret, listenHost: link.localAddress).serve(endpoint)
             return 0
@@ -240,7 +242,7 @@ public enum WorkerRuntime {
                 initialized = true
             case .initializeDevice:
                 guard initialized else { throw ExecutorError("initializeDevice before initialize") }
-                pinToCPUSet()
+                Self.pinToCPUSet(configuration.context)
                 deviceReady = true
             case .loadModel:
                 guard deviceReady else { throw ExecutorError("loadModel before initializeDevice") }
@@ -255,8 +257,8 @@ public enum WorkerRuntime {
         }
 
         /// A CPU worker's device is its share of the machine's CPUs (`COHORT_CPUS`).
-        private func pinToCPUSet() {
-            if let cpus = configuration.context.environment[Placement.Environment.cpuSet], !cpus.isEmpty {
+        static func pinToCPUSet(_ context: WorkerContext) {
+            if let cpus = context.environment[Placement.Environment.cpuSet], !cpus.isEmpty {
                 CPUAffinity.pin(to: cpus.split(separator: ",").compactMap { Int($0) })
             }
         }

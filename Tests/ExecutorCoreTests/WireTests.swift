@@ -60,15 +60,10 @@ import Testing
         }
     }
 
-    @Test("start-up commands and the block-count reply round-trip; a context outside its world is rejected by name")
+    @Test("start-up commands and the block-count reply round-trip")
     func startupCommands() throws {
-        let layout = try ParallelLayout(tensorParallel: 2, pipelineParallel: 2)
-        let contexts = (0..<4).map {
-            WorkerContext(rank: $0, localRank: $0, worldSize: 4, layout: layout, rendezvous: "127.0.0.1",
-                          environment: ["COHORT_CPUS": "\($0)", "COHORT_INSTANCE_ID": "ab12", "NOTE": "é ✓"])
-        }
         let commands: [WorkerCommand] = [
-            .initialize(contexts), .initializeDevice, .loadModel, .availableKVBlocks,
+            .preflight, .initialize, .initializeDevice, .loadModel, .availableKVBlocks,
             .initializeCache(blocksPerVirtualEngine: 1234, virtualEngines: 2), .stopLoop, .startLoop, .healthCheck,
         ]
         for command in commands {
@@ -80,14 +75,55 @@ import Testing
         var w = WireWriter()
         WorkerReply.blocks(rank: 3, count: 1 << 40).encode(into: &w)
         #expect(try w.withBytes { try WorkerReply(decoding: $0) } == .blocks(rank: 3, count: 1 << 40))
-        // Rank 5 of a world of 4.
-        var bad = contexts
-        bad[1] = WorkerContext(rank: 5, localRank: 0, worldSize: 4, layout: layout, rendezvous: "x", environment: [:])
-        WorkerCommand.initialize(bad).encode(into: &w)
-        #expect {
-            try w.withBytes { _ = try WorkerCommand(decoding: $0) }
-        } throws: { error in
-            "\(error)".contains("rank 5, local rank 0, world size 4 for TP 2 × PP 2")
+    }
+
+    static func configuration(rank: Int = 3) throws -> WorkerConfiguration {
+        let layout = try ParallelLayout(tensorParallel: 2, pipelineParallel: 2)
+        return WorkerConfiguration(
+            context: WorkerContext(rank: rank, localRank: 1, worldSize: 4, layout: layout, rendezvous: "10.0.0.1",
+                                   environment: ["COHORT_CPUS": "1", "COHORT_INSTANCE_ID": "ab12", "NOTE": "é ✓"]),
+            model: .init(path: "/m.gguf", fileSize: 1 << 33, headerDigest: 0xDEAD_BEEF, threads: 2, precise: true, kvCacheMiB: 64,
+                         maxBatchTokens: 256, pipelineLayers: [17, 13], shardBytes: 12345),
+            commands: .rings(broadcast: "/b", reply: "/r3", group: ["/b", "/r1", "/r2", "/r3"]),
+            communicator: .tcp(host: "fe80::1", port: 4242), previousStage: "/s0", nextStage: nil, loadGate: "/g",
+            heartbeatInterval: 0.25, driverSilenceLimit: 4)
+    }
+
+    @Test("a worker's configuration, hello and heartbeat round-trip; each names what it refuses")
+    func joinMessages() throws {
+        var w = WireWriter()
+        for configuration in [try Self.configuration(), WorkerConfiguration(
+            context: try Self.configuration().context, model: nil, commands: .tcp(host: "127.0.0.1", port: 9), communicator: .sharedMemory(name: "/c"))]
+        {
+            configuration.encode(into: &w)
+            #expect(try w.withBytes { try WorkerConfiguration(decoding: $0) } == configuration)
+        }
+        #expect(try Self.configuration().sharedMemoryNames == ["/b", "/r3", "/r1", "/r2", "/s0", "/g"])
+        let hello = WorkerHello(
+            joinToken: 2, processID: 77, build: "wire 5, executable 10 bytes", machineID: "node-a", address: "10.0.0.7",
+            deviceIDs: [4, 5], availableMemory: 1 << 34)
+        hello.encode(into: &w)
+        #expect(try w.withBytes { try WorkerHello(decoding: $0) } == hello)
+        let beat = Heartbeat(stepStarted: 9, stepFinished: 8)
+        beat.encode(into: &w)
+        #expect(w.count == Heartbeat.byteCount)
+        #expect(try w.withBytes { try Heartbeat(decoding: $0) } == beat)
+        // A context outside its world, and a heartbeat interval of zero.
+        var bad = try Self.configuration()
+        bad.context.rank = 5
+        bad.encode(into: &w)
+        #expect { try w.withBytes { _ = try WorkerConfiguration(decoding: $0) } } throws: {
+            "\($0)".contains("rank 5, local rank 1, world size 4 for TP 2 × PP 2")
+        }
+        bad = try Self.configuration()
+        bad.heartbeatInterval = 0
+        bad.encode(into: &w)
+        #expect { try w.withBytes { _ = try WorkerConfiguration(decoding: $0) } } throws: { "\($0)".contains("heartbeat timing") }
+        // Every truncation of a configuration is an error, never a crash.
+        try Self.configuration().encode(into: &w)
+        let bytes = w.bytes
+        for n in 0..<bytes.count {
+            #expect(throws: WireError.self) { try Array(bytes[..<n]).withUnsafeBytes { _ = try WorkerConfiguration(decoding: $0) } }
         }
     }
 

@@ -163,7 +163,7 @@ import Testing
             (Self.options(tp: 4, pp: 2), "TP 4 is larger than the model's 3 KV heads"),
         ] {
             await #expect {
-                _ = try await LocalExecutor(modelPath: path, options: options)
+                _ = try ModelExecutor(modelPath: path, options: options)
             } throws: { error in
                 "\(error)".contains(message)
             }

@@ -430,7 +430,9 @@ public final class WorkerGroup: @unchecked Sendable {
         }
         monitor.stop()
         launcher.releaseLifeline()
-        Bootstrap.stop(members, grace: grace)
+        // After a failure the healthy workers exit at once (their links closed); the failed
+        // one may be stopped and never will: do not wait long for it.
+        Bootstrap.stop(members, grace: failure == nil ? grace : min(grace, 0.2))
         channel.close()
     }
 

@@ -152,9 +152,11 @@ public struct WorkerConfiguration: Sendable, Equatable {
     /// Every shared-memory name this worker attaches to (removed if the driver dies early).
     public var sharedMemoryNames: [String] {
         var names: [String] = []
-        if case let .rings(broadcast, reply, group) = commands { names += [broadcast, reply] + group.filter { $0 != reply } }
+        if case let .rings(broadcast, reply, group) = commands { names += [broadcast, reply] + group }
         if case let .sharedMemory(name) = communicator { names.append(name) }
-        return names + [previousStage, nextStage, loadGate].compactMap { $0 }
+        names += [previousStage, nextStage, loadGate].compactMap { $0 }
+        var seen = Set<String>()
+        return names.filter { seen.insert($0).inserted }
     }
 
     // MARK: - Wire
@@ -198,8 +200,9 @@ public struct WorkerConfiguration: Sendable, Equatable {
             w.integer(port)
         }
         for name in [previousStage, nextStage, loadGate] { w.string(name ?? "") }
-        w.float(Float(heartbeatInterval))
-        w.float(Float(driverSilenceLimit))
+        // Microseconds: a float would not give back 0.1.
+        w.integer(UInt64(max(0, (heartbeatInterval * 1e6).rounded())))
+        w.integer(UInt64(max(0, (driverSilenceLimit * 1e6).rounded())))
     }
 
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
@@ -255,8 +258,8 @@ public struct WorkerConfiguration: Sendable, Equatable {
         nextStage = optional(try r.string(reading: "next stage channel"))
         loadGate = optional(try r.string(reading: "load gate"))
         let intervalAt = r.offset
-        heartbeatInterval = Double(try r.float(reading: "heartbeat interval"))
-        driverSilenceLimit = Double(try r.float(reading: "driver silence limit"))
+        heartbeatInterval = Double(try r.integer(UInt64.self, reading: "heartbeat interval")) / 1e6
+        driverSilenceLimit = Double(try r.integer(UInt64.self, reading: "driver silence limit")) / 1e6
         guard heartbeatInterval > 0, heartbeatInterval < 60, driverSilenceLimit > heartbeatInterval else {
             throw .invalidValue(
                 offset: intervalAt, reading: "heartbeat timing", found: "every \(heartbeatInterval) s, silence limit \(driverSilenceLimit) s")
