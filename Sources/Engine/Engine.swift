@@ -45,6 +45,9 @@ public actor Engine: Service {
     }
 
     private let executor: ModelExecutor
+    /// The engine runs on a thread of its own, never on the cooperative pool.
+    private nonisolated let stepThread = StepThread()
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { stepThread.asUnownedSerialExecutor() }
     public nonisolated let configuration: Configuration
     /// The longest a request may grow (prompt and output): one engine's share of the cache.
     public nonisolated let contextLimit: Int
@@ -103,6 +106,8 @@ public actor Engine: Service {
         let executor = try ModelExecutor(modelPath: modelPath, options: options, progress: progress)
         return Engine(executor: executor, configuration: configuration)
     }
+
+    deinit { stepThread.stop() }
 
     // MARK: - Requests
 
@@ -288,6 +293,9 @@ public actor Engine: Service {
         guard failure == nil, executor.isExecutionLoopRunning else { return }
         do { try executor.stopExecutionLoop() } catch { throw fail(error) }
     }
+
+    /// Every rank's health: alive, stuck or dead, its last step and heartbeat age.
+    public var health: [RankHealth] { executor.health() }
 
     /// Whether the workers are in their execution loop (they leave it while the engine is idle).
     public var workersLooping: Bool { executor.isExecutionLoopRunning }
