@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // Metrics API (no backend chosen here): the control plane exports its step latency.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // Prometheus text for swift-metrics: `--metrics-port` serves it while models run.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The engine runs as a Service: graceful shutdown finishes running requests first.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
@@ -71,11 +73,19 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings),
+        // Serves swift-metrics as Prometheus text at GET /metrics, from a thread of its own.
+        .target(
+            name: "MetricsExporter",
+            dependencies: [
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings),
         // The `cohort` command tree: parses, validates, calls Engine and Executor.
         .executableTarget(
             name: "CohortCLI",
             dependencies: [
-                "Engine", "Executor", "ExecutorCore", "WorkerRuntime", "Launchers",
+                "Engine", "Executor", "ExecutorCore", "WorkerRuntime", "Launchers", "MetricsExporter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -2,6 +2,7 @@ import ArgumentParser
 import Engine
 import Executor
 import Foundation
+import MetricsExporter
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -49,7 +50,33 @@ struct ModelArguments: ParsableArguments {
         help: "Layers per pipeline stage, comma-separated (default: an even split), e.g. 10,10,10; or 'balanced': even work, the output head counted on the last stage.")
     var pipelineLayers: String?
 
+    @Option(help: """
+        Seconds a step may take before the rank that has not answered is named stuck \
+        (default: 10× the recent p99 step time, per step and per token, at least 1 s).
+        """)
+    var stepTimeout: Double?
+
+    @Option(help: """
+        The address workers on other machines reach this driver at, IPv4 or IPv6 \
+        (default: $COHORT_HOST_IP, else loopback: every worker on this machine).
+        """)
+    var hostIP: String?
+
+    @Option(help: "Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the command runs.")
+    var metricsPort: UInt16?
+
+    /// `--host-ip`, else `COHORT_HOST_IP`.
+    var driverAddress: String? {
+        hostIP ?? getenv("COHORT_HOST_IP").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
     func validate() throws {
+        if let stepTimeout, !(stepTimeout > 0 && stepTimeout <= 86_400) {
+            throw ValidationError("--step-timeout must be between 0 and 86400 seconds, got \(stepTimeout)")
+        }
+        if let address = driverAddress, !Self.isNumericAddress(address) {
+            throw ValidationError("--host-ip (or COHORT_HOST_IP) must be a numeric IPv4 or IPv6 address, got '\(address)'")
+        }
         guard threads >= 1 && threads <= 256 else {
             throw ValidationError("--threads must be between 1 and 256, got \(threads)")
         }
@@ -93,7 +120,14 @@ struct ModelArguments: ParsableArguments {
             pipelineLayers: pipelineLayers.flatMap { try? Self.parseLayerList($0) }, balancedPipeline: pipelineLayers == "balanced")
         options.collectives = ExecutorOptions.CollectiveTransport(rawValue: collectives) ?? .sharedMemory
         options.maxParallelLoadingWorkers = maxParallelLoadingWorkers
+        options.stepTimeout = stepTimeout
+        options.hostIP = driverAddress
         return options
+    }
+
+    static func isNumericAddress(_ text: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
     }
 
     /// `10,10,10` → [10, 10, 10]: layer counts, each ≥ 1.
@@ -109,6 +143,14 @@ struct ModelArguments: ParsableArguments {
 
     /// Loads the model into an engine, drawing a progress bar on stderr when it is a terminal.
     func load(virtualEngines: Int? = nil, maxSequences: Int = 256) async throws -> Engine {
+        if let metricsPort {
+            do {
+                let exporter = try PrometheusExporter.bootstrap(port: metricsPort)
+                Output.standardError("metrics at http://\(exporter.host):\(exporter.port)/metrics\n")
+            } catch {
+                throw CLIError("\(error)")
+            }
+        }
         let bar = ProgressBar(title: "Loading model")
         defer { bar.finish() }
         do {

@@ -2,6 +2,7 @@ public import ExecutorCore
 public import Launchers
 public import ModelRunner
 import Collectives
+import Metrics
 import Synchronization
 import Transports
 import WorkerRuntime
@@ -52,6 +53,8 @@ public final class ModelExecutor {
     public let mostConcurrentWorkerLoads: Int?
     /// Where the driver's time went, summed over steps.
     public private(set) var statistics = GridStatistics()
+    /// Rank 0's step time (`cohort_rank_step_seconds{rank="0"}`).
+    private let rank0StepTimer = Metrics.Timer(label: "cohort_rank_step_seconds", dimensions: [("rank", "0")])
     /// The last step rank 0 finished.
     private var rank0LastStep: UInt64?
     /// The failure that ended the executor, with the rank to blame.
@@ -285,6 +288,7 @@ public final class ModelExecutor {
             let sent = MonotonicClock.nanoseconds()
             rank0Group?.timeout = stepDeadline.seconds(tokens: request.sequences.tokenCount)
             let output = try rank0.executeNow(request)
+            rank0StepTimer.recordNanoseconds(MonotonicClock.nanoseconds() - sent)
             rank0LastStep = request.step
             if samplingWorker == nil { rank0Outputs.append(output) }
             if Self.isDecode(request) {

@@ -152,6 +152,8 @@ public enum WorkerRuntime {
     /// The last step this process started and finished, read by the heartbeat thread.
     static let stepStarted = Atomic<UInt64>(Heartbeat.none)
     static let stepFinished = Atomic<UInt64>(Heartbeat.none)
+    static let steps = Atomic<UInt64>(0)
+    static let stepNanoseconds = Atomic<UInt64>(0)
     /// Set once the driver said stop: its link closing then is expected.
     static let stopping = Atomic<Bool>(false)
 
@@ -212,11 +214,14 @@ public enum WorkerRuntime {
             } else if let worker {
                 lastStep = request.step
                 WorkerRuntime.stepStarted.store(request.step, ordering: .relaxed)
+                let start = MonotonicClock.nanoseconds()
                 do {
                     try worker.executeNow(request).encode(into: &writer)
                 } catch {
                     WorkerReply.failed(rank: rank, message: "\(error)").encode(into: &writer)
                 }
+                WorkerRuntime.stepNanoseconds.add(UInt64(max(0, MonotonicClock.nanoseconds() - start)), ordering: .relaxed)
+                WorkerRuntime.steps.add(1, ordering: .relaxed)
                 WorkerRuntime.stepFinished.store(request.step, ordering: .relaxed)
             } else if configuration.model != nil {
                 WorkerReply.failed(rank: rank, message: "step \(request.step) arrived before loadModel").encode(into: &writer)
@@ -349,7 +354,9 @@ enum DriverLink {
                 if now >= nextBeat {
                     Heartbeat(
                         stepStarted: WorkerRuntime.stepStarted.load(ordering: .relaxed),
-                        stepFinished: WorkerRuntime.stepFinished.load(ordering: .relaxed)
+                        stepFinished: WorkerRuntime.stepFinished.load(ordering: .relaxed),
+                        steps: WorkerRuntime.steps.load(ordering: .relaxed),
+                        stepNanoseconds: WorkerRuntime.stepNanoseconds.load(ordering: .relaxed)
                     ).encode(into: &writer)
                     do { try writer.withBytes { try link.send($0, timeout: silenceLimit) } } catch {
                         WorkerRuntime.driverGone("the link to the driver failed (\(error))")

@@ -104,7 +104,7 @@ import Testing
             deviceIDs: [4, 5], availableMemory: 1 << 34)
         hello.encode(into: &w)
         #expect(try w.withBytes { try WorkerHello(decoding: $0) } == hello)
-        let beat = Heartbeat(stepStarted: 9, stepFinished: 8)
+        let beat = Heartbeat(stepStarted: 9, stepFinished: 8, steps: 9, stepNanoseconds: 123_456)
         beat.encode(into: &w)
         #expect(w.count == Heartbeat.byteCount)
         #expect(try w.withBytes { try Heartbeat(decoding: $0) } == beat)

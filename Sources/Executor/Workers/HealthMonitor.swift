@@ -1,5 +1,6 @@
 import ExecutorCore
 import Launchers
+import Metrics
 import Synchronization
 import Transports
 import WorkerRuntime
@@ -32,11 +33,21 @@ final class HealthBoard: Sendable {
         self.silenceLimit = silenceLimit
     }
 
-    func heard(rank: Int, _ heartbeat: Heartbeat) {
+    /// Records a heartbeat; returns the previous one.
+    @discardableResult
+    func heard(rank: Int, _ heartbeat: Heartbeat) -> Heartbeat {
         entries.withLock {
+            let previous = $0[rank - 1].heartbeat
             $0[rank - 1].heard = MonotonicClock.now()
             $0[rank - 1].heartbeat = heartbeat
+            return previous
         }
+    }
+
+    /// Seconds since each rank's last heartbeat, by rank − 1.
+    func ages() -> [Double] {
+        let now = MonotonicClock.now()
+        return entries.withLock { $0.map { now - $0.heard } }
     }
 
     /// Records that a rank is gone (the first reason wins).
@@ -134,6 +145,9 @@ final class HealthMonitor: Sendable {
 
     private func watch(_ state: MonitorState, interval: Double) {
         var writer = WireWriter(capacity: 64)
+        // Per-rank step time (the mean over each heartbeat's steps) and heartbeat age.
+        let stepTimers = state.links.indices.map { Metrics.Timer(label: "cohort_rank_step_seconds", dimensions: [("rank", "\($0 + 1)")]) }
+        let ages = state.links.indices.map { Gauge(label: "cohort_rank_heartbeat_age_seconds", dimensions: [("rank", "\($0 + 1)")]) }
         var nextBeat = 0.0
         var fds = state.links.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         while !stopping.load(ordering: .acquiring) {
@@ -144,6 +158,7 @@ final class HealthMonitor: Sendable {
                     do { try writer.withBytes { try link.send($0, timeout: 0.5) } } catch { lost(i, state, "its link failed (\(error))") }
                 }
                 nextBeat = now + interval
+                for (i, age) in board.ages().enumerated() { ages[i].record(age) }
             }
             for i in fds.indices { fds[i].revents = 0 }
             let wait = Int32(max(1, min(20, (nextBeat - MonotonicClock.now()) * 1000)))
@@ -151,7 +166,10 @@ final class HealthMonitor: Sendable {
                 for (i, p) in fds.enumerated() where p.revents != 0 && !board.isDead(rank: i + 1) {
                     do {
                         let beat = try state.links[i].receive(timeout: 1) { try Heartbeat(decoding: $0) }
-                        board.heard(rank: i + 1, beat)
+                        let previous = board.heard(rank: i + 1, beat)
+                        if beat.steps > previous.steps && beat.stepNanoseconds >= previous.stepNanoseconds {
+                            stepTimers[i].recordNanoseconds(Int64((beat.stepNanoseconds - previous.stepNanoseconds) / (beat.steps - previous.steps)))
+                        }
                     } catch {
                         lost(i, state, "its link to the driver closed (\(error))")
                         fds[i].fd = -1  // poll ignores negative descriptors

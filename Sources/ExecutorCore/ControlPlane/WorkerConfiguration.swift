@@ -269,27 +269,35 @@ public struct WorkerConfiguration: Sendable, Equatable {
 }
 
 /// A heartbeat: sent every interval by a thread of its own on each side of a worker's link.
-/// A worker's says how far its steps got; the driver's carries nothing but its arrival.
+/// A worker's says how far its steps got and how long they took; the driver's carries
+/// nothing but its arrival.
 public struct Heartbeat: Sendable, Equatable {
     /// The last step the worker started and the last it finished (UInt64.max: none yet).
     public var stepStarted: UInt64
     public var stepFinished: UInt64
+    /// Steps run so far and the time they took, in nanoseconds (per-rank step time).
+    public var steps: UInt64
+    public var stepNanoseconds: UInt64
 
     public static let none = UInt64.max
 
-    public init(stepStarted: UInt64 = Heartbeat.none, stepFinished: UInt64 = Heartbeat.none) {
+    public init(stepStarted: UInt64 = Heartbeat.none, stepFinished: UInt64 = Heartbeat.none, steps: UInt64 = 0, stepNanoseconds: UInt64 = 0) {
         self.stepStarted = stepStarted
         self.stepFinished = stepFinished
+        self.steps = steps
+        self.stepNanoseconds = stepNanoseconds
     }
 
-    /// Fixed size: 4-byte tag, 2-byte version, two u64.
-    public static let byteCount = 22
+    /// Fixed size: 4-byte tag, 2-byte version, four u64.
+    public static let byteCount = 38
 
     public func encode(into w: inout WireWriter) {
         w.reset()
         w.header(tag: "CHBT")
         w.integer(stepStarted)
         w.integer(stepFinished)
+        w.integer(steps)
+        w.integer(stepNanoseconds)
     }
 
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
@@ -297,6 +305,8 @@ public struct Heartbeat: Sendable, Equatable {
         try r.header(tag: "CHBT")
         stepStarted = try r.integer(UInt64.self, reading: "step started")
         stepFinished = try r.integer(UInt64.self, reading: "step finished")
+        steps = try r.integer(UInt64.self, reading: "steps")
+        stepNanoseconds = try r.integer(UInt64.self, reading: "step nanoseconds")
         try r.finish()
     }
 }
