@@ -53,6 +53,18 @@ public final class ModelExecutor {
     public let mostConcurrentWorkerLoads: Int?
     /// Where the driver's time went, summed over steps.
     public private(set) var statistics = GridStatistics()
+    /// What rank 0 is doing, for messages from its waits (a collective, a stage link).
+    private let activity = Activity()
+
+    final class Activity: Sendable, CustomStringConvertible {
+        /// The step rank 0 runs (UInt64.max: still starting).
+        let step = Atomic<UInt64>(.max)
+        var description: String {
+            let step = step.load(ordering: .relaxed)
+            return step == .max ? "start-up" : "step \(step)"
+        }
+    }
+
     /// Rank 0's step time (`cohort_rank_step_seconds{rank="0"}`).
     private let rank0StepTimer = Metrics.Timer(label: "cohort_rank_step_seconds", dimensions: [("rank", "0")])
     /// The last step rank 0 finished.
@@ -172,7 +184,8 @@ public final class ModelExecutor {
         self.workers = workers
 
         // The seed's start-up, every phase posted to the processes while rank 0 does its part.
-        let watch: @Sendable () throws -> Void = { [workers] in try workers?.checkAlive(during: "start-up") }
+        let activity = self.activity
+        let watch: @Sendable () throws -> Void = { [workers] in try workers?.checkAlive(during: activity.description) }
         var rank0: ModelWorker?
         var rank0Group: (any TensorParallelGroup)?
         var kvBlocks = 0
@@ -287,6 +300,7 @@ public final class ModelExecutor {
             statistics.maxStepsInFlight = max(statistics.maxStepsInFlight, lifecycle.inFlight.count)
             let sent = MonotonicClock.nanoseconds()
             rank0Group?.timeout = stepDeadline.seconds(tokens: request.sequences.tokenCount)
+            activity.step.store(request.step, ordering: .relaxed)
             let output = try rank0.executeNow(request)
             rank0StepTimer.recordNanoseconds(MonotonicClock.nanoseconds() - sent)
             rank0LastStep = request.step
@@ -371,6 +385,10 @@ public final class ModelExecutor {
     /// worker, and returns the error to throw.
     private func fail(_ error: any Error, step: UInt64?) -> any Error {
         var cause = workers?.failure ?? error
+        // Rank 0 lost a peer (a socket closed): the monitor names it with its exit soon.
+        if workers?.failure == nil, error is CollectiveError, let found = workers?.awaitFailure(during: activity.description) {
+            cause = found
+        }
         // Rank 0 found a tensor-parallel peer stuck in a collective: name it as a rank.
         if case let .peerStuck(ranks, operation, seconds)? = error as? CollectiveError, let first = ranks.first, workers?.failure == nil {
             let rank = layout.rank(stage: 0, tensorRank: first)

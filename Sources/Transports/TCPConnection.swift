@@ -266,6 +266,7 @@ public final class TCPConnection: @unchecked Sendable {
         var header = UInt32(data.count).littleEndian
         var incoming: UInt32 = 0
         let deadline = timeout.map { MonotonicClock.now() + $0 }
+        var lastCheck = MonotonicClock.now()
         try withUnsafeBytes(of: &header) { header in
             try withUnsafeMutableBytes(of: &incoming) { incomingHeader in
                 var sendParts = [header, data].filter { $0.count > 0 }
@@ -306,7 +307,16 @@ public final class TCPConnection: @unchecked Sendable {
                         }
                         slice = min(slice, left)
                     }
-                    if poll(&fds, 2, Int32(max(1, slice * 1000))) == 0 { try check() }
+                    // The check runs on time, not only on a quiet poll: a peer's socket that
+                    // reports an error makes every poll return at once.
+                    let ready = poll(&fds, 2, Int32(max(1, slice * 1000)))
+                    if ready == 0 || MonotonicClock.now() - lastCheck >= output.checkInterval {
+                        lastCheck = MonotonicClock.now()
+                        try check()
+                    }
+                    if ready > 0 && sendParts.isEmpty && fds[0].revents & Int16(POLLERR | POLLHUP) != 0 {
+                        throw TCPError.closed(peer: output.peer)
+                    }
                 }
             }
         }

@@ -46,6 +46,59 @@ struct CLI {
         return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     }
 
+    @Test("--metrics-port serves Prometheus text while generate --prompts-file runs: control plane, per-rank step time, heartbeat age")
+    func metricsWhileRunning() throws {
+        let requests = (0..<8).map { "{\"prompt_tokens\": [\($0 + 1), 2, 3], \"max_tokens\": 400, \"ignore_eos\": true}" }
+        let file = TemporaryFiles.path("requests.jsonl")
+        try TemporaryFiles.write(Array(requests.joined(separator: "\n").utf8), to: file)
+        defer { TemporaryFiles.remove(file) }
+        let port = UInt16.random(in: 20_000...60_000)
+        let process = Process()
+        process.executableURL = CLI.binary
+        process.arguments = ["generate", "--model", model, "--prompts-file", file, "--tp", "2", "--threads", "1", "--metrics-port", "\(port)"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var scraped = ""
+        for _ in 0..<300 where process.isRunning && !(scraped.contains("cohort_rank_step_seconds_count{rank=\"1\"}")) {
+            usleep(50_000)
+            scraped = Self.get(port: port, path: "/metrics") ?? ""
+        }
+        #expect(scraped.contains("cohort_control_plane_step_seconds_count"), "\(scraped.prefix(400))")
+        #expect(scraped.contains("cohort_rank_step_seconds_count{rank=\"0\"}"))
+        #expect(scraped.contains("cohort_rank_step_seconds_count{rank=\"1\"}"))
+        #expect(scraped.contains("cohort_rank_heartbeat_age_seconds{rank=\"1\"}"))
+        #expect(Self.get(port: port, path: "/nothing")?.contains("expected GET /metrics") == true || !process.isRunning)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+    }
+
+    /// A plain HTTP GET on loopback; nil when nothing answers.
+    static func get(port: UInt16, path: String) -> String? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { return nil }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+        _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            response += chunk[..<n]
+        }
+        return String(decoding: response, as: UTF8.self)
+    }
+
     @Test("json output has the prompt, tokens, text, finish reason, logprobs and timings")
     func jsonOutput() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "1,2,3", "--temperature", "0",

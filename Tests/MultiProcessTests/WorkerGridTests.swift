@@ -121,6 +121,74 @@ import Testing
         #expect(kill(pids[0], 0) != 0)
     }
 
+    /// Long generations to interrupt.
+    static var longRequests: [Engine.Request] {
+        (0..<2).map { i in
+            .init(promptTokens: [Int32(3 + i), 4, 5],
+                  parameters: SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: 100_000))
+        }
+    }
+
+    /// Starts a long batch on `engine`, lets it run, applies `signal` to rank `rank`, and
+    /// returns the error and how long it took to come.
+    static func interrupt(_ engine: Engine, rank: Int, with signal: Int32) async throws -> (error: String, seconds: Double) {
+        let running = Task { try await engine.generate(batch: Self.longRequests) }
+        try await Task.sleep(for: .milliseconds(300))
+        let pids = await engine.workerPIDs
+        kill(pids[rank - 1], signal)
+        let start = Date()
+        do {
+            _ = try await running.value
+            return ("no error", Date().timeIntervalSince(start))
+        } catch {
+            return ("\(error)", Date().timeIntervalSince(start))
+        }
+    }
+
+    func gone(_ pids: [Int32]) -> Bool {
+        pids.allSatisfy { !WorkerGroupTests().isRunning($0) }
+    }
+
+    @Test("a stopped TP rank ends the run within 2 s, naming rank and step; health says stuck; nothing is left", arguments: ["shm", "tcp"])
+    func stoppedRank(collectives: String) async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        var options = Self.options(tp: 3)
+        options.collectives = .init(rawValue: collectives)!
+        let engine = try await Engine.load(modelPath: path, options: options)
+        let pids = await engine.workerPIDs
+        let before = Set(try FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))
+        let (error, seconds) = try await Self.interrupt(engine, rank: 1, with: SIGSTOP)
+        #expect(error.contains("worker rank 1 (pid \(pids[0])") && error.contains("is stuck during step "), "\(error)")
+        #expect(seconds < 2, "\(collectives): \(seconds) s")
+        let health = await engine.health
+        guard case .stuck = health[1].status else { Issue.record("rank 1: \(health[1])"); return }
+        await engine.shutdown()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(gone(pids))
+        let after = Set(try FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))
+        #expect(after.subtracting(before).isEmpty)
+    }
+
+    @Test("over TCP collectives at TP 3, a killed rank 1 is named (not the rank waiting on it) within 1 s")
+    func killedTCPRankNamed() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        var options = Self.options(tp: 3)
+        options.collectives = .tcp
+        let engine = try await Engine.load(modelPath: path, options: options)
+        let pids = await engine.workerPIDs
+        let (error, seconds) = try await Self.interrupt(engine, rank: 1, with: SIGKILL)
+        #expect(error.contains("worker rank 1 (pid \(pids[0])) was killed by signal 9"), "\(error)")
+        #expect(seconds < 1)
+        let health = await engine.health
+        guard case let .dead(reason) = health[1].status, reason.contains("killed by signal 9") else { Issue.record("\(health[1])"); return }
+        #expect(health[0].status == .alive && health[2].rank == 2)
+        await engine.shutdown()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(gone(pids))
+    }
+
     @Test("--max-parallel-loading-workers is honoured by the worker processes")
     func loadingLimit() async throws {
         let path = try Self.model()

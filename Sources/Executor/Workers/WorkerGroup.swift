@@ -394,11 +394,17 @@ public final class WorkerGroup: @unchecked Sendable {
     /// The failure behind a transport error: a worker that died (its socket or ring broke
     /// just before the monitor saw it end, so look for a moment), or the transport itself.
     private func transportFailure(_ error: any Error, during what: String) -> WorkerFailure {
+        awaitFailure(during: what) ?? fail(.transport("\(error)"))
+    }
+
+    /// After a peer's channel broke (a socket closed, a collective lost a rank): the failure
+    /// that explains it, once the monitor has seen the process end (up to 0.2 s), or nil.
+    public func awaitFailure(during what: @autoclosure () -> String) -> WorkerFailure? {
         for _ in 0..<40 {
-            do { try checkAlive(during: what) } catch let failure as WorkerFailure { return failure } catch {}
+            do { try checkAlive(during: what()) } catch let failure as WorkerFailure { return failure } catch {}
             usleep(5_000)
         }
-        return fail(.transport("\(error)"))
+        return nil
     }
 
     /// Throws (and shuts the group down) if any worker has ended or gone silent.
