@@ -180,6 +180,75 @@ struct ReferenceModelTests {
         }
     }
 
+    /// The worker processes of `driver` by join token (1, 2, …).
+    static func workers(of driver: Int32) -> [Int: Int32] {
+        var found: [Int: Int32] = [:]
+        for pid in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init) {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let after = stat.split(separator: ")").last, after.split(separator: " ").dropFirst().first == Substring("\(driver)"),
+                  let arguments = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8))?.split(separator: "\0"),
+                  let join = arguments.firstIndex(of: "--join"), join + 1 < arguments.count, let token = Int(arguments[join + 1])
+            else { continue }
+            found[token] = pid
+        }
+        return found
+    }
+
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+        let state = stat.split(separator: ")").last?.split(separator: " ").first
+        return state != "Z" && state != "X"
+    }
+
+    @Test("SIGSTOP of one TP rank, during load or mid-generation, ends `generate --tp 3` within 2 s naming rank and step; nothing is left",
+          arguments: ["load", "generation"])
+    func stoppedRank(when: String) throws {
+        try requireModel()
+        let cohort = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("cohort").path
+        let shmBefore = Set(try FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: cohort)
+        p.arguments = ["generate", "--tp", "3", "--threads", "1", "--prompt", "Write a long story", "--max-tokens", "100000", "--ignore-eos"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        var workers: [Int: Int32] = [:]
+        let wait = Date()
+        while workers.count < 2 && Date().timeIntervalSince(wait) < 30 {
+            usleep(1_000)
+            workers = Self.workers(of: p.processIdentifier)
+        }
+        let victim = try #require(workers[1])
+        if when == "load" {
+            // Stop it as soon as it maps the model file: it is loading.
+            while Date().timeIntervalSince(wait) < 30,
+                  !((try? String(contentsOfFile: "/proc/\(victim)/maps", encoding: .utf8))?.contains(".gguf") ?? false) {
+                usleep(500)
+            }
+        } else {
+            // Wait for text: steps are running.
+            _ = out.fileHandleForReading.availableData
+            usleep(300_000)
+        }
+        kill(victim, SIGSTOP)
+        let start = Date()
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        let seconds = Date().timeIntervalSince(start)
+        #expect(p.terminationStatus != 0)
+        #expect(errors.contains("worker rank 1 (pid \(victim) on ") && errors.contains("is stuck during "), "\(errors)")
+        if when == "generation" { #expect(errors.contains("is stuck during step "), "\(errors)") }
+        #expect(seconds < 2, "\(when): \(seconds) s")
+        kill(victim, SIGCONT)
+        usleep(300_000)
+        #expect(workers.values.allSatisfy { !Self.isRunning($0) })
+        let shmAfter = Set(try FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))
+        #expect(shmAfter.subtracting(shmBefore).isEmpty, "left in /dev/shm: \(shmAfter.subtracting(shmBefore))")
+    }
+
     @Test("every TP × PP grid up to 3 × 3 gives one worker's --precise last-position logits within 1e-4 relative L2")
     func gridLogits() throws {
         try requireModel()
