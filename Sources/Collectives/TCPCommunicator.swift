@@ -62,10 +62,12 @@ public final class TCPCommunicator: @unchecked Sendable {
         }
         guard ranks > 1 else { return TCPCommunicator(rank: rank, ranks: 1, next: nil, previous: nil) }
         let nextRank = (rank + 1) % ranks, previousRank = (rank + ranks - 1) % ranks
-        let parts = table[nextRank].split(separator: ":")
-        guard parts.count == 2, let port = UInt16(parts[1]) else {
-            throw TCPError.invalid("host:port for rank \(nextRank), found '\(table[nextRank])'")
+        // HOST:PORT, the host possibly IPv6 (the port follows the last colon).
+        let entry = table[nextRank]
+        guard let colon = entry.lastIndex(of: ":"), let port = UInt16(entry[entry.index(after: colon)...]) else {
+            throw TCPError.invalid("host:port for rank \(nextRank), found '\(entry)'")
         }
+        let parts = [entry[..<colon]]
         // Connect forward without waiting for the answer, accept from behind, then read the
         // answer: every rank does the same, so nobody waits on a rank that is waiting too.
         let pending = try TCPConnection.connect(

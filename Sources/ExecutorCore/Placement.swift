@@ -65,6 +65,8 @@ public enum Placement {
     public enum Environment {
         public static let visibleDevices = "CUDA_VISIBLE_DEVICES"
         public static let instanceID = "COHORT_INSTANCE_ID"
+        /// The instance secret, as hex: passed in the environment, never on a command line.
+        public static let secret = "COHORT_SECRET"
         /// CPU workers: the CPUs the worker may run on ("0,1") and how many threads it starts.
         public static let cpuSet = "COHORT_CPUS"
         public static let threads = "COHORT_THREADS"

@@ -25,9 +25,6 @@ public struct JoinInstructions: Sendable, Equatable {
     /// The instance secret, as hex: passed in the environment, never on a command line.
     public var secretHex: String
 
-    /// Where the secret goes in a worker's environment.
-    public static let secretEnvironmentName = "COHORT_SECRET"
-
     public init(executable: String, driverAddress: String, secretHex: String) {
         self.executable = executable
         self.driverAddress = driverAddress
@@ -39,7 +36,7 @@ public struct JoinInstructions: Sendable, Equatable {
         ["worker", "--driver", driverAddress, "--join", "\(token)"]
     }
 
-    public var environment: [String: String] { [Self.secretEnvironmentName: secretHex] }
+    public var environment: [String: String] { [Placement.Environment.secret: secretHex] }
 }
 
 /// Watches and stops one worker process, wherever it runs.

@@ -10,7 +10,7 @@ public struct InstanceSecret: Sendable, Equatable {
     public let bytes: [UInt8]
 
     public static let byteCount = 32
-    public static let environmentName = "COHORT_SECRET"
+    public static let environmentName = Placement.Environment.secret
 
     public static func random() -> InstanceSecret {
         var g = SystemRandomNumberGenerator()
@@ -126,15 +126,15 @@ public final class TCPConnection: @unchecked Sendable {
         host: String, port: UInt16, rank: Int, secret: InstanceSecret, timeout: Double = 10, awaitAcknowledgement: Bool = true
     ) throws -> TCPConnection {
         let address = "\(host):\(port)"
-        var socketAddress = try socketAddress(host: host, port: port)
+        var (socketAddress, length) = try socketAddress(host: host, port: port)
         let deadline = MonotonicClock.now() + timeout
         var fd: Int32 = -1
         // The listener may not be up yet (a peer still starting): retry until the deadline.
         while true {
-            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            fd = socket(Int32(socketAddress.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw TCPError.system(call: "socket", errno: errno, peer: address) }
             let rc = withUnsafePointer(to: &socketAddress) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
             }
             if rc == 0 { break }
             let e = errno
@@ -177,14 +177,41 @@ public final class TCPConnection: @unchecked Sendable {
         (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * UInt32($1)) }
     }
 
-    static func socketAddress(host: String, port: UInt16) throws(TCPError) -> sockaddr_in {
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
-            throw .invalid("an IPv4 address, found '\(host)'")
+    /// A numeric IPv4 or IPv6 host and a port as a socket address and its length.
+    static func socketAddress(host: String, port: UInt16) throws(TCPError) -> (sockaddr_storage, socklen_t) {
+        var storage = sockaddr_storage()
+        var v4 = in_addr(), v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 {
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in
+                    a.pointee.sin_family = sa_family_t(AF_INET)
+                    a.pointee.sin_port = port.bigEndian
+                    a.pointee.sin_addr = v4
+                }
+            }
+            return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
         }
-        return address
+        if inet_pton(AF_INET6, host, &v6) == 1 {
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                    a.pointee.sin6_family = sa_family_t(AF_INET6)
+                    a.pointee.sin6_port = port.bigEndian
+                    a.pointee.sin6_addr = v6
+                }
+            }
+            return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        }
+        throw .invalid("a numeric IPv4 or IPv6 address, found '\(host)'")
+    }
+
+    /// The port of an IPv4 or IPv6 socket address.
+    static func port(_ storage: inout sockaddr_storage) -> UInt16 {
+        let family = Int32(storage.ss_family)
+        return withUnsafePointer(to: &storage) { p in
+            family == AF_INET6
+                ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+                : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+        }
     }
 
     // MARK: - Inspecting
@@ -427,25 +454,25 @@ public final class TCPListener: @unchecked Sendable {
     }
 
     public init(host: String = "127.0.0.1", port: UInt16 = 0) throws(TCPError) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var (address, addressLength) = try TCPConnection.socketAddress(host: host, port: port)
+        let fd = socket(Int32(address.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system(call: "socket", errno: errno, peer: "\(host):\(port)") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = try TCPConnection.socketAddress(host: host, port: port)
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, addressLength) }
         }
         guard bound == 0, listen(fd, 128) == 0 else {
             let e = errno
             Glibc.close(fd)
             throw .system(call: "bind/listen", errno: e, peer: "\(host):\(port)")
         }
-        var actual = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        var actual = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
         self.fd = fd
         self.host = host
-        self.port = UInt16(bigEndian: actual.sin_port)
+        self.port = TCPConnection.port(&actual)
     }
 
     deinit { close(fd) }
@@ -465,16 +492,15 @@ public final class TCPListener: @unchecked Sendable {
                 try check()
                 continue
             }
-            var address = sockaddr_in()
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            var address = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
             let peerFD = withUnsafeMutablePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(fd, $0, &length) }
             }
             guard peerFD >= 0 else { continue }
             _ = fcntl(peerFD, F_SETFD, FD_CLOEXEC)
-            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            inet_ntop(AF_INET, &address.sin_addr, &text, socklen_t(INET_ADDRSTRLEN))
-            let from = "\(String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)):\(UInt16(bigEndian: address.sin_port))"
+            let peerHost = TCPConnection.numericHost(&address)
+            let from = "\(peerHost.contains(":") ? "[\(peerHost)]" : peerHost):\(TCPConnection.port(&address))"
             let candidate = TCPConnection(fd: peerFD, peerRank: -1, peer: from)
             var hello = [UInt8](repeating: 0, count: TCPConnection.helloBytes)
             do {

@@ -4,6 +4,7 @@ import ExecutorCore
 import ExecutorTestSupport
 import Foundation
 import Kernels
+import Launchers
 import ModelRunner
 import Testing
 
@@ -149,13 +150,14 @@ import Testing
         pids.allSatisfy { !WorkerGroupTests().isRunning($0) }
     }
 
-    @Test("a stopped TP rank ends the run within 2 s, naming rank and step; health says stuck; nothing is left", arguments: ["shm", "tcp"])
+    @Test("a stopped rank (TP over shm, TP over TCP, a PP stage) ends the run within 2 s, naming rank and step; health says stuck; nothing is left",
+          arguments: ["shm", "tcp", "pp"])
     func stoppedRank(collectives: String) async throws {
         let path = try Self.model()
         defer { TemporaryFiles.remove(path) }
-        var options = Self.options(tp: 3)
-        options.collectives = .init(rawValue: collectives)!
-        let engine = try await Engine.load(modelPath: path, options: options)
+        var options = collectives == "pp" ? Self.options(pp: 2) : Self.options(tp: 3)
+        if collectives == "tcp" { options.collectives = .tcp }
+        let engine = try await Engine.load(modelPath: path, options: options, configuration: .init(virtualEngines: options.pipelineParallel))
         let pids = await engine.workerPIDs
         let before = Set(try FileManager.default.contentsOfDirectory(atPath: "/dev/shm"))
         let (error, seconds) = try await Self.interrupt(engine, rank: 1, with: SIGSTOP)
@@ -187,6 +189,51 @@ import Testing
         await engine.shutdown()
         try await Task.sleep(for: .milliseconds(300))
         #expect(gone(pids))
+    }
+
+    @Test("pre-flight: a rank whose machine lacks the memory for its shard and KV budget fails start-up by rank and machine, before loading")
+    func preflightMemory() async throws {
+        let path = try Self.model()
+        defer { TemporaryFiles.remove(path) }
+        var options = Self.options(tp: 2)
+        options.kvCacheMiB = 1 << 30  // a petabyte of KV cache
+        let start = Date()
+        #expect {
+            _ = try ModelExecutor(modelPath: path, options: options)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("worker rank 1 (pid ") && text.contains("the pre-flight: pre-flight on ")
+                && text.contains("MiB available")
+        }
+        #expect(Date().timeIntervalSince(start) < 5)
+    }
+
+    /// Launches a copy of `cohort` one byte longer than the driver's: another build.
+    struct OtherBuildLauncher: Launcher {
+        let copy: String
+        func launch(workers: Int, join: JoinInstructions) throws(LaunchError) -> [(any WorkerProcessHandle)?] {
+            var other = join
+            other.executable = copy
+            return try LocalProcessLauncher().launch(workers: workers, join: other)
+        }
+        func releaseLifeline() {}
+    }
+
+    @Test("a worker of another build is refused at join, naming its token, pid, machine and both builds")
+    func otherBuildRefused() throws {
+        let copy = TemporaryFiles.path("cohort")
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: Self.cohort)))
+        bytes.append(0)
+        try TemporaryFiles.write(bytes, to: copy)
+        chmod(copy, 0o755)
+        defer { TemporaryFiles.remove(copy) }
+        #expect {
+            _ = try WorkerGroup(workers: 1, configuration: .init(executable: Self.cohort), launcher: OtherBuildLauncher(copy: copy))
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("worker with join token 1 (pid ") && text.contains("runs another build: expected wire ")
+                && text.contains("executable \(bytes.count) bytes")
+        }
     }
 
     @Test("--max-parallel-loading-workers is honoured by the worker processes")

@@ -184,6 +184,18 @@ import Testing
         #expect(found.map(expand) == expected.map(expand))
     }
 
+    @Test("workers join a rendezvous on an IPv6 address and take commands over TCP there; placement reports their addresses")
+    func ipv6Rendezvous() throws {
+        let g = try WorkerGroup(
+            workers: 2, configuration: .init(executable: Self.cohort, transport: .tcp(host: "::1"), hostIP: "::1"))
+        defer { g.shutdown() }
+        for step in 0..<5 { #expect(try g.step(Self.request(UInt64(step))).count == 2) }
+        #expect(g.assignments.map(\.address) == ["::1", "::1", "::1"])
+        #expect(g.assignments.map(\.localRank) == [0, 1, 2])
+        // One machine: the rendezvous is loopback whatever the driver's address.
+        #expect(g.rendezvousHost == "127.0.0.1")
+    }
+
     @Test("the rings' names are gone once workers attached: nothing else can attach")
     func foreignAttachRefused() throws {
         let g = try group(1)
