@@ -59,8 +59,6 @@ public actor Engine: Service {
     /// when the loop driving steps ended and one of them should drive.
     private var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
     private var nextID: UInt64 = 1
-    /// The virtual engine of each step in flight, oldest first.
-    private var inFlight: [Int] = []
     /// Whether requests are admitted; cleared at once by graceful shutdown (from outside the actor).
     private nonisolated let admitting = Mutex(true)
     private var accepting: Bool { admitting.withLock { $0 } }
@@ -251,7 +249,7 @@ public actor Engine: Service {
         if !isDriving { executor.shutdown() }
     }
 
-    private var hasWork: Bool { schedulers.contains { $0.hasWork } || !inFlight.isEmpty }
+    private var hasWork: Bool { schedulers.contains { $0.hasWork } || executor.hasStepsInFlight }
 
     // MARK: - Steps
 
@@ -305,14 +303,15 @@ public actor Engine: Service {
         let failure = error as? GenerationError ?? GenerationError("\(error)")
         self.failure = failure
         for id in Array(runs.keys) { complete(id, with: .failure(failure)) }
-        inFlight.removeAll()
         return failure
     }
 
     /// Submits a step for every idle virtual engine with work, then takes the oldest output.
     private func step() throws {
         do {
-            for v in schedulers.indices where !inFlight.contains(v) {
+            // The executor keeps the one queue of steps in flight, with their virtual engines.
+            let busy = executor.virtualEnginesInFlight
+            for v in schedulers.indices where !busy.contains(v) {
                 guard let sequences = schedulers[v].schedule() else {
                     if schedulers[v].hasWork {
                         throw GenerationError(
@@ -322,11 +321,9 @@ public actor Engine: Service {
                     continue
                 }
                 try executor.submit(virtualEngine: v, sequences: sequences, finishedRequestIDs: schedulers[v].takeFinishedIDs())
-                inFlight.append(v)
             }
-            guard !inFlight.isEmpty else { return }
-            let v = inFlight.removeFirst()
-            let output = try executor.receive()
+            guard executor.hasStepsInFlight else { return }
+            let (v, output) = try executor.receive()
             for sample in output.samples {
                 // A request aborted while its step was in flight: nothing to do.
                 let id = sample.sequenceID

@@ -319,21 +319,26 @@ public final class ModelExecutor {
         }
     }
 
-    /// The output of the oldest step in flight (waits for it).
-    public func receive() throws -> StepOutput {
+    /// The output of the oldest step in flight and its virtual engine (waits for it).
+    public func receive() throws -> (virtualEngine: Int, output: StepOutput) {
         let oldest: ExecutorLifecycle.InFlightStep
         do { oldest = try lifecycle.receive() } catch { throw failure ?? ExecutorError(error.description) }
-        guard let workers else { return rank0Outputs.removeFirst() }
+        guard let workers else { return (oldest.virtualEngine, rank0Outputs.removeFirst()) }
         let start = MonotonicClock.nanoseconds()
         do {
             let outputs = try workers.collect(step: oldest.step)
             statistics.receiveSeconds += Double(MonotonicClock.nanoseconds() - start) * 1e-9
-            if let samplingWorker { return outputs[samplingWorker] }
-            return rank0Outputs.removeFirst()
+            return (oldest.virtualEngine, samplingWorker.map { outputs[$0] } ?? rank0Outputs.removeFirst())
         } catch {
             throw fail(error, step: oldest.step)
         }
     }
+
+    /// Whether any step was submitted and not yet received.
+    public var hasStepsInFlight: Bool { !lifecycle.inFlight.isEmpty }
+
+    /// The virtual engines with a step in flight, oldest first.
+    public var virtualEnginesInFlight: [Int] { lifecycle.inFlight.map(\.virtualEngine) }
 
     /// Takes the workers out of their execution loop while there is nothing to run (the
     /// seed's `stop_remote_worker_execution_loop`): they stay up and answer health checks;
@@ -405,8 +410,8 @@ public final class ModelExecutor {
 
     /// Stops the workers and unmaps everything. Idempotent.
     public func shutdown() {
+        // After a failure the workers were stopped then; a second shutdown has nothing to do.
         if lifecycle.shutdown() == .shutDownWorkers { release() }
-        release()
     }
 
     private func release() {
