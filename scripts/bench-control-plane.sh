@@ -2,7 +2,9 @@
 # Cohort's control plane (shared-memory rings, and TCP on loopback) next to Python multiprocessing pipes (and Ray actor calls and
 # compiled graphs when `ray` is installed: `pip install ray`) for the same pattern: per
 # step, one request of PAYLOAD bytes to N worker processes and N small replies gathered.
-# Usage: WORKERS="2 4" PAYLOAD=4400 STEPS=5000 scripts/bench-control-plane.sh
+# Usage: WORKERS="2 4" PAYLOAD=4400 STEPS=5000 [BASELINE=path/to/older/cohort] scripts/bench-control-plane.sh
+# With BASELINE, that build's rings run right after this build's, REPEAT times (default 3),
+# alternating, and each row gives this build's speed-up over it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers="${WORKERS:-2 4}"
@@ -18,6 +20,18 @@ import json, sys
 c = json.loads(sys.argv[1])
 print(f"{c['workers']:<8} {'cohort':<20} {c['median_us']:10.1f} {c['p90_us']:10.1f} {c['p99_us']:10.1f}")
 PY
+    if [ -n "${BASELINE:-}" ]; then
+        for _ in $(seq "${REPEAT:-3}"); do
+            n=$(.build/release/cohort bench control-plane --workers "$w" --payload-bytes "$payload" --steps "$steps" --output json | tail -n 1)
+            b=$("$BASELINE" bench control-plane --workers "$w" --payload-bytes "$payload" --steps "$steps" --output json | tail -n 1)
+            python3 - "$n" "$b" <<'PY'
+import json, sys
+n, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"{n['workers']:<8} {'cohort (this build)':<20} {n['median_us']:10.1f} {n['p90_us']:10.1f} {n['p99_us']:10.1f}")
+print(f"{b['workers']:<8} {'cohort (baseline)':<20} {b['median_us']:10.1f} {b['p90_us']:10.1f} {b['p99_us']:10.1f} {b['median_us'] / n['median_us']:13.2f}x")
+PY
+        done
+    fi
     t=$(.build/release/cohort bench control-plane --workers "$w" --payload-bytes "$payload" --steps "$steps" --transport tcp --output json | tail -n 1)
     python3 - "$c" "$t" <<'PY'
 import json, sys

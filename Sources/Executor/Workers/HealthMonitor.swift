@@ -161,7 +161,8 @@ final class HealthMonitor: Sendable {
                 for (i, age) in board.ages().enumerated() { ages[i].record(age) }
             }
             for i in fds.indices { fds[i].revents = 0 }
-            let wait = Int32(max(1, min(20, (nextBeat - MonotonicClock.now()) * 1000)))
+            // Sleep until the next beat: a link that closes or a beat that arrives wakes it sooner.
+            let wait = Int32(max(1, (nextBeat - MonotonicClock.now()) * 1000))
             if poll(&fds, nfds_t(fds.count), wait) > 0 {
                 for (i, p) in fds.enumerated() where p.revents != 0 && !board.isDead(rank: i + 1) {
                     do {
