@@ -126,7 +126,7 @@ public final class ModelExecutor {
                             // The driver binds each group's rendezvous and serves it while the ranks load.
                             let rendezvous = try TCPRendezvous(host: bindHost, secret: secret)
                             groups.append(.tcp(host: rendezvous.host, port: rendezvous.port))
-                            Threads.run { try rendezvous.serve(ranks: layout.tensorParallel, timeout: 600) }
+                            Threads.detach { try? rendezvous.serve(ranks: layout.tensorParallel, timeout: 600) }
                         } else {
                             let communicator = try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18)
                             resources.communicators.append(communicator)
@@ -353,9 +353,6 @@ public final class ModelExecutor {
 
     /// Whether the workers are in their execution loop.
     public var isExecutionLoopRunning: Bool { lifecycle.isLooping }
-
-    /// Where the executor is in its lifecycle.
-    public var state: ExecutorLifecycle.State { lifecycle.state }
 
     /// A step of single-token decodes only (the steady state the statistics describe).
     static func isDecode(_ request: StepRequest) -> Bool {

@@ -1,5 +1,4 @@
-public import ExecutorCore
-import Synchronization
+import ExecutorCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -140,28 +139,5 @@ public enum Threads {
         }, context)
         precondition(rc == 0, "pthread_create failed: \(rc)")
         pthread_detach(thread)
-    }
-
-    /// Work on a thread of its own whose result is collected later (start-up only).
-    public final class Pending<T: Sendable>: Sendable {
-        let result = Mutex<Result<T, any Error>?>(nil)
-
-        /// Waits for the result (polling: start-up only).
-        public func wait() throws -> T {
-            while true {
-                if let result = result.withLock({ $0 }) { return try result.get() }
-                usleep(1_000)
-            }
-        }
-    }
-
-    @discardableResult
-    public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Pending<T> {
-        let pending = Pending<T>()
-        detach {
-            let result = Result { try body() }
-            pending.result.withLock { $0 = result }
-        }
-        return pending
     }
 }

@@ -83,7 +83,7 @@ public enum WorkerRuntime {
             var writer = WireWriter()
             WorkerHello(
                 joinToken: arguments.joinToken, processID: getpid(), build: arguments.build, machineID: Machine.hostName(),
-                address: link.localAddress, deviceIDs: CPUAffinity.allowedCPUs(), availableMemory: Machine.availableMemory()
+                address: link.localAddress, deviceIDs: CPUAffinity.allowedCPUs()
             ).encode(into: &writer)
             try writer.withBytes { try link.send($0, timeout: 10) }
             // The driver answers once every worker has said hello.
@@ -149,8 +149,8 @@ public enum WorkerRuntime {
 
     // MARK: - Progress, for heartbeats
 
-    /// The last step this process started and finished, read by the heartbeat thread.
-    static let stepStarted = Atomic<UInt64>(Heartbeat.none)
+    /// The last step this process finished and the time its steps took, read by the
+    /// heartbeat thread.
     static let stepFinished = Atomic<UInt64>(Heartbeat.none)
     static let steps = Atomic<UInt64>(0)
     static let stepNanoseconds = Atomic<UInt64>(0)
@@ -213,7 +213,6 @@ public enum WorkerRuntime {
                 WorkerReply.failed(rank: rank, message: "expected step \(lastStep + 1), got \(request.step)").encode(into: &writer)
             } else if let worker {
                 lastStep = request.step
-                WorkerRuntime.stepStarted.store(request.step, ordering: .relaxed)
                 let start = MonotonicClock.nanoseconds()
                 do {
                     try worker.executeNow(request).encode(into: &writer)
@@ -353,7 +352,6 @@ enum DriverLink {
                 let now = MonotonicClock.now()
                 if now >= nextBeat {
                     Heartbeat(
-                        stepStarted: WorkerRuntime.stepStarted.load(ordering: .relaxed),
                         stepFinished: WorkerRuntime.stepFinished.load(ordering: .relaxed),
                         steps: WorkerRuntime.steps.load(ordering: .relaxed),
                         stepNanoseconds: WorkerRuntime.stepNanoseconds.load(ordering: .relaxed)

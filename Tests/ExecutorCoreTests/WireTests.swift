@@ -101,10 +101,10 @@ import Testing
         #expect(try Self.configuration().sharedMemoryNames == ["/b", "/r3", "/r1", "/r2", "/s0", "/g"])
         let hello = WorkerHello(
             joinToken: 2, processID: 77, build: "wire 5, executable 10 bytes", machineID: "node-a", address: "10.0.0.7",
-            deviceIDs: [4, 5], availableMemory: 1 << 34)
+            deviceIDs: [4, 5])
         hello.encode(into: &w)
         #expect(try w.withBytes { try WorkerHello(decoding: $0) } == hello)
-        let beat = Heartbeat(stepStarted: 9, stepFinished: 8, steps: 9, stepNanoseconds: 123_456)
+        let beat = Heartbeat(stepFinished: 8, steps: 9, stepNanoseconds: 123_456)
         beat.encode(into: &w)
         #expect(w.count == Heartbeat.byteCount)
         #expect(try w.withBytes { try Heartbeat(decoding: $0) } == beat)

@@ -269,7 +269,7 @@ import Testing
     }
 
     @Test("impossible grids fail before any worker starts, naming what is missing")
-    func impossibleGrids() async throws {
+    func impossibleGrids() throws {
         let path = try Self.model()
         defer { TemporaryFiles.remove(path) }
         for (options, message) in [
@@ -277,7 +277,7 @@ import Testing
             (Self.options(pp: 2, layers: [2, 2]), "the pipeline layer split 2,2 adds up to 4 layers; the model has 5"),
             (Self.options(tp: 4, pp: 2), "TP 4 is larger than the model's 3 KV heads"),
         ] {
-            await #expect {
+            #expect {
                 _ = try ModelExecutor(modelPath: path, options: options)
             } throws: { error in
                 "\(error)".contains(message)

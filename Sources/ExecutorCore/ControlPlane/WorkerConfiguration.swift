@@ -21,12 +21,10 @@ public struct WorkerHello: Sendable, Equatable {
     public var address: String
     /// Devices it may use: CPU ids for CPU workers.
     public var deviceIDs: [Int]
-    /// Memory available on its machine, in bytes (`MemAvailable`).
-    public var availableMemory: Int64
 
     public init(
         joinToken: Int, processID: Int32, build: String, wireVersion: UInt16 = Wire.version, machineID: String,
-        address: String, deviceIDs: [Int], availableMemory: Int64
+        address: String, deviceIDs: [Int]
     ) {
         self.joinToken = joinToken
         self.processID = processID
@@ -35,7 +33,6 @@ public struct WorkerHello: Sendable, Equatable {
         self.machineID = machineID
         self.address = address
         self.deviceIDs = deviceIDs
-        self.availableMemory = availableMemory
     }
 
     public func encode(into w: inout WireWriter) {
@@ -48,7 +45,6 @@ public struct WorkerHello: Sendable, Equatable {
         w.string(machineID)
         w.string(address)
         w.integers(deviceIDs.map(Int32.init))
-        w.integer(availableMemory)
     }
 
     /// Decodes a hello. Its header is read leniently: a worker of another build must be
@@ -63,7 +59,6 @@ public struct WorkerHello: Sendable, Equatable {
         machineID = try r.string(reading: "machine id")
         address = try r.string(reading: "address")
         deviceIDs = try r.integers(Int32.self, reading: "device ids").map(Int.init)
-        availableMemory = try r.integer(Int64.self, reading: "available memory")
         try r.finish()
     }
 }
@@ -272,8 +267,7 @@ public struct WorkerConfiguration: Sendable, Equatable {
 /// A worker's says how far its steps got and how long they took; the driver's carries
 /// nothing but its arrival.
 public struct Heartbeat: Sendable, Equatable {
-    /// The last step the worker started and the last it finished (UInt64.max: none yet).
-    public var stepStarted: UInt64
+    /// The last step the worker finished (UInt64.max: none yet).
     public var stepFinished: UInt64
     /// Steps run so far and the time they took, in nanoseconds (per-rank step time).
     public var steps: UInt64
@@ -281,20 +275,18 @@ public struct Heartbeat: Sendable, Equatable {
 
     public static let none = UInt64.max
 
-    public init(stepStarted: UInt64 = Heartbeat.none, stepFinished: UInt64 = Heartbeat.none, steps: UInt64 = 0, stepNanoseconds: UInt64 = 0) {
-        self.stepStarted = stepStarted
+    public init(stepFinished: UInt64 = Heartbeat.none, steps: UInt64 = 0, stepNanoseconds: UInt64 = 0) {
         self.stepFinished = stepFinished
         self.steps = steps
         self.stepNanoseconds = stepNanoseconds
     }
 
-    /// Fixed size: 4-byte tag, 2-byte version, four u64.
-    public static let byteCount = 38
+    /// Fixed size: 4-byte tag, 2-byte version, three u64.
+    public static let byteCount = 30
 
     public func encode(into w: inout WireWriter) {
         w.reset()
         w.header(tag: "CHBT")
-        w.integer(stepStarted)
         w.integer(stepFinished)
         w.integer(steps)
         w.integer(stepNanoseconds)
@@ -303,7 +295,6 @@ public struct Heartbeat: Sendable, Equatable {
     public init(decoding bytes: UnsafeRawBufferPointer) throws(WireError) {
         var r = WireReader(bytes)
         try r.header(tag: "CHBT")
-        stepStarted = try r.integer(UInt64.self, reading: "step started")
         stepFinished = try r.integer(UInt64.self, reading: "step finished")
         steps = try r.integer(UInt64.self, reading: "steps")
         stepNanoseconds = try r.integer(UInt64.self, reading: "step nanoseconds")
