@@ -113,7 +113,7 @@ let package = Package(
         .testTarget(
             name: "MultiProcessTests",
             dependencies: [
-                "Engine", "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport", "ModelRunner", "Kernels",
+                "Engine", "Executor", "ExecutorCore", "Launchers", "Transports", "Collectives", "ExecutorTestSupport", "ModelRunner", "Kernels", "WorkerRuntime",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),

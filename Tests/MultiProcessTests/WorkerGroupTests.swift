@@ -5,6 +5,8 @@ import Launchers
 import Metrics
 import MetricsTestKit
 import Transports
+import WorkerRuntime
+import ExecutorTestSupport
 import Testing
 
 /// Real worker processes (`cohort worker`), started from the built binary next to the tests.
@@ -194,6 +196,32 @@ import Testing
         #expect(g.assignments.map(\.localRank) == [0, 1, 2])
         // One machine: the rendezvous is loopback whatever the driver's address.
         #expect(g.rendezvousHost == "127.0.0.1")
+    }
+
+    @Test("pre-flight names the rank, machine and file when a worker's model file is missing or differs from the driver's")
+    func preflightModelFile() throws {
+        let path = try TinyLlama().write()
+        defer { TemporaryFiles.remove(path) }
+        let identity = try ModelFileIdentity(path: path)
+        for (shardPath, size, message) in [
+            (path + ".missing", identity.size, "cannot be opened"),
+            (path, identity.size + 1, "differs from the driver's: expected \(identity.size + 1) bytes"),
+        ] {
+            let g = try WorkerGroup(workers: 1, configuration: .init(executable: Self.cohort), configure: { _, context in
+                WorkerConfiguration(
+                    context: context,
+                    model: .init(path: shardPath, fileSize: size, headerDigest: identity.headerDigest, threads: 1, precise: false,
+                                 kvCacheMiB: 1, maxBatchTokens: 8, pipelineLayers: nil, shardBytes: 1),
+                    commands: .tcp(host: "", port: 0))
+            })
+            defer { g.shutdown() }
+            #expect {
+                _ = try g.replies(to: try g.post(.preflight, what: "the pre-flight"))
+            } throws: { error in
+                guard case let .unhealthy(rank, _, machine, text) = error as? WorkerFailure else { return false }
+                return rank == 1 && !machine.isEmpty && text.contains("pre-flight on \(machine)") && text.contains(message)
+            }
+        }
     }
 
     @Test("the rings' names are gone once workers attached: nothing else can attach")
