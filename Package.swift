@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // Metrics API (no backend chosen here): the control plane exports its step latency.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // HMAC-SHA256 for the handshake that proves the instance secret without sending it.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         // Prometheus text for swift-metrics: `--metrics-port` serves it while models run.
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The engine runs as a Service: graceful shutdown finishes running requests first.
@@ -44,7 +46,10 @@ let package = Package(
         // CPU ops over raw buffers: quantization formats, mat-vec / mat-mat, norms, rope, thread pool.
         .target(name: "Kernels", dependencies: ["CKernels", "CSystem"], swiftSettings: numericSettings),
         // Moving messages between processes: shared-memory rings, authenticated TCP connections.
-        .target(name: "Transports", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
+        .target(
+            name: "Transports",
+            dependencies: ["ExecutorCore", "CSystem", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings),
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
         // allReduce, allGather among ranks: shared memory on a machine, a TCP ring across machines.

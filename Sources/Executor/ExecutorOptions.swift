@@ -1,4 +1,4 @@
-public import ModelRunner
+import ModelRunner
 import Kernels
 public import ExecutorCore
 #if canImport(Glibc)

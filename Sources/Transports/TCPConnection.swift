@@ -89,9 +89,6 @@ public final class TCPConnection: @unchecked Sendable {
     private var capacity: Int
     private var isClosed = false
 
-    static let magic: [UInt8] = Array("CTCP".utf8), ok: [UInt8] = Array("CTOK".utf8)
-    static let version: UInt32 = 1
-    static let helloBytes = 4 + 4 + 4 + InstanceSecret.byteCount
 
     init(fd: Int32, peerRank: Int, peer: String) {
         self.fd = fd
@@ -119,11 +116,11 @@ public final class TCPConnection: @unchecked Sendable {
 
     // MARK: - Connecting
 
-    /// Connects to `host:port` as `rank` and presents `secret`. With `awaitAcknowledgement`
-    /// false the answer is read later (`awaitAcknowledgement()`), so two ranks can connect
-    /// to each other's listeners without waiting on each other.
+    /// Connects to `host:port` as `rank` and proves `secret` without sending it (`Handshake`):
+    /// a hello, the acceptor's challenge (which proves the acceptor holds the secret too),
+    /// this side's proof, and the acceptor's OK.
     public static func connect(
-        host: String, port: UInt16, rank: Int, secret: InstanceSecret, timeout: Double = 10, awaitAcknowledgement: Bool = true
+        host: String, port: UInt16, rank: Int, secret: InstanceSecret, timeout: Double = 10
     ) throws -> TCPConnection {
         let address = "\(host):\(port)"
         var (socketAddress, length) = try socketAddress(host: host, port: port)
@@ -146,35 +143,29 @@ public final class TCPConnection: @unchecked Sendable {
             usleep(10_000)
         }
         let connection = TCPConnection(fd: fd, peerRank: -1, peer: address)
-        var hello = magic
-        withUnsafeBytes(of: version.littleEndian) { hello += $0 }
-        withUnsafeBytes(of: Int32(truncatingIfNeeded: rank).littleEndian) { hello += $0 }
-        hello += secret.bytes
-        try hello.withUnsafeBytes { try connection.writeAll($0) }
-        if awaitAcknowledgement { return try connection.awaitAcknowledgement(timeout: timeout) }
-        return connection
-    }
-
-    /// Reads the accepting side's answer to the hello and records the peer's rank; returns this
-    /// connection.
-    public func awaitAcknowledgement(timeout: Double = 10) throws -> TCPConnection {
-        var answer = [UInt8](repeating: 0, count: 8)
+        let handshake = Handshake.Connector(secret: secret, rank: rank)
         do {
-            try answer.withUnsafeMutableBytes { try readAll($0, timeout: timeout, check: {}) }
+            try handshake.hello.withUnsafeBytes { try connection.writeAll($0, timeout: timeout) }
+            var challenge = [UInt8](repeating: 0, count: Handshake.challengeBytes)
+            try challenge.withUnsafeMutableBytes { try connection.readAll($0, timeout: timeout, check: {}) }
+            let (proof, acceptorRank) = try handshake.answer(challenge)
+            try proof.withUnsafeBytes { try connection.writeAll($0, timeout: timeout) }
+            var answer = [UInt8](repeating: 0, count: 4)
+            try answer.withUnsafeMutableBytes { try connection.readAll($0, timeout: timeout, check: {}) }
+            guard answer == Handshake.okMagic else { throw HandshakeError.refused("expected CTOK, found \(answer.map { String($0, radix: 16) })") }
+            connection.peerRank = acceptorRank
+            connection.peer = "rank \(acceptorRank) at \(address)"
+            return connection
         } catch TCPError.closed {
-            throw TCPError.refused(peer: peer, reason: "it closed the connection after the hello (wrong instance secret or protocol version)")
+            connection.close()
+            throw TCPError.refused(peer: address, reason: "it closed the connection during the handshake (wrong instance secret or protocol version)")
+        } catch let error as HandshakeError {
+            connection.close()
+            throw TCPError.refused(peer: address, reason: error.description)
+        } catch {
+            connection.close()
+            throw error
         }
-        guard Array(answer[0..<4]) == Self.ok else {
-            throw TCPError.refused(peer: peer, reason: "expected the answer CTOK, found \(answer[0..<4].map { String($0, radix: 16) })")
-        }
-        peerRank = Int(Int32(bitPattern: Self.u32(answer, at: 4)))
-        peer = "rank \(peerRank) at \(peer)"
-        return self
-    }
-
-    /// The little-endian u32 at `offset` of a handshake message.
-    static func u32(_ bytes: [UInt8], at offset: Int) -> UInt32 {
-        (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * UInt32($1)) }
     }
 
     /// A numeric IPv4 or IPv6 host and a port as a socket address and its length.
@@ -462,6 +453,8 @@ public final class TCPListener: @unchecked Sendable {
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, addressLength) }
         }
+        // Non-blocking: `accept` drains the backlog into its handshakes without waiting.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         guard bound == 0, listen(fd, 128) == 0 else {
             let e = errno
             Glibc.close(fd)
@@ -475,60 +468,109 @@ public final class TCPListener: @unchecked Sendable {
         self.port = TCPConnection.port(&actual)
     }
 
-    deinit { close(fd) }
+    deinit {
+        for p in pending { p.connection.close() }
+        for connection in ready { connection.close() }
+        close(fd)
+    }
 
-    /// Accepts the next peer that presents `secret`, answering with `rank`. Anything else
-    /// (another protocol, a wrong secret, silence for `handshakeTimeout`) is logged and
-    /// closed, and accepting goes on until `timeout`.
+    /// Handshakes in progress: strangers and peers still proving the secret, carried over
+    /// from one `accept` to the next.
+    private var pending: [PendingHandshake] = []
+    /// Peers whose handshake finished, in order, for this and the next calls to `accept`.
+    private var ready: [TCPConnection] = []
+
+    struct PendingHandshake {
+        let connection: TCPConnection
+        var handshake: Handshake.Acceptor
+        let deadline: Double
+    }
+
+    /// Accepts the next peer that proves `secret` (`Handshake`), answering with `rank`.
+    /// Handshakes run side by side, each with `handshakeTimeout`: anything else (another
+    /// protocol, a wrong secret, a replayed handshake, silence) is logged with its address
+    /// and closed, and holds up no one. Gives up after `timeout`.
     public func accept(
         rank: Int, secret: InstanceSecret, timeout: Double = 30, handshakeTimeout: Double = 2, check: () throws -> Void = {}
     ) throws -> TCPConnection {
         let deadline = MonotonicClock.now() + timeout
+        var lastCheck = MonotonicClock.now()
+        var chunk = [UInt8](repeating: 0, count: 256)
         while true {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let left = deadline - MonotonicClock.now()
-            guard left > 0 else { throw TCPError.timedOut(waitingFor: "a peer to connect to \(host):\(port)", seconds: timeout) }
-            if poll(&p, 1, Int32(max(1, min(left, 0.05) * 1000))) <= 0 {
-                try check()
-                continue
+            if !ready.isEmpty { return ready.removeFirst() }
+            let now = MonotonicClock.now()
+            for (i, p) in pending.enumerated().reversed() where p.deadline <= now {
+                log("refused a connection from \(p.connection.peer): no Cohort handshake within \(handshakeTimeout) s")
+                p.connection.close()
+                pending.remove(at: i)
             }
+            guard now < deadline else { throw TCPError.timedOut(waitingFor: "a peer to connect to \(host):\(port)", seconds: timeout) }
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)] + pending.map { pollfd(fd: $0.connection.fd, events: Int16(POLLIN), revents: 0) }
+            let nearest = pending.map(\.deadline).min() ?? deadline
+            let slice = max(0.001, min(0.05, nearest - now, deadline - now))
+            let events = poll(&fds, nfds_t(fds.count), Int32(slice * 1000))
+            if events <= 0 || MonotonicClock.now() - lastCheck >= 0.05 {
+                lastCheck = MonotonicClock.now()
+                try check()
+            }
+            guard events > 0 else { continue }
+            // Handshakes first (their indices are those of the poll), then new connections.
+            for i in stride(from: pending.count - 1, through: 0, by: -1) where fds[i + 1].revents != 0 {
+                let n = chunk.withUnsafeMutableBytes { recv(pending[i].connection.fd, $0.baseAddress, $0.count, 0) }
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { continue }
+                let p = pending.remove(at: i)
+                guard n > 0 else {
+                    log("refused a connection from \(p.connection.peer): it closed the connection during the handshake")
+                    p.connection.close()
+                    continue
+                }
+                var handshake = p.handshake
+                switch handshake.receive(chunk[..<n]) {
+                case .needMore:
+                    pending.insert(PendingHandshake(connection: p.connection, handshake: handshake, deadline: p.deadline), at: i)
+                case let .send(bytes):
+                    do {
+                        try bytes.withUnsafeBytes { try p.connection.writeAll($0, timeout: 0.5) }
+                        pending.insert(PendingHandshake(connection: p.connection, handshake: handshake, deadline: p.deadline), at: i)
+                    } catch {
+                        log("refused a connection from \(p.connection.peer): \(error)")
+                        p.connection.close()
+                    }
+                case let .refuse(reason):
+                    log("refused a connection from \(p.connection.peer): \(reason)")
+                    p.connection.close()
+                case let .accept(peerRank, reply):
+                    do {
+                        try reply.withUnsafeBytes { try p.connection.writeAll($0, timeout: 0.5) }
+                    } catch {
+                        log("refused a connection from \(p.connection.peer): \(error)")
+                        p.connection.close()
+                        continue
+                    }
+                    p.connection.peerRank = peerRank
+                    p.connection.peer = "rank \(peerRank) at \(p.connection.peer)"
+                    ready.append(p.connection)
+                }
+            }
+            if fds[0].revents != 0 { acceptWaiting(rank: rank, secret: secret, deadline: MonotonicClock.now() + handshakeTimeout) }
+        }
+    }
+
+    /// Takes every connection waiting in the backlog into `pending`.
+    private func acceptWaiting(rank: Int, secret: InstanceSecret, deadline: Double) {
+        while true {
             var address = sockaddr_storage()
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
             let peerFD = withUnsafeMutablePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(fd, $0, &length) }
             }
-            guard peerFD >= 0 else { continue }
-            _ = fcntl(peerFD, F_SETFD, FD_CLOEXEC)
+            guard peerFD >= 0 else { return }
+            _ = fcntl(peerFD, F_SETFD, FD_CLOEXEC)  // the connection's init makes it non-blocking
             let peerHost = TCPConnection.numericHost(&address)
             let from = "\(peerHost.contains(":") ? "[\(peerHost)]" : peerHost):\(TCPConnection.port(&address))"
-            let candidate = TCPConnection(fd: peerFD, peerRank: -1, peer: from)
-            var hello = [UInt8](repeating: 0, count: TCPConnection.helloBytes)
-            do {
-                try hello.withUnsafeMutableBytes { try candidate.readAll($0, timeout: handshakeTimeout, check: {}) }
-            } catch {
-                log("refused a connection from \(from): no Cohort hello (\(error))")
-                continue
-            }
-            guard Array(hello[0..<4]) == TCPConnection.magic else {
-                log("refused a connection from \(from): not the Cohort protocol (first bytes \(hello[0..<4].map { String($0, radix: 16) }))")
-                continue
-            }
-            let version = TCPConnection.u32(hello, at: 4)
-            guard version == TCPConnection.version else {
-                log("refused a connection from \(from): protocol version \(version), expected \(TCPConnection.version)")
-                continue
-            }
-            let peerRank = Int(Int32(bitPattern: TCPConnection.u32(hello, at: 8)))
-            guard hello[12...].withUnsafeBytes({ secret.matches($0) }) else {
-                log("refused a connection from \(from) claiming rank \(peerRank): wrong instance secret")
-                continue
-            }
-            var answer = TCPConnection.ok
-            withUnsafeBytes(of: Int32(truncatingIfNeeded: rank).littleEndian) { answer += $0 }
-            try answer.withUnsafeBytes { try candidate.writeAll($0) }
-            candidate.peerRank = peerRank
-            candidate.peer = "rank \(peerRank) at \(from)"
-            return candidate
+            pending.append(PendingHandshake(
+                connection: TCPConnection(fd: peerFD, peerRank: -1, peer: from), handshake: Handshake.Acceptor(secret: secret, rank: rank),
+                deadline: deadline))
         }
     }
 }
