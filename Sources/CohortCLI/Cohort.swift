@@ -12,6 +12,6 @@ struct Cohort: AsyncParsableCommand {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print their figures as JSON.",
-        subcommands: [BenchGenerate.self, BenchThroughput.self, BenchControlPlane.self]
+        subcommands: [BenchGenerate.self, BenchThroughput.self, BenchControlPlane.self, BenchTokenize.self]
     )
 }

@@ -110,7 +110,18 @@ public actor Engine: Service {
     // MARK: - Requests
 
     /// Token ids of a prompt (chat template applied for `.chat`).
-    public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] { try executor.tokens(for: prompt) }
+    /// - Throws: before tokenizing, when the text is certainly too long: `b` bytes make at
+    ///   least `b / maxTokenBytes` tokens (a 50 MB line is refused at once, not after
+    ///   minutes of tokenizing).
+    public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] {
+        let bytes = prompt.textBytes, perToken = executor.tokenizer.maxTokenBytes
+        guard bytes / perToken < contextLimit else {
+            throw GenerationError(
+                "the prompt has \(bytes) bytes of text, so at least \(bytes / perToken) tokens (a token holds at most \(perToken) bytes); "
+                    + "this engine holds at most \(contextLimit - 1) prompt tokens per request")
+        }
+        return try executor.tokens(for: prompt)
+    }
 
     public var tokenizer: Tokenizer { executor.tokenizer }
     public var loadSeconds: Double { executor.loadSeconds }

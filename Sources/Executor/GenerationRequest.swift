@@ -11,6 +11,16 @@ public enum Prompt: Sendable, Equatable {
     case tokens([Int32])
     /// A conversation (system, user and assistant turns), wrapped in the chat template.
     case messages([ChatMessage])
+
+    /// Bytes of text the prompt carries (the chat template adds more).
+    public var textBytes: Int {
+        switch self {
+        case let .chat(user, system): user.utf8.count + (system?.utf8.count ?? 0)
+        case let .raw(text): text.utf8.count
+        case .tokens: 0
+        case let .messages(messages): messages.reduce(0) { $0 + $1.content.utf8.count }
+        }
+    }
 }
 
 /// The result of one request.

@@ -99,6 +99,15 @@ struct CLI {
         return String(decoding: response, as: UTF8.self)
     }
 
+    @Test("a prompt certainly longer than the context is refused from its byte count, before tokenizing")
+    func longPromptRefusedEarly() throws {
+        let r = try CLI.run(["generate", "--model", model, "--raw", "--kv-cache-mb", "1", "--threads", "1",
+                             "--prompt", String(repeating: "x", count: 64_000)])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("the prompt has 64000 bytes of text, so at least"), "\(r.stderr)")
+        #expect(r.stderr.contains("prompt tokens per request"))
+    }
+
     @Test("json output has the prompt, tokens, text, finish reason, logprobs and timings")
     func jsonOutput() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "1,2,3", "--temperature", "0",

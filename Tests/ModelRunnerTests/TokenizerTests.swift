@@ -21,6 +21,66 @@ import Testing
         #expect(t.endOfGenerationIDs.contains(end) && t.endOfGenerationIDs.contains(256 + 5))
     }
 
+    /// A tokenizer over the letters a, b, c with `count` random merges of existing tokens.
+    static func randomMerges(_ count: Int, seed: UInt64) throws -> (Tokenizer, merges: [(String, String)]) {
+        var random = RandomStream(seed: seed)
+        var vocabulary = ["a", "b", "c"], merges: [(String, String)] = []
+        while merges.count < count {
+            let l = vocabulary[Int(random.unit() * Double(vocabulary.count)) % vocabulary.count]
+            let r = vocabulary[Int(random.unit() * Double(vocabulary.count)) % vocabulary.count]
+            guard !vocabulary.contains(l + r) else { continue }
+            merges.append((l, r))
+            vocabulary.append(l + r)
+        }
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("tokenizer.ggml.model", .string("gpt2"))
+        w.set("tokenizer.ggml.pre", .string("smollm"))
+        let bytes = (0..<256).map { String(Character(ByteLevelTable.scalar(UInt8($0)))) }
+        let tokens = bytes + vocabulary.dropFirst(3)
+        w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }))
+        w.set("tokenizer.ggml.token_type", .array(tokens.map { _ in .int32(1) }))
+        w.set("tokenizer.ggml.merges", .array(merges.map { .string("\($0.0) \($0.1)") }))
+        w.set("tokenizer.ggml.add_bos_token", .bool(false))
+        let path = try w.write(named: "tokenizer")
+        defer { TemporaryFiles.remove(path) }
+        return (try Tokenizer(file: GGUFFile(path: path)), merges)
+    }
+
+    /// The textbook merge loop: scan every pair, merge the lowest rank (leftmost on ties).
+    static func naiveBPE(_ text: String, _ merges: [(String, String)]) -> [String] {
+        var symbols = text.map(String.init)
+        let rank = Dictionary(merges.enumerated().map { ("\($0.element.0) \($0.element.1)", $0.offset) }) { a, _ in a }
+        while symbols.count > 1 {
+            var best: (rank: Int, index: Int)?
+            for j in 0..<(symbols.count - 1) {
+                if let r = rank["\(symbols[j]) \(symbols[j + 1])"], r < (best?.rank ?? .max) { best = (r, j) }
+            }
+            guard let best else { break }
+            symbols[best.index] += symbols[best.index + 1]
+            symbols.remove(at: best.index + 1)
+        }
+        return symbols
+    }
+
+    @Test("merging through a priority queue gives the textbook merge loop's tokens on random words and tables", arguments: [1, 2, 3])
+    func heapMergesEqualNaive(seed: UInt64) throws {
+        let (t, merges) = try Self.randomMerges(40, seed: seed)
+        var random = RandomStream(seed: seed + 100)
+        for length in [1, 2, 3, 5, 8, 13, 40, 200] {
+            for _ in 0..<20 {
+                let word = String((0..<length).map { _ in "abc".randomElement(using: &random)! })
+                let expected = Self.naiveBPE(word, merges)
+                let got = t.encode(word, parseSpecial: false).map { String(decoding: t.bytes(of: $0), as: UTF8.self) }
+                #expect(got == expected, "\(word)")
+            }
+        }
+        // A long run of one letter, the case that was quadratic, merges as the textbook does.
+        let long = String(repeating: "a", count: 1001)
+        let got = t.encode(long, parseSpecial: false).map { String(decoding: t.bytes(of: $0), as: UTF8.self) }
+        #expect(got == Self.naiveBPE(long, merges))
+    }
+
     @Test("decoding inverts encoding for any UTF-8 text")
     func roundTrip() throws {
         let t = try tokenizer()
