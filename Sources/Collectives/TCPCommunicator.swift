@@ -73,18 +73,18 @@ public final class TCPCommunicator: @unchecked Sendable {
         // does the same, and each handshake needs both ends to take part at once.
         let host = String(parts[0])
         let forward = Forward()
-        let thread = Forward.start {
+        let thread = Threads.start {
             forward.result.withLock {
                 $0 = Result { try TCPConnection.connect(host: host, port: port, rank: rank, secret: secret, timeout: timeout) }
             }
         }
         let previous: TCPConnection
         do { previous = try listener.accept(rank: rank, secret: secret, timeout: timeout) } catch {
-            pthread_join(thread, nil)
+            Threads.join(thread)
             (try? forward.result.withLock { try $0?.get() })?.close()
             throw error
         }
-        pthread_join(thread, nil)
+        Threads.join(thread)
         let next = try forward.result.withLock { try $0!.get() }
         guard previous.peerRank == previousRank, next.peerRank == nextRank else {
             throw TCPError.invalid("ring neighbours \(previousRank) and \(nextRank), found \(previous.peerRank) and \(next.peerRank)")
@@ -176,23 +176,6 @@ extension TCPCommunicator: TensorParallelGroup {}
 /// The forward connection of a ring join, made on a thread of its own.
 final class Forward: Sendable {
     let result = Mutex<Result<TCPConnection, any Error>?>(nil)
-
-    final class Box: @unchecked Sendable {
-        // @unchecked: handed to the new thread once and used there only.
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    /// Starts `body` on a joinable thread.
-    static func start(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, Unmanaged.passRetained(Box(body)).toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        return thread
-    }
 }
 
 /// Where the ranks of a TCP group meet: a listener bound once (its port is published, never

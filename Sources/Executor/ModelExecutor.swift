@@ -79,10 +79,19 @@ public final class ModelExecutor {
         var channels: [StageChannel] = []
         var loadGate: LoadGate?
         var isClosed = false
+        /// Set on close: a rendezvous still serving (start-up failed) stops.
+        let closed = Flag()
+
+        final class Flag: Sendable {
+            private let value = Atomic(false)
+            var isSet: Bool { value.load(ordering: .relaxed) }
+            func set() { value.store(true, ordering: .relaxed) }
+        }
 
         mutating func close() {
             guard !isClosed else { return }
             isClosed = true
+            closed.set()
             communicators.forEach { $0.close() }
             channels.forEach { $0.ring.close() }
             loadGate?.close()
@@ -126,7 +135,12 @@ public final class ModelExecutor {
                             // The driver binds each group's rendezvous and serves it while the ranks load.
                             let rendezvous = try TCPRendezvous(host: bindHost, secret: secret)
                             groups.append(.tcp(host: rendezvous.host, port: rendezvous.port))
-                            Threads.detach { try? rendezvous.serve(ranks: layout.tensorParallel, timeout: 600) }
+                            let closed = resources.closed
+                            Threads.detach {
+                                try? rendezvous.serve(ranks: layout.tensorParallel, timeout: 600) {
+                                    if closed.isSet { throw ExecutorError("the executor closed") }
+                                }
+                            }
                         } else {
                             let communicator = try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18)
                             resources.communicators.append(communicator)

@@ -119,25 +119,3 @@ enum Preflight {
         }
     }
 }
-
-/// Threads of their own, for work that must not wait on Swift's cooperative pool or block
-/// it (heartbeats, start-up rendezvous).
-public enum Threads {
-    final class Box: @unchecked Sendable {
-        // @unchecked: handed from the creating thread to the new one, then used there only.
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    /// Starts a detached thread running `body`.
-    public static func detach(_ body: @escaping @Sendable () -> Void) {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(Box(body)).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, context)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
-    }
-}
