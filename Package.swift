@@ -82,6 +82,7 @@ let package = Package(
         .target(
             name: "MetricsExporter",
             dependencies: [
+                "Transports",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ],

@@ -1,6 +1,6 @@
 import CoreMetrics
 public import Prometheus
-import Synchronization
+import Transports
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -66,7 +66,7 @@ public final class PrometheusExporter: Sendable {
 
     private func serve() {
         let fd = self.fd, registry = self.registry
-        Thread.detach {
+        Threads.detach {
             while true {
                 let client = accept(fd, nil, nil)
                 if client < 0 {
@@ -125,23 +125,4 @@ public final class PrometheusExporter: Sendable {
 public struct ExporterError: Error, CustomStringConvertible {
     public let description: String
     init(_ description: String) { self.description = description }
-}
-
-/// A detached thread (the exporter's accept loop).
-enum Thread {
-    final class Box: @unchecked Sendable {
-        // @unchecked: handed to the new thread once and used there only.
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    static func detach(_ body: @escaping @Sendable () -> Void) {
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, Unmanaged.passRetained(Box(body)).toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
-    }
 }
