@@ -321,8 +321,7 @@ public actor Engine: Service {
     private func step() throws {
         do {
             // The executor keeps the one queue of steps in flight, with their virtual engines.
-            let busy = executor.virtualEnginesInFlight
-            for v in schedulers.indices where !busy.contains(v) {
+            for v in schedulers.indices where !executor.hasStepInFlight(virtualEngine: v) {
                 guard let sequences = schedulers[v].schedule() else {
                     if schedulers[v].hasWork {
                         throw GenerationError(

@@ -46,9 +46,6 @@ public final class ModelExecutor {
     /// when that is rank 0 itself (PP 1).
     private let samplingWorker: Int?
     private var rank0Outputs: [StepOutput] = []
-    /// The step deadline at world size 1 (the worker group keeps its own otherwise).
-    private var ownDeadline: StepDeadline
-    private var stepDeadline: StepDeadline { workers?.configuration.stepDeadline ?? ownDeadline }
     /// The most worker processes that loaded at once, when a limit was set.
     public let mostConcurrentWorkerLoads: Int?
     /// Where the driver's time went, summed over steps.
@@ -116,7 +113,6 @@ public final class ModelExecutor {
         }
         let grid = try ModelGrid(configuration: configuration, layout: layout, layerCounts: options.pipelineLayers)  // checks the split
         self.layout = layout
-        ownDeadline = StepDeadline(fixed: options.stepTimeout)
 
         var resources = GridResources()
         let secret = InstanceSecret.random()
@@ -313,7 +309,9 @@ public final class ModelExecutor {
             lifecycle.sent(virtualEngine: virtualEngine)
             statistics.maxStepsInFlight = max(statistics.maxStepsInFlight, lifecycle.inFlight.count)
             let sent = MonotonicClock.nanoseconds()
-            rank0Group?.timeout = stepDeadline.seconds(tokens: request.sequences.tokenCount)
+            // Rank 0's collectives wait as long as the workers' step deadline (the group
+            // measures the steps; at world size 1 nothing waits on a peer).
+            if let workers { rank0Group?.timeout = workers.stepDeadlineSeconds(tokens: request.sequences.tokenCount) }
             activity.step.store(request.step, ordering: .relaxed)
             let output = try rank0.executeNow(request)
             rank0StepTimer.recordNanoseconds(MonotonicClock.nanoseconds() - sent)
@@ -324,9 +322,6 @@ public final class ModelExecutor {
                 statistics.broadcastSeconds += Double(sent - start) * 1e-9
                 statistics.rank0Seconds += Double(MonotonicClock.nanoseconds() - sent) * 1e-9
                 statistics.collectiveSeconds += Double(rank0.collectiveNanoseconds - collectivesBefore) * 1e-9
-            }
-            if workers == nil {
-                ownDeadline.record(seconds: Double(MonotonicClock.nanoseconds() - start) * 1e-9, tokens: request.sequences.tokenCount)
             }
         } catch {
             throw fail(error, step: request.step)
@@ -351,8 +346,8 @@ public final class ModelExecutor {
     /// Whether any step was submitted and not yet received.
     public var hasStepsInFlight: Bool { !lifecycle.inFlight.isEmpty }
 
-    /// The virtual engines with a step in flight, oldest first.
-    public var virtualEnginesInFlight: [Int] { lifecycle.inFlight.map(\.virtualEngine) }
+    /// Whether `virtualEngine` has a step in flight.
+    public func hasStepInFlight(virtualEngine: Int) -> Bool { lifecycle.inFlight.contains { $0.virtualEngine == virtualEngine } }
 
     /// Takes the workers out of their execution loop while there is nothing to run (the
     /// seed's `stop_remote_worker_execution_loop`): they stay up and answer health checks;
@@ -412,7 +407,7 @@ public final class ModelExecutor {
             cause = WorkerFailure.stuck(
                 rank: rank, pid: member?.pid ?? 0, machine: member?.machine ?? "?",
                 waitingFor: "\(operation) of step \(step.map(String.init) ?? "?")", seconds: seconds,
-                basis: stepDeadline.explanation(tokens: 1))
+                basis: workers?.stepDeadlineExplanation ?? "")
         }
         failure = cause
         if lifecycle.fail(rank: (cause as? WorkerFailure)?.rank, reason: "\(cause)") == .shutDownWorkers { release() }

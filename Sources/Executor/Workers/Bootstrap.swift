@@ -125,14 +125,13 @@ enum Bootstrap {
     /// Waits up to `grace` for every worker to exit (their links are closed by now), then
     /// kills the rest: through the launcher's handle, or by pid when it runs on this machine.
     static func stop(_ members: [WorkerGroup.Member], grace: Double) {
+        waitForExit(members, seconds: grace)
         let here = Machine.hostName()
-        let deadline = MonotonicClock.now() + grace
         for member in members {
             if let handle = member.handle {
-                if handle.wait(timeout: max(0, deadline - MonotonicClock.now())) == nil { handle.kill(timeout: 5) }
-            } else if member.machine == here {
-                while isRunning(member.pid) && MonotonicClock.now() < deadline { usleep(2_000) }
-                if isRunning(member.pid) { kill(member.pid, SIGKILL) }
+                handle.kill(timeout: 5)  // reaps; nothing to do for one that exited
+            } else if member.machine == here, isRunning(member.pid) {
+                kill(member.pid, SIGKILL)
             }
         }
     }

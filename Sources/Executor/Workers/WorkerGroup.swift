@@ -261,8 +261,8 @@ public final class WorkerGroup: @unchecked Sendable {
             throw fail(.transport("collect for step \(step), but the oldest step in flight is \(inFlight.first.map { "\($0.step)" } ?? "none")"))
         }
         inFlight.removeFirst()
-        let deadline = configuration.stepDeadline.seconds(tokens: oldest.tokens)
-        let outputs = try gather(step: step, sequence: oldest.sequence, timeout: deadline, tokens: oldest.tokens) {
+        let deadline = stepDeadlineSeconds(tokens: oldest.tokens)
+        let outputs = try gather(what: "step \(step)", step: step, sequence: oldest.sequence, timeout: deadline) {
             rank, bytes throws(WireError) in
             if bytes.count >= 4 && bytes.prefix(4).elementsEqual("CRPL".utf8),
                case let .failed(_, message) = try WorkerReply(decoding: bytes) {
@@ -279,6 +279,12 @@ public final class WorkerGroup: @unchecked Sendable {
         configuration.stepDeadline.record(seconds: Double(elapsed) * 1e-9, tokens: oldest.tokens)
         return outputs
     }
+
+    /// How long a step of `tokens` tokens may take (`StepDeadline`, fed by every collect).
+    public func stepDeadlineSeconds(tokens: Int) -> Double { configuration.stepDeadline.seconds(tokens: tokens) }
+
+    /// Where the step deadline comes from, for messages.
+    public var stepDeadlineExplanation: String { configuration.stepDeadline.explanation(tokens: 1) }
 
     /// Asks every worker whether it can work.
     public func healthCheck() throws {
@@ -342,7 +348,7 @@ public final class WorkerGroup: @unchecked Sendable {
         if let failure { throw failure }
         guard !isShutDown else { throw WorkerFailure.shutDown }
         command.encode(into: &writer)
-        let timeout = step == nil ? configuration.startupTimeout : configuration.stepDeadline.seconds(tokens: 1)
+        let timeout = step == nil ? configuration.startupTimeout : stepDeadlineSeconds(tokens: 1)
         do {
             return try writer.withBytes { bytes in
                 try channel.publish(bytes, timeout: timeout) { try self.checkAlive(during: step.map { "step \($0)" } ?? what) }
@@ -352,12 +358,6 @@ public final class WorkerGroup: @unchecked Sendable {
         } catch {
             throw transportFailure(error, during: step.map { "step \($0)" } ?? what)
         }
-    }
-
-    private func gather<T>(
-        step: UInt64, sequence: UInt64, timeout: Double, tokens: Int, _ decode: (Int, UnsafeRawBufferPointer) throws(WireError) -> T
-    ) throws -> [T] {
-        try gather(what: "step \(step)", step: step, sequence: sequence, timeout: timeout, decode)
     }
 
     private func gather<T>(
@@ -374,7 +374,7 @@ public final class WorkerGroup: @unchecked Sendable {
             }
         } catch let timeout as ChannelTimeout {
             let m = members[timeout.worker]
-            let basis = step == nil ? "the start-up timeout" : configuration.stepDeadline.explanation(tokens: 1)
+            let basis = step == nil ? "the start-up timeout" : stepDeadlineExplanation
             throw fail(.stuck(rank: m.rank, pid: m.pid, machine: m.machine, waitingFor: what(), seconds: MonotonicClock.now() - start, basis: basis))
         } catch let bad as ReplyError {
             throw fail(.badReply(rank: bad.worker + 1, bad.error))
