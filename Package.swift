@@ -32,6 +32,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         // The engine runs as a Service: graceful shutdown finishes running requests first.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // `cohort serve`: HTTP/1.1 with streamed bodies and graceful shutdown, on SwiftNIO. No traits:
+        // the swift-configuration reader and the full-Foundation form coders are not used.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        // One line per request from the server.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Value types shared by every layer: sampling parameters, ids, finish reasons.
@@ -42,31 +47,31 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
         ),
         // System C shim: atomics and futexes on raw words.
-        .target(name: "CSystem"),
+        .target(name: "CPlatform"),
         // CPU ops over raw buffers: quantization formats, mat-vec / mat-mat, norms, rope, thread pool.
-        .target(name: "Kernels", dependencies: ["CKernels", "CSystem"], swiftSettings: numericSettings),
+        .target(name: "Kernels", dependencies: ["CKernels", "CPlatform"], swiftSettings: numericSettings),
         // Moving messages between processes: shared-memory rings, authenticated TCP connections.
         .target(
             name: "Transports",
-            dependencies: ["ExecutorCore", "CSystem", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["ExecutorCore", "CPlatform", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings),
         // GGUF, tokenizer, chat templates, the Llama forward pass, KV cache, sampler.
         .target(name: "ModelRunner", dependencies: ["ExecutorCore", "Kernels"], swiftSettings: numericSettings),
         // allReduce, allGather among ranks: shared memory on a machine, a TCP ring across machines.
-        .target(name: "Collectives", dependencies: ["Transports", "ExecutorCore", "CSystem"], swiftSettings: numericSettings),
+        .target(name: "Collectives", dependencies: ["Transports", "ExecutorCore", "CPlatform"], swiftSettings: numericSettings),
         // Start workers and hand back their processes: local processes now, MPI and Ray next.
-        .target(name: "Launchers", dependencies: ["ExecutorCore", "CSystem"], swiftSettings: swiftSettings),
+        .target(name: "Launchers", dependencies: ["ExecutorCore", "CPlatform"], swiftSettings: swiftSettings),
         // A worker process: joins its driver, receives its configuration, heartbeats, runs its
         // rank of the model (rank 0 runs the same `ModelWorker` in the driver).
         .target(
             name: "WorkerRuntime",
-            dependencies: ["ExecutorCore", "ModelRunner", "Kernels", "Transports", "Collectives", "CSystem"],
+            dependencies: ["ExecutorCore", "ModelRunner", "Kernels", "Transports", "Collectives", "CPlatform"],
             swiftSettings: swiftSettings),
         // The driver: the executor, its lifecycle, worker groups, health, the control plane.
         .target(
             name: "Executor",
             dependencies: [
-                "ExecutorCore", "ModelRunner", "Transports", "Collectives", "Launchers", "WorkerRuntime", "CSystem",
+                "ExecutorCore", "ModelRunner", "Transports", "Collectives", "Launchers", "WorkerRuntime", "CPlatform",
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
@@ -76,6 +81,7 @@ let package = Package(
             dependencies: [
                 "Executor", "ExecutorCore", "ModelRunner",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
         // Serves swift-metrics as Prometheus text at GET /metrics, from a thread of its own.
@@ -87,11 +93,27 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings),
+        // The OpenAI-style request and response bodies, decoded and validated one way for
+        // every way in (HTTP bodies and `--prompts-file` lines).
+        .target(name: "ServingAPI", dependencies: ["Engine", "Executor", "ExecutorCore", "ModelRunner"], swiftSettings: swiftSettings),
+        // `cohort serve`: the OpenAI-compatible HTTP server over the engine.
+        .target(
+            name: "Server",
+            dependencies: [
+                "ServingAPI", "Engine", "Executor", "ExecutorCore", "ModelRunner", "MetricsExporter",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings),
         // The `cohort` command tree: parses, validates, calls Engine and Executor.
         .executableTarget(
             name: "CohortCLI",
             dependencies: [
-                "Engine", "Executor", "ExecutorCore", "WorkerRuntime", "Launchers", "MetricsExporter",
+                "Engine", "Executor", "ExecutorCore", "WorkerRuntime", "Launchers", "MetricsExporter", "ServingAPI", "Server",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -108,6 +130,10 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ServerTests",
+            dependencies: ["Server", "ServingAPI", "Engine", "Executor", "ExecutorCore", "ModelRunner", "ExecutorTestSupport"],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "ExecutorTests",
             dependencies: [

@@ -5,7 +5,7 @@ struct Cohort: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cohort",
         abstract: "A distributed executor for LLM inference.",
-        subcommands: [Generate.self, Bench.self, Worker.self, CollectivePeerCommand.self]
+        subcommands: [Generate.self, Serve.self, Bench.self, Worker.self, CollectivePeerCommand.self]
     )
 }
 

@@ -3,17 +3,20 @@ import Engine
 import Executor
 import ExecutorCore
 import Foundation
+import ServingAPI
 
 struct Generate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate a completion for one prompt, or for every request of a JSONL file.",
         discussion: """
-            --prompts-file FILE.jsonl runs one request per line through the engine (continuous \
-            batching) and prints one JSON result per request, in input order. A line holds \
-            "prompt" (with "raw": true sent without the chat template), "messages" \
+            --prompts-file FILE.jsonl (a file or a pipe such as /dev/stdin) runs one request per line \
+            through the engine (continuous batching) and prints one JSON result per request as it \
+            finishes, naming its "line". A line takes the body of POST /v1/completions: "prompt" \
+            (a user message for the chat template; with "raw": true sent as is), "messages" \
             ([{"role", "content"}]) or "prompt_tokens", plus any of "system", "max_tokens", \
             "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", \
-            "frequency_penalty", "seed", "stop", "logprobs", "ignore_eos"; the flags are the defaults.
+            "frequency_penalty", "seed", "stop", "logprobs", "ignore_eos", "n"; the flags are the \
+            defaults. A bad line prints {"line": N, "error": ...} and the others still run.
             """)
 
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable { case text, json }
@@ -91,8 +94,8 @@ struct Generate: AsyncParsableCommand {
         do {
             let tokens = try await engine.tokens(for: promptValue)
             let streaming = output == .text
-            result = try await engine.generate(.init(promptTokens: tokens, parameters: parameters) { piece in
-                if streaming { Output.standardOutput(piece) }
+            result = try await engine.generate(.init(promptTokens: tokens, parameters: parameters) { delta in
+                if streaming { Output.standardOutput(delta.text) }
             })
         } catch {
             await engine.shutdown()
@@ -102,6 +105,10 @@ struct Generate: AsyncParsableCommand {
         switch output {
         case .text:
             Output.standardOutput("\n")
+            if result.finishReason == .kvCacheFull {
+                Output.standardError(
+                    "stopped: the KV cache holds \(engine.contextLimit) tokens for this request; raise --kv-cache-mb for longer answers\n")
+            }
         case .json:
             Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n")
         }
@@ -109,31 +116,60 @@ struct Generate: AsyncParsableCommand {
 }
 
 extension Generate {
-    /// Every request of a JSONL file through the engine; one JSON line per request, in order.
+    /// Every request of a JSONL file through the engine (continuous batching); one JSON
+    /// line per request as it finishes. Exits with status 1 when any request failed.
     func runFile(_ path: String, defaults: SamplingParameters) async throws {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw CLIError("cannot read --prompts-file \(path): \(error.localizedDescription)")
+        let text = try PromptsFile.read(path)
+        guard text.split(separator: "\n").contains(where: { !$0.allSatisfy(\.isWhitespace) }) else {
+            throw CLIError("--prompts-file \(path) holds no requests: expected one JSON object per line")
         }
-        let lines = try PromptsFile.parse(text, defaults: defaults)
         let engine = try await modelArguments.load(maxSequences: maxNumSeqs)
-        let results: [GenerationResult]
-        do {
-            var requests: [Engine.Request] = []
-            for (i, line) in lines.enumerated() {
-                do {
-                    requests.append(.init(promptTokens: try await engine.tokens(for: line.prompt), parameters: line.parameters))
-                } catch {
-                    throw CLIError("--prompts-file request \(i + 1): \(error)")
+        let lines = PromptsFile.parse(text, defaults: defaults, contextLimit: engine.contextLimit, models: modelArguments.servedModelNames)
+        var failed = 0
+        func report(line: Int, index: Int?, _ message: String) {
+            failed += 1
+            Output.standardError("--prompts-file line \(line)\(index.map { " choice \($0)" } ?? ""): \(message)\n")
+            Output.standardOutput(((try? JSONOutput.line(PromptsFile.Failure(line: line, index: index, error: message))) ?? "") + "\n")
+        }
+        // Submit every good line first (they batch together), then print as they finish.
+        var submitted: [(line: Int, index: Int?, id: UInt64)] = []
+        for line in lines {
+            let request: ResolvedRequest
+            switch line.request {
+            case let .failure(error):
+                report(line: line.number, index: nil, error.message)
+                continue
+            case let .success(r): request = r
+            }
+            do {
+                let tokens = try await engine.tokens(for: request.prompts[0])
+                for choice in 0..<request.n {
+                    let id = try await engine.submit(.init(promptTokens: tokens, parameters: request.parameters(choice: choice)))
+                    submitted.append((line.number, request.n > 1 ? choice : nil, id))
+                }
+            } catch {
+                report(line: line.number, index: nil, "\(error)")
+            }
+        }
+        await withTaskGroup(of: (Int, Int?, Result<GenerationResult, any Error>).self) { group in
+            for (line, index, id) in submitted {
+                group.addTask {
+                    do { return (line, index, .success(try await engine.result(of: id))) } catch { return (line, index, .failure(error)) }
                 }
             }
-            results = try await engine.generate(batch: requests)
-        } catch {
-            await engine.shutdown()
-            throw error as? CLIError ?? CLIError("\(error)")
+            for await (line, index, result) in group {
+                switch result {
+                case let .success(r):
+                    Output.standardOutput(((try? JSONOutput.line(GenerationJSON(r, line: line, index: index))) ?? "") + "\n")
+                case let .failure(error):
+                    report(line: line, index: index, "\(error)")
+                }
+            }
         }
         await engine.shutdown()
-        for result in results { Output.standardOutput(try JSONOutput.line(GenerationJSON(result)) + "\n") }
+        if failed > 0 {
+            throw CLIError("\(failed) of \(lines.count) requests in --prompts-file failed (each is named above)")
+        }
     }
 }
 
@@ -157,14 +193,14 @@ struct SamplingArguments: ParsableArguments {
     @Option(help: "Repetition penalty (1 = off).")
     var repetitionPenalty: Float = 1
 
-    @Option(help: "Presence penalty (0 = off).")
+    @Option(parsing: .unconditional, help: "Presence penalty, -2…2 (0 = off).")
     var presencePenalty: Float = 0
 
-    @Option(help: "Frequency penalty (0 = off).")
+    @Option(parsing: .unconditional, help: "Frequency penalty, -2…2 (0 = off).")
     var frequencyPenalty: Float = 0
 
-    @Option(help: "Random seed (same seed, same tokens).")
-    var seed: UInt64?
+    @Option(parsing: .unconditional, help: "Random seed (same seed, same tokens); -1 picks one at random.")
+    var seed: Int64?
 
     @Option(help: "Stop when this text appears (repeatable).")
     var stop: [String] = []
@@ -176,6 +212,7 @@ struct SamplingArguments: ParsableArguments {
     var ignoreEos = false
 
     func validate() throws {
+        if let seed, seed < -1 { throw ValidationError("--seed must be ≥ 0, or -1 for a random seed, got \(seed)") }
         do { try parameters().validate() } catch let error as SamplingParametersError {
             throw ValidationError("--\(error.field) must be \(error.allowed), got \(error.value)")
         }
@@ -184,7 +221,7 @@ struct SamplingArguments: ParsableArguments {
     func parameters() throws -> SamplingParameters {
         SamplingParameters(
             temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetitionPenalty,
-            presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty, seed: seed, stopStrings: stop,
+            presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty, seed: seed.flatMap { $0 == -1 ? nil : UInt64($0) }, stopStrings: stop,
             ignoreEndOfGeneration: ignoreEos, maxTokens: maxTokens, logprobs: logprobs)
     }
 }
@@ -204,6 +241,9 @@ struct GenerationJSON: Encodable {
         let decode_tokens_per_s: Double
     }
 
+    /// With `--prompts-file`: the request's line, and its choice when it asked for several.
+    var line: Int?
+    var index: Int?
     let prompt_tokens: [Int32]
     let tokens: [Int32]
     let text: String
@@ -211,7 +251,9 @@ struct GenerationJSON: Encodable {
     let logprobs: [[Logprob]]?
     let timings: Timings
 
-    init(_ r: GenerationResult) {
+    init(_ r: GenerationResult, line: Int? = nil, index: Int? = nil) {
+        self.line = line
+        self.index = index
         prompt_tokens = r.promptTokens
         tokens = r.tokens
         text = r.text

@@ -113,6 +113,13 @@ struct ModelArguments: ParsableArguments {
 
     var path: String { model ?? ReferenceModel.defaultPath }
 
+    /// Names a request's `model` field may use: the file's name without `.gguf`, then the path.
+    var servedModelNames: [String] {
+        let file = (path as NSString).lastPathComponent
+        let name = file.hasSuffix(".gguf") ? String(file.dropLast(5)) : file
+        return [name, file, path]
+    }
+
     var options: ExecutorOptions {
         var options = ExecutorOptions(
             threads: threads, precise: precise, kvCacheMiB: kvCacheMiB, maxBatchTokens: stepTokens,
@@ -142,7 +149,7 @@ struct ModelArguments: ParsableArguments {
     }
 
     /// Loads the model into an engine, drawing a progress bar on stderr when it is a terminal.
-    func load(virtualEngines: Int? = nil, maxSequences: Int = 256) async throws -> Engine {
+    func load(virtualEngines: Int? = nil, maxSequences: Int = 256, maxWaiting: Int? = nil) async throws -> Engine {
         if let metricsPort {
             do {
                 let exporter = try PrometheusExporter.bootstrap(port: metricsPort)
@@ -156,7 +163,7 @@ struct ModelArguments: ParsableArguments {
         do {
             return try await Engine.load(
                 modelPath: path, options: options,
-                configuration: .init(virtualEngines: virtualEngines ?? pipelineParallel, maxSequences: maxSequences)
+                configuration: .init(virtualEngines: virtualEngines ?? pipelineParallel, maxSequences: maxSequences, maxWaiting: maxWaiting)
             ) { bar.update($0) }
         } catch {
             throw CLIError("\(error)")

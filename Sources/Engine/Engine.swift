@@ -3,6 +3,7 @@ public import ModelRunner
 public import Executor
 public import ServiceLifecycle
 import Synchronization
+import Metrics
 
 /// Turns many requests into a stream of batched steps over the executor (the engine
 /// around Aphrodite's and vLLM's executors).
@@ -24,23 +25,38 @@ public actor Engine: Service {
         public var virtualEngines: Int
         /// Most requests running at once per virtual engine (vLLM's `--max-num-seqs`).
         public var maxSequences: Int
+        /// Most requests waiting for a place, over all virtual engines; one more is refused
+        /// at once (`GenerationError.Kind.queueFull`) instead of waiting without bound. nil: no limit.
+        public var maxWaiting: Int?
 
-        public init(virtualEngines: Int = 1, maxSequences: Int = 256) {
+        public init(virtualEngines: Int = 1, maxSequences: Int = 256, maxWaiting: Int? = nil) {
             self.virtualEngines = virtualEngines
             self.maxSequences = maxSequences
+            self.maxWaiting = maxWaiting
         }
     }
 
-    /// One request: prompt tokens, sampling, and where finished text goes as it appears.
+    /// Output of a request as it appears: text that is final (stop strings cannot take it
+    /// back), with the tokens generated since the previous delta and their log-probabilities.
+    public struct Delta: Sendable {
+        public var text: String
+        public var tokens: [Int32]
+        /// Per token, its own log-probability and the best alternatives (empty unless asked for).
+        public var tokenLogprobs: [Float]
+        public var logprobs: [[TokenLogprob]]
+    }
+
+    /// One request: prompt tokens, sampling, and where its output goes as it appears (called
+    /// on the engine's thread: hand it on, do not block).
     public struct Request: Sendable {
         public var promptTokens: [Int32]
         public var parameters: SamplingParameters
-        public var onText: @Sendable (String) -> Void
+        public var onOutput: @Sendable (Delta) -> Void
 
-        public init(promptTokens: [Int32], parameters: SamplingParameters, onText: @escaping @Sendable (String) -> Void = { _ in }) {
+        public init(promptTokens: [Int32], parameters: SamplingParameters, onOutput: @escaping @Sendable (Delta) -> Void = { _ in }) {
             self.promptTokens = promptTokens
             self.parameters = parameters
-            self.onText = onText
+            self.onOutput = onOutput
         }
     }
 
@@ -51,6 +67,10 @@ public actor Engine: Service {
     public nonisolated let configuration: Configuration
     /// The longest a request may grow (prompt and output): one engine's share of the cache.
     public nonisolated let contextLimit: Int
+    /// Whether the cache share, not the model's context, sets `contextLimit` (a request that
+    /// reaches it finishes with `kvCacheFull`, not `length`).
+    private let cacheBoundsContext: Bool
+    private let metrics = EngineMetrics()
     private var schedulers: [Scheduler]
     private var runs: [UInt64: SequenceRun] = [:]
     private var engineOf: [UInt64: Int] = [:]
@@ -85,6 +105,7 @@ public actor Engine: Service {
         self.executor = executor
         self.configuration = configuration
         contextLimit = min(model.maxContext, share * model.cache.blockSize)
+        cacheBoundsContext = share * model.cache.blockSize < model.maxContext
         schedulers = (0..<configuration.virtualEngines).map { v in
             Scheduler(
                 maxSequences: configuration.maxSequences, maxBatchTokens: model.maxBatchTokens,
@@ -134,6 +155,13 @@ public actor Engine: Service {
     /// KV blocks free across the virtual engines, and all of them.
     public var freeKVBlocks: Int { schedulers.map(\.allocator.freeBlocks).reduce(0, +) }
     public var totalKVBlocks: Int { schedulers.map(\.allocator.blockCount).reduce(0, +) }
+    /// Requests running (admitted to a batch) and waiting for a place.
+    public var runningRequests: Int { schedulers.map(\.running.count).reduce(0, +) }
+    public var waitingRequests: Int { schedulers.map(\.waiting.count).reduce(0, +) }
+    /// Whether the engine still admits requests (false once draining or failed).
+    public var isAdmitting: Bool { failure == nil && accepting }
+    /// Why the engine failed, once it has: every later request fails with it.
+    public var failureReason: GenerationError? { failure }
     /// Requests preempted (and later recomputed) because KV blocks ran out.
     public var preemptions: Int { schedulers.map(\.preemptionCount).reduce(0, +) }
 
@@ -141,17 +169,24 @@ public actor Engine: Service {
     /// - Throws: when the request is invalid or the engine no longer admits requests.
     public func submit(_ request: Request) throws(GenerationError) -> UInt64 {
         if let failure { throw failure }
-        guard accepting else { throw GenerationError("the engine is shutting down and admits no new requests") }
+        guard accepting else { throw GenerationError("the engine is shutting down and admits no new requests", kind: .unavailable) }
         try check(request)
+        if let limit = configuration.maxWaiting, waitingRequests >= limit {
+            throw GenerationError(
+                "the engine's queue is full: \(waitingRequests) requests wait for one of \(configuration.maxSequences * configuration.virtualEngines) places; try again later",
+                kind: .queueFull)
+        }
         let id = nextID
         nextID += 1
         // The virtual engine with the least work takes it.
         let v = schedulers.indices.min { schedulers[$0].running.count + schedulers[$0].waiting.count
             < schedulers[$1].running.count + schedulers[$1].waiting.count }!
         schedulers[v].add(id: id, prompt: request.promptTokens, parameters: request.parameters)
-        runs[id] = SequenceRun(id: id, promptTokens: request.promptTokens, parameters: request.parameters, onText: request.onText,
-                               tokenizer: executor.tokenizer)
+        runs[id] = SequenceRun(id: id, promptTokens: request.promptTokens, parameters: request.parameters, onOutput: request.onOutput,
+                               tokenizer: executor.tokenizer, cacheBoundsContext: cacheBoundsContext)
         engineOf[id] = v
+        metrics.admitted(promptTokens: request.promptTokens.count)
+        updateGauges()
         wake()
         return id
     }
@@ -163,6 +198,7 @@ public actor Engine: Service {
         schedulers[v].finish(id)
         run.abort()
         complete(id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
+        updateGauges()
     }
 
     /// The result of request `id`, once it is done. Without a service loop, callers take
@@ -221,6 +257,7 @@ public actor Engine: Service {
     }
 
     private func complete(_ id: UInt64, with result: Result<GenerationResult, GenerationError>) {
+        if case let .success(done) = result { metrics.finished(done) }
         runs[id] = nil
         engineOf[id] = nil
         results[id] = result
@@ -231,19 +268,33 @@ public actor Engine: Service {
 
     /// Serves requests until graceful shutdown: then admits no more, finishes the running
     /// ones, and shuts the executor down.
+    ///
+    /// Cancelled (SIGINT in a service group), it stops at once: running requests end with
+    /// finish reason `abort`, and the executor and its workers shut down.
     public func run() async throws {
-        try await withGracefulShutdownHandler {
-            do {
-                try await drive(.serve)
-            } catch {
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                do {
+                    try await drive(.serve)
+                } catch {
+                    executor.shutdown()
+                    throw error
+                }
                 executor.shutdown()
-                throw error
+            } onGracefulShutdown: {
+                self.admitting.withLock { $0 = false }
+                Task { await self.wake() }
             }
-            executor.shutdown()
-        } onGracefulShutdown: {
+        } onCancel: {
             self.admitting.withLock { $0 = false }
-            Task { await self.wake() }
+            Task { await self.abortAll() }
         }
+    }
+
+    /// Ends every request now (finish reason `abort`) and wakes the loop so it can end.
+    private func abortAll() {
+        for id in Array(runs.keys) { abort(id) }
+        wake()
     }
 
 
@@ -311,10 +362,16 @@ public actor Engine: Service {
 
     /// The executor failed (a worker died, say): every request fails with it.
     private func fail(_ error: any Error) -> GenerationError {
-        let failure = error as? GenerationError ?? GenerationError("\(error)")
+        var failure = error as? GenerationError ?? GenerationError("\(error)", kind: .engineFailed, rank: (error as? WorkerFailure)?.rank)
+        failure.kind = .engineFailed
         self.failure = failure
         for id in Array(runs.keys) { complete(id, with: .failure(failure)) }
         return failure
+    }
+
+    private func updateGauges() {
+        metrics.update(running: runningRequests, waiting: waitingRequests,
+                       cacheUsage: 1 - Double(freeKVBlocks) / Double(max(1, totalKVBlocks)))
     }
 
     /// Submits a step for every idle virtual engine with work, then takes the oldest output.
@@ -346,6 +403,8 @@ public actor Engine: Service {
                     complete(id, with: .success(run.result(loadSeconds: executor.loadSeconds)))
                 }
             }
+            metrics.generated(tokens: output.samples.count)
+            updateGauges()
         } catch {
             throw fail(error)
         }

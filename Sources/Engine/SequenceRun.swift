@@ -8,22 +8,31 @@ struct SequenceRun {
     let id: UInt64
     let prompt: [Int32]
     let parameters: SamplingParameters
-    let onText: (String) -> Void
+    let onOutput: (Engine.Delta) -> Void
     let stopIDs: Set<Int32>
+    /// Whether reaching the context limit means the cache share ran out.
+    let cacheBoundsContext: Bool
     private(set) var isDone = false
     private var generated: [Int32] = []
     private var logprobs: [[TokenLogprob]] = []
+    private var tokenLogprobs: [Float] = []
+    /// Tokens already handed out with a delta.
+    private var delivered = 0
     private var finish = FinishReason.length
     private var text: TextAccumulator
-    private let start = MonotonicClock.now()
-    private var firstToken: Double?
+    let start = MonotonicClock.now()
+    private(set) var firstToken: Double?
     private var end: Double?
 
-    init(id: UInt64, promptTokens: [Int32], parameters: SamplingParameters, onText: @escaping (String) -> Void, tokenizer: Tokenizer) {
+    init(
+        id: UInt64, promptTokens: [Int32], parameters: SamplingParameters, onOutput: @escaping (Engine.Delta) -> Void,
+        tokenizer: Tokenizer, cacheBoundsContext: Bool
+    ) {
         self.id = id
         prompt = promptTokens
         self.parameters = parameters
-        self.onText = onText
+        self.onOutput = onOutput
+        self.cacheBoundsContext = cacheBoundsContext
         stopIDs = Set(parameters.stopTokenIDs).union(parameters.ignoreEndOfGeneration ? [] : tokenizer.endOfGenerationIDs)
         text = TextAccumulator(stopStrings: parameters.stopStrings, tokenizer: tokenizer)
     }
@@ -34,7 +43,25 @@ struct SequenceRun {
         finish = .abort
         isDone = true
         end = MonotonicClock.now()
-        text.finish(emit: onText)
+        finishText()
+    }
+
+    /// The text still held back, with every token not yet delivered.
+    private mutating func finishText() {
+        var pieces: [String] = []
+        text.finish { pieces.append($0) }
+        deliver(pieces.joined(), force: true)
+    }
+
+    /// Hands `piece` out with the tokens generated since the last delta.
+    private mutating func deliver(_ piece: String, force: Bool = false) {
+        guard !piece.isEmpty || (force && delivered < generated.count) else { return }
+        let range = delivered..<generated.count
+        delivered = generated.count
+        onOutput(Engine.Delta(
+            text: piece, tokens: Array(generated[range]),
+            tokenLogprobs: tokenLogprobs.isEmpty ? [] : Array(tokenLogprobs[range]),
+            logprobs: logprobs.isEmpty ? [] : Array(logprobs[range])))
     }
 
     /// Takes a sampled token; decides whether the request is done (a stop token or string,
@@ -42,21 +69,33 @@ struct SequenceRun {
     mutating func accept(_ sample: StepOutput.Sample, contextLimit: Int) {
         if firstToken == nil { firstToken = MonotonicClock.now() }
         generated.append(sample.token)
-        if parameters.logprobs > 0 { logprobs.append(sample.top) }
-        if stopIDs.contains(sample.token) || text.append(sample.token, emit: onText) {
+        if parameters.logprobs > 0 {
+            logprobs.append(sample.top)
+            tokenLogprobs.append(sample.logprob)
+        }
+        var pieces: [String] = []
+        let stopped = stopIDs.contains(sample.token) || text.append(sample.token, emit: { pieces.append($0) })
+        if stopped {
             finish = .stop
-        } else if generated.count < parameters.maxTokens && prompt.count + generated.count < contextLimit {
+        } else if generated.count >= parameters.maxTokens {
+            finish = .length
+        } else if prompt.count + generated.count >= contextLimit {
+            finish = cacheBoundsContext ? .kvCacheFull : .length
+        } else {
+            deliver(pieces.joined())
             return
         }
+        deliver(pieces.joined())
         isDone = true
         end = MonotonicClock.now()
-        text.finish(emit: onText)
+        finishText()
     }
 
     func result(loadSeconds: Double) -> GenerationResult {
         let first = firstToken ?? start, last = end ?? first
         return GenerationResult(
             promptTokens: prompt, tokens: generated, text: text.text, finishReason: finish, logprobs: logprobs,
+            tokenLogprobs: tokenLogprobs,
             timings: .init(
                 loadSeconds: loadSeconds, prefillSeconds: first - start, decodeSeconds: last - first,
                 prefillTokens: prompt.count, decodeTokens: max(0, generated.count - 1)))

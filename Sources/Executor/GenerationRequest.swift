@@ -32,16 +32,20 @@ public struct GenerationResult: Sendable, Equatable {
     public var finishReason: FinishReason
     /// Per generated token, the best alternatives (empty unless asked for).
     public var logprobs: [[TokenLogprob]]
+    /// Per generated token, its own log-probability (empty unless logprobs were asked for).
+    public var tokenLogprobs: [Float]
     public var timings: Timings
 
     public init(
-        promptTokens: [Int32], tokens: [Int32], text: String, finishReason: FinishReason, logprobs: [[TokenLogprob]], timings: Timings
+        promptTokens: [Int32], tokens: [Int32], text: String, finishReason: FinishReason, logprobs: [[TokenLogprob]],
+        tokenLogprobs: [Float] = [], timings: Timings
     ) {
         self.promptTokens = promptTokens
         self.tokens = tokens
         self.text = text
         self.finishReason = finishReason
         self.logprobs = logprobs
+        self.tokenLogprobs = tokenLogprobs
         self.timings = timings
     }
 
@@ -67,6 +71,26 @@ public struct GenerationResult: Sendable, Equatable {
 
 /// A request that cannot run; the message says what was expected and found.
 public struct GenerationError: Error, Equatable, CustomStringConvertible {
+    /// Whose fault it is, which decides what a server answers (400, 503, 500).
+    public enum Kind: Sendable, Equatable {
+        /// The request itself: a bad field, a prompt too long (HTTP 400).
+        case invalidRequest
+        /// The engine is at its queue limit: try again later (HTTP 503).
+        case queueFull
+        /// The engine is draining or shut down and admits nothing new (HTTP 503).
+        case unavailable
+        /// The engine failed (a worker died or hung): every request fails (HTTP 500).
+        case engineFailed
+    }
+
     public var description: String
-    public init(_ description: String) { self.description = description }
+    public var kind: Kind
+    /// The worker rank that failed, when one did.
+    public var rank: Int?
+
+    public init(_ description: String, kind: Kind = .invalidRequest, rank: Int? = nil) {
+        self.description = description
+        self.kind = kind
+        self.rank = rank
+    }
 }

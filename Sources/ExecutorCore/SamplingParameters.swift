@@ -96,8 +96,11 @@ public struct SamplingParametersError: Error, Equatable, CustomStringConvertible
 public enum FinishReason: String, Sendable, Equatable {
     /// An end-of-generation token, a stop token or a stop string.
     case stop
-    /// `maxTokens` reached, or the context is full.
+    /// `maxTokens` reached, or the model's context is full.
     case length
+    /// The request's share of the KV cache is full (the cache, not the model, set the limit):
+    /// raise `--kv-cache-mb` or use fewer virtual engines.
+    case kvCacheFull = "kv_cache_full"
     /// The request was aborted.
     case abort
 }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CSystem
+internal import CPlatform
 
 /// A fixed set of worker threads that run one data-parallel job at a time.
 ///

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CSystem
+internal import CPlatform
 import ExecutorCore
 import Synchronization
 

@@ -21,18 +21,24 @@ public final class PrometheusExporter: Sendable {
     /// Installs the Prometheus backend and serves it on `host:port` (port 0: the kernel picks).
     /// - Throws: `ExporterError` naming the address when it cannot listen.
     public static func bootstrap(host: String = "127.0.0.1", port: UInt16) throws -> PrometheusExporter {
+        let exporter = try PrometheusExporter(registry: bootstrapRegistry(), host: host, port: port)
+        exporter.serve()
+        return exporter
+    }
+
+    /// Installs the Prometheus backend for swift-metrics and returns its registry, for a
+    /// server that answers `GET /metrics` itself (`cohort serve`). Once per process.
+    public static func bootstrapRegistry() -> PrometheusCollectorRegistry {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
-        // Step latencies are micro- to milliseconds: buckets from 10 µs to 10 s.
+        // Step latencies are micro- to milliseconds, requests seconds: buckets from 10 µs to 60 s.
         factory.defaultDurationHistogramBuckets = [
             .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
             .milliseconds(1), .milliseconds(2.5), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
-            .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(10),
+            .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(10), .seconds(30), .seconds(60),
         ]
         MetricsSystem.bootstrap(factory)
-        let exporter = try PrometheusExporter(registry: registry, host: host, port: port)
-        exporter.serve()
-        return exporter
+        return registry
     }
 
     init(registry: PrometheusCollectorRegistry, host: String, port: UInt16) throws {

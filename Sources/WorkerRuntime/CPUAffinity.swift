@@ -1,4 +1,4 @@
-import CSystem
+import CPlatform
 import Transports
 
 /// Which CPUs this process may use, and pinning to a subset (CPU workers' "devices").

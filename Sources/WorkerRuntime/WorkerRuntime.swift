@@ -1,5 +1,5 @@
 public import ExecutorCore
-import CSystem
+import CPlatform
 import Collectives
 public import ModelRunner
 import Kernels

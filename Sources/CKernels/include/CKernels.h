@@ -3,7 +3,7 @@
 // vpmaddwd, measured in shared/NOTES.md at ~60% of this speed) and the attention inner
 // loops (without -target-cpu Swift emits 4-wide SSE and no FMA: they took 16% of decode
 // time). Everything else lives in Swift. Every AVX2 path is chosen at run time, with a
-// scalar fallback. (Futexes and atomics on raw words are in CSystem.)
+// scalar fallback. (Futexes and atomics on raw words are in CPlatform.)
 #ifndef COHORT_CKERNELS_H
 #define COHORT_CKERNELS_H
 

@@ -1,0 +1,87 @@
+import Engine
+import Executor
+import ExecutorCore
+import ServingAPI
+
+/// One HTTP request's completions (every prompt × `n` choices) running in the engine,
+/// with their output as one stream of events, in the order the engine produced them.
+///
+/// Choice `i` is prompt `i / n`, sample `i % n`. Each choice is an engine request of its
+/// own, so they batch with every other client's. `abort()` ends them all (a client that
+/// went away): their KV blocks return at once.
+final class GenerationJob: Sendable {
+    enum Event: Sendable {
+        case delta(choice: Int, Engine.Delta)
+        case done(choice: Int, Result<GenerationResult, GenerationError>)
+    }
+
+    let events: AsyncStream<Event>
+    let ids: [UInt64]
+    /// The prompts' token ids, per prompt.
+    let prompts: [[Int32]]
+    private let engine: Engine
+    private let waits: [Task<Void, Never>]
+
+    /// Submits every choice. A refused submission (queue full, draining, failed engine)
+    /// aborts those already submitted and throws.
+    init(engine: Engine, request: ResolvedRequest, prompts: [[Int32]]) async throws(GenerationError) {
+        let (events, continuation) = AsyncStream<Event>.makeStream()
+        var ids: [UInt64] = []
+        do {
+            for (p, tokens) in prompts.enumerated() {
+                for sample in 0..<request.n {
+                    let choice = p * request.n + sample
+                    ids.append(try await engine.submit(.init(promptTokens: tokens, parameters: request.parameters(choice: sample)) { delta in
+                        continuation.yield(.delta(choice: choice, delta))
+                    }))
+                }
+            }
+        } catch {
+            for id in ids { await engine.abort(id) }
+            continuation.finish()
+            throw error
+        }
+        // One waiter per choice; the stream ends when every choice is done.
+        let remaining = Counter(ids.count)
+        waits = ids.enumerated().map { choice, id in
+            Task {
+                let result: Result<GenerationResult, GenerationError>
+                do { result = .success(try await engine.result(of: id)) } catch {
+                    result = .failure(error as? GenerationError ?? GenerationError("\(error)", kind: .engineFailed))
+                }
+                continuation.yield(.done(choice: choice, result))
+                if remaining.decrement() == 0 { continuation.finish() }
+            }
+        }
+        self.events = events
+        self.ids = ids
+        self.prompts = prompts
+        self.engine = engine
+    }
+
+    /// Ends every choice now (finish reason `abort`).
+    func abort() {
+        let engine = engine, ids = ids
+        Task { for id in ids { await engine.abort(id) } }
+    }
+
+    /// Waits for every choice; results by choice.
+    func results() async -> [Result<GenerationResult, GenerationError>] {
+        var results = [Result<GenerationResult, GenerationError>?](repeating: nil, count: ids.count)
+        for await event in events {
+            if case let .done(choice, result) = event { results[choice] = result }
+        }
+        return results.map { $0 ?? .failure(GenerationError("the request ended without a result", kind: .engineFailed)) }
+    }
+}
+
+/// A count shared by tasks.
+final class Counter: Sendable {
+    private let value: Mutex<Int>
+    init(_ value: Int) { self.value = Mutex(value) }
+    func decrement() -> Int { value.withLock { $0 -= 1; return $0 } }
+    func increment() -> Int { value.withLock { $0 += 1; return $0 } }
+    var current: Int { value.withLock { $0 } }
+}
+
+import Synchronization
