@@ -267,7 +267,8 @@ public actor Engine: Service {
     // MARK: - Service
 
     /// Serves requests until graceful shutdown: then admits no more, finishes the running
-    /// ones, and shuts the executor down.
+    /// ones, and shuts the executor down. When the executor fails, every request fails with
+    /// its reason and the service waits for shutdown without throwing.
     ///
     /// Cancelled (SIGINT in a service group), it stops at once: running requests end with
     /// finish reason `abort`, and the executor and its workers shut down.
@@ -277,8 +278,12 @@ public actor Engine: Service {
                 do {
                     try await drive(.serve)
                 } catch {
+                    // A failed executor (a worker died or hung) failed every request and
+                    // fails every later one with its reason; the service stays up so the
+                    // process around it (a server's health endpoint) can report it.
                     executor.shutdown()
-                    throw error
+                    try? await gracefulShutdown()
+                    return
                 }
                 executor.shutdown()
             } onGracefulShutdown: {
