@@ -120,7 +120,7 @@ extension Generate {
     /// line per request as it finishes. Exits with status 1 when any request failed.
     func runFile(_ path: String, defaults: SamplingParameters) async throws {
         let text = try PromptsFile.read(path)
-        guard text.split(separator: "\n").contains(where: { !$0.allSatisfy(\.isWhitespace) }) else {
+        guard !text.allSatisfy(\.isWhitespace) else {
             throw CLIError("--prompts-file \(path) holds no requests: expected one JSON object per line")
         }
         let engine = try await modelArguments.load(maxSequences: maxNumSeqs)

@@ -50,8 +50,8 @@ struct PromptsFile {
     /// Every non-blank line, decoded and checked; a bad line carries its error.
     static func parse(_ text: String, defaults: SamplingParameters, contextLimit: Int, models: [String]) -> [Line] {
         var lines: [Line] = []
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
+        // "\r\n" is one Character in Swift: split on it as on "\n".
+        for (index, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
             if line.allSatisfy(\.isWhitespace) { continue }
             let request = Result { () throws(RequestError) -> ResolvedRequest in
                 try InferenceRequest.decode(Array(line.utf8), endpoint: .promptsFile)

@@ -15,7 +15,7 @@ struct CLI {
         return exe.deletingLastPathComponent().appendingPathComponent("cohort")
     }
 
-    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
+    static func run(_ arguments: [String], environment: [String: String] = [:], input: String? = nil) throws -> Result {
         let process = Process()
         process.executableURL = binary
         process.arguments = arguments
@@ -25,7 +25,13 @@ struct CLI {
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
+        let stdin = Pipe()
+        if input != nil { process.standardInput = stdin }
         try process.run()
+        if let input {
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+            try stdin.fileHandleForWriting.close()
+        }
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
@@ -241,7 +247,17 @@ struct CLI {
         }
     }
 
-    @Test("--prompts-file runs every request through the engine and prints one result per line, in input order")
+    /// The JSON objects of a --prompts-file run's stdout, by the line they name.
+    func resultsByLine(_ r: CLI.Result) throws -> [Int: [String: Any]] {
+        var out: [Int: [String: Any]] = [:]
+        for text in r.stdout.split(separator: "\n") {
+            let o = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "\(text)")
+            out[try #require(o["line"] as? Int, "\(text)")] = o
+        }
+        return out
+    }
+
+    @Test("--prompts-file runs every request through the engine and prints one result per request, naming its line")
     func promptsFile() throws {
         let base = ["generate", "--model", model, "--temperature", "0", "--output", "json"]
         // The same requests one by one, for reference.
@@ -263,15 +279,29 @@ struct CLI {
             "--max-num-batched-tokens", "2",
         ])
         #expect(r.status == 0, "\(r.stderr)")
-        let results = try r.stdout.split(separator: "\n").map {
-            try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
-        }
-        #expect(results.count == 3)
-        #expect(results.prefix(2).map { $0["tokens"] as? [Int] } == alone)
-        #expect((results[2]["tokens"] as? [Int])?.count == 3)
+        let results = try resultsByLine(r)
+        #expect(results.keys.sorted() == [1, 3, 4])
+        #expect([results[1]?["tokens"] as? [Int], results[3]?["tokens"] as? [Int]] == alone)
+        #expect((results[4]?["tokens"] as? [Int])?.count == 3)
     }
 
-    @Test("a bad --prompts-file line is named with what was expected, before anything runs")
+    @Test("--prompts-file: 0 and 1 are numbers, CRLF lines and pipes are read, n choices each print a line")
+    func promptsFileInputs() throws {
+        let lines = [
+            #"{"prompt_tokens": [5, 77, 200], "max_tokens": 1, "temperature": 0, "top_p": 1, "min_p": 0, "presence_penalty": 0}"#,
+            #"{"prompt_tokens": [5, 77], "max_tokens": 2, "temperature": 1, "seed": 0, "n": 2}"#,
+        ]
+        // Through a pipe, with CRLF line ends.
+        let r = try CLI.run(
+            ["generate", "--model", model, "--prompts-file", "/dev/stdin"], input: lines.joined(separator: "\r\n") + "\r\n")
+        #expect(r.status == 0, "\(r.stderr)")
+        let objects = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(objects.count == 3)
+        #expect(objects.filter { $0["line"] as? Int == 1 }.first?["tokens"].map { ($0 as? [Int])?.count } == 1)
+        #expect(Set(objects.filter { $0["line"] as? Int == 2 }.compactMap { $0["index"] as? Int }) == [0, 1])
+    }
+
+    @Test("a bad --prompts-file line fails alone, named with the field, the value and what was expected")
     func badPromptsFile() throws {
         let file = TemporaryFiles.path("bad.jsonl")
         defer { TemporaryFiles.remove(file) }
@@ -279,12 +309,40 @@ struct CLI {
             (#"{"prompt": "a", "top_p": 2}"#, "line 2: 'top_p' must be a number in (0, 1], found 2.0"),
             (#"{"prompt": "a", "prompt_tokens": [1]}"#, "line 2: expected exactly one of 'prompt', 'messages' or 'prompt_tokens', found prompt, prompt_tokens"),
             (#"{"prompt": "a", "temprature": 1}"#, "line 2: unknown field 'temprature'"),
+            (#"{"prompt": "a", "raw": 1}"#, "line 2: 'raw' must be true or false, found 1"),
+            (#"{"prompt": "a", "max_tokens": 2.5}"#, "line 2: 'max_tokens' must be an integer, found 2.5"),
+            (#"{"prompt": "a", "seed": -2}"#, "line 2: 'seed' must be an integer ≥ 0, or -1 for a random seed, found -2"),
             ("not json", "line 2: expected a JSON object"),
+            // Longer than the tiny model's 256-token context.
+            (#"{"prompt_tokens": ["# + Array(repeating: "5", count: 300).joined(separator: ", ") + "]}", "line 2: the prompt has 300 tokens"),
         ] {
-            try (#"{"prompt": "fine"}"# + "\n" + line).write(toFile: file, atomically: true, encoding: .utf8)
+            try (#"{"prompt_tokens": [5], "max_tokens": 2}"# + "\n" + line + "\n" + #"{"prompt_tokens": [7], "max_tokens": 2}"#)
+                .write(toFile: file, atomically: true, encoding: .utf8)
             let r = try CLI.run(["generate", "--model", model, "--prompts-file", file])
             #expect(r.status != 0 && r.stderr.contains(message), "\(r.stderr)")
+            let results = try resultsByLine(r)
+            #expect(results[1]?["tokens"] != nil && results[3]?["tokens"] != nil, "\(r.stdout)")
+            #expect((results[2]?["error"] as? String).map { message.contains($0.prefix(20)) || r.stderr.contains($0) } == true, "\(r.stdout)")
         }
+    }
+
+    @Test("--prompts-file errors name the path: a directory, a missing file")
+    func promptsFilePaths() throws {
+        let directory = TemporaryFiles.path("a-directory")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { TemporaryFiles.remove(directory) }
+        let r = try CLI.run(["generate", "--model", model, "--prompts-file", directory])
+        #expect(r.status != 0 && r.stderr.contains("--prompts-file \(directory) is a directory: expected a file of JSON lines"), "\(r.stderr)")
+        let missing = try CLI.run(["generate", "--model", model, "--prompts-file", directory + "/nothing.jsonl"])
+        #expect(missing.status != 0 && missing.stderr.contains("No such file or directory"), "\(missing.stderr)")
+    }
+
+    @Test("--seed -1 picks a random seed; --seed -2 is refused")
+    func negativeSeed() throws {
+        let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "5,6", "--max-tokens", "2", "--seed", "-1", "--output", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let bad = try CLI.run(["generate", "--model", model, "--prompt-tokens", "5,6", "--seed", "-2"])
+        #expect(bad.status != 0 && bad.stderr.contains("--seed must be ≥ 0, or -1 for a random seed, got -2"), "\(bad.stderr)")
     }
 
     @Test("bench throughput prints vLLM's metric names as its last JSON line")
