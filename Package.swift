@@ -130,10 +130,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CLITests", dependencies: ["ExecutorTestSupport"], swiftSettings: swiftSettings),
-        .testTarget(
-            name: "ServerTests",
-            dependencies: ["Server", "ServingAPI", "Engine", "Executor", "ExecutorCore", "ModelRunner", "ExecutorTestSupport"],
-            swiftSettings: swiftSettings),
+        .testTarget(name: "ServingAPITests", dependencies: ["ServingAPI", "Executor", "ExecutorCore", "ModelRunner"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ExecutorTests",
             dependencies: [
