@@ -95,7 +95,8 @@ public actor Engine: Service {
     /// serve makes every request fail with the reason.
     public init(executor: sending ModelExecutor, configuration: Configuration = Configuration()) {
         let configuration = Configuration(
-            virtualEngines: max(1, configuration.virtualEngines), maxSequences: max(1, configuration.maxSequences))
+            virtualEngines: max(1, configuration.virtualEngines), maxSequences: max(1, configuration.maxSequences),
+            maxWaiting: configuration.maxWaiting.map { max(0, $0) })
         let share = max(1, executor.kvBlocks / configuration.virtualEngines)
         if executor.kvBlocks / configuration.virtualEngines < 1 {
             failure = GenerationError(
@@ -171,9 +172,12 @@ public actor Engine: Service {
         if let failure { throw failure }
         guard accepting else { throw GenerationError("the engine is shutting down and admits no new requests", kind: .unavailable) }
         try check(request)
-        if let limit = configuration.maxWaiting, waitingRequests >= limit {
+        // Requests beyond the running places wait; at the limit, one more is refused.
+        let places = configuration.maxSequences * configuration.virtualEngines
+        if let limit = configuration.maxWaiting, runningRequests + waitingRequests - places >= limit {
             throw GenerationError(
-                "the engine's queue is full: \(waitingRequests) requests wait for one of \(configuration.maxSequences * configuration.virtualEngines) places; try again later",
+                "the engine's queue is full: \(runningRequests) requests run in \(places) places and \(waitingRequests) wait "
+                    + "(at most \(limit) may); try again later",
                 kind: .queueFull)
         }
         let id = nextID
