@@ -2,7 +2,7 @@
 
 PROMPT ?= What is the capital of Japan?
 
-.PHONY: setup run test test-debug test-release bench bench-llamacpp
+.PHONY: setup run test test-debug test-release test-serve bench bench-serve
 
 ## Install what is missing, fetch the reference model, build the release binary.
 setup:
@@ -12,8 +12,9 @@ setup:
 run: setup
 	.build/release/cohort generate --prompt "$(PROMPT)" --temperature 0 --max-tokens 64
 
-## Unit tests in debug (tiny generated models), then the reference-model tests in release.
-test: test-debug test-release
+## Unit tests in debug (tiny generated models), then the reference-model tests in release,
+## then `cohort serve` on the reference model through the openai client.
+test: test-debug test-release test-serve
 
 # Timing-sensitive behaviour (a timer's lateness while the engine steps) runs alone: other
 # suites' synchronous tests would hold the cooperative threads it measures.
@@ -32,6 +33,16 @@ test-release:
 	swift build $(RELEASE_TESTS) --build-tests
 	swift test $(RELEASE_TESTS) --skip-build --filter ReferenceModelTests
 
+# A live server on the reference model, checked with the openai package, raw SSE streams
+# (64 at once), disconnects and prometheus_client's parser.
+test-serve:
+	swift build -c release --product cohort
+	python3 Tests/OpenAIClient/test_serve.py .build/release/cohort
+
 ## Cohort's prefill/decode speed next to llama.cpp's on the same file (needs llama-cpp-python).
 bench:
 	scripts/bench-vs-llamacpp.sh
+
+## `cohort serve` next to llama-cpp-python's server: streamed load at concurrency 1 and 16.
+bench-serve:
+	scripts/bench-serve.sh

@@ -16,5 +16,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 
+# The clients the server's tests speak through (the openai package, httpx, prometheus_client's parser).
+if ! python3 -c "import openai, httpx, prometheus_client" 2>/dev/null; then
+    echo "installing the Python clients for the server tests: openai httpx prometheus_client"
+    python3 -m pip install --quiet --disable-pip-version-check openai httpx prometheus_client
+fi
+
 scripts/fetch-model.sh
 swift build -c release --product cohort
