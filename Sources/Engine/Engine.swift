@@ -106,7 +106,8 @@ public actor Engine: Service {
         self.executor = executor
         self.configuration = configuration
         contextLimit = min(model.maxContext, share * model.cache.blockSize)
-        cacheBoundsContext = share * model.cache.blockSize < model.maxContext
+        // `maxContext` is already capped by the whole cache: compare with the file's context.
+        cacheBoundsContext = contextLimit < executor.loaded.configuration.contextLength
         schedulers = (0..<configuration.virtualEngines).map { v in
             Scheduler(
                 maxSequences: configuration.maxSequences, maxBatchTokens: model.maxBatchTokens,

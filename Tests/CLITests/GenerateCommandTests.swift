@@ -337,6 +337,23 @@ struct CLI {
         #expect(missing.status != 0 && missing.stderr.contains("No such file or directory"), "\(missing.stderr)")
     }
 
+    @Test("a request that fills its share of the KV cache ends with kv_cache_full, not length")
+    func cacheFull() throws {
+        var tiny = TinyLlama()
+        tiny.contextLength = 16384
+        let long = try tiny.write()
+        defer { TemporaryFiles.remove(long) }
+        let r = try CLI.run(["generate", "--model", long, "--prompt-tokens", "5", "--max-tokens", "16000", "--ignore-eos",
+                             "--kv-cache-mb", "1", "--output", "json", "--threads", "1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r)
+        #expect(o["finish_reason"] as? String == "kv_cache_full", "\(r.stdout.suffix(200))")
+        #expect((o["tokens"] as? [Int]).map { $0.count < 16000 } == true)
+        let text = try CLI.run(["generate", "--model", long, "--prompt-tokens", "5", "--max-tokens", "16000", "--ignore-eos",
+                                "--kv-cache-mb", "1", "--threads", "1"])
+        #expect(text.stderr.contains("stopped: the KV cache holds"), "\(text.stderr)")
+    }
+
     @Test("--seed -1 picks a random seed; --seed -2 is refused")
     func negativeSeed() throws {
         let r = try CLI.run(["generate", "--model", model, "--prompt-tokens", "5,6", "--max-tokens", "2", "--seed", "-1", "--output", "json"])

@@ -48,7 +48,8 @@ def metrics(base):
 
 
 def value(families, name):
-    family = families[name]
+    """A sample's value; the parser names a counter's family without its `_total`."""
+    family = families.get(name) or families[name.removesuffix("_total")]
     return sum(s.value for s in family.samples if s.name == name)
 
 
