@@ -151,18 +151,28 @@ extension Generate {
                 report(line: line.number, index: nil, "\(error)")
             }
         }
-        await withTaskGroup(of: (Int, Int?, Result<GenerationResult, any Error>).self) { group in
-            for (line, index, id) in submitted {
-                group.addTask {
-                    do { return (line, index, .success(try await engine.result(of: id))) } catch { return (line, index, .failure(error)) }
+        struct Finished: Sendable {
+            let line: Int
+            let index: Int?
+            let result: Result<GenerationResult, GenerationError>
+        }
+        await withTaskGroup(of: Finished.self) { group in
+            for request in submitted {
+                let (line, index, id) = (request.line, request.index, request.id)
+                group.addTask { [engine] in
+                    do {
+                        return Finished(line: line, index: index, result: .success(try await engine.result(of: id)))
+                    } catch {
+                        return Finished(line: line, index: index, result: .failure(error as? GenerationError ?? GenerationError("\(error)")))
+                    }
                 }
             }
-            for await (line, index, result) in group {
-                switch result {
+            for await finished in group {
+                switch finished.result {
                 case let .success(r):
-                    Output.standardOutput(((try? JSONOutput.line(GenerationJSON(r, line: line, index: index))) ?? "") + "\n")
+                    Output.standardOutput(((try? JSONOutput.line(GenerationJSON(r, line: finished.line, index: finished.index))) ?? "") + "\n")
                 case let .failure(error):
-                    report(line: line, index: index, "\(error)")
+                    report(line: finished.line, index: finished.index, "\(error)")
                 }
             }
         }

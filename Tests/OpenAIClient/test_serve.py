@@ -208,7 +208,18 @@ def check_bad_requests(client, base):
     assert httpx.get(f"{base}/health").status_code == 200
 
 
-CHECKS = [check_completions, check_chat, check_streaming, check_n_and_seed, check_stop, check_tokenize,
+def check_prompts_file(client, base):
+    """The release build of `generate --prompts-file` (the CLI tests run debug): lines named, n choices indexed."""
+    lines = '{"prompt": "hi", "max_tokens": 2, "temperature": 0}\r\n\r\n{"prompt": "ok", "max_tokens": 2, "n": 2}\r\n{"prompt": "x", "n": 1.5}\n'
+    out = subprocess.run([BINARY, "generate", "--threads", THREADS, "--prompts-file", "/dev/stdin"], input=lines,
+                         capture_output=True, text=True)
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 1 and "line 4: 'n' must be an integer, found 1.5" in out.stderr, out.stderr
+    assert sorted((r["line"], r.get("index", -1)) for r in results) == [(1, -1), (3, 0), (3, 1), (4, -1)], results
+    assert all(len(r["tokens"]) == 2 for r in results if "tokens" in r)
+
+
+CHECKS = [check_prompts_file, check_completions, check_chat, check_streaming, check_n_and_seed, check_stop, check_tokenize,
           check_concurrent_streams, check_disconnects, check_bad_requests, check_metrics]
 
 
