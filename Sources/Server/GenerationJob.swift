@@ -2,6 +2,7 @@ import Engine
 import Executor
 import ExecutorCore
 import ServingAPI
+import Synchronization
 
 /// One HTTP request's completions (every prompt × `n` choices) running in the engine,
 /// with their output as one stream of events, in the order the engine produced them.
@@ -20,7 +21,6 @@ final class GenerationJob: Sendable {
     /// The prompts' token ids, per prompt.
     let prompts: [[Int32]]
     private let engine: Engine
-    private let waits: [Task<Void, Never>]
 
     /// Submits every choice. A refused submission (queue full, draining, failed engine)
     /// aborts those already submitted and throws.
@@ -42,8 +42,8 @@ final class GenerationJob: Sendable {
             throw error
         }
         // One waiter per choice; the stream ends when every choice is done.
-        let remaining = Counter(ids.count)
-        waits = ids.enumerated().map { choice, id in
+        let remaining = Remaining(ids.count)
+        for (choice, id) in ids.enumerated() {
             Task {
                 let result: Result<GenerationResult, GenerationError>
                 do { result = .success(try await engine.result(of: id)) } catch {
@@ -75,13 +75,9 @@ final class GenerationJob: Sendable {
     }
 }
 
-/// A count shared by tasks.
-final class Counter: Sendable {
+/// Choices not yet done, counted down by their waiting tasks.
+final class Remaining: Sendable {
     private let value: Mutex<Int>
     init(_ value: Int) { self.value = Mutex(value) }
     func decrement() -> Int { value.withLock { $0 -= 1; return $0 } }
-    func increment() -> Int { value.withLock { $0 += 1; return $0 } }
-    var current: Int { value.withLock { $0 } }
 }
-
-import Synchronization

@@ -2,7 +2,7 @@ public import Engine
 import Executor
 import ExecutorCore
 import Foundation
-public import Hummingbird
+import Hummingbird
 public import Logging
 import ModelRunner
 import NIOCore
