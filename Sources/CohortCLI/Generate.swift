@@ -127,7 +127,6 @@ extension Generate {
         let lines = PromptsFile.parse(text, defaults: defaults, contextLimit: engine.contextLimit, models: modelArguments.servedModelNames)
         var failed = 0
         func report(line: Int, index: Int?, _ message: String) {
-            failed += 1
             Output.standardError("--prompts-file line \(line)\(index.map { " choice \($0)" } ?? ""): \(message)\n")
             Output.standardOutput(((try? JSONOutput.line(PromptsFile.Failure(line: line, index: index, error: message))) ?? "") + "\n")
         }
@@ -138,6 +137,7 @@ extension Generate {
             switch line.request {
             case let .failure(error):
                 report(line: line.number, index: nil, error.message)
+                failed += 1
                 continue
             case let .success(r): request = r
             }
@@ -149,6 +149,7 @@ extension Generate {
                 }
             } catch {
                 report(line: line.number, index: nil, "\(error)")
+                failed += 1
             }
         }
         struct Finished: Sendable {
@@ -156,7 +157,8 @@ extension Generate {
             let index: Int?
             let result: Result<GenerationResult, GenerationError>
         }
-        await withTaskGroup(of: Finished.self) { group in
+        failed += await withTaskGroup(of: Finished.self) { group in
+            var failures = 0
             for request in submitted {
                 let (line, index, id) = (request.line, request.index, request.id)
                 group.addTask { [engine] in
@@ -173,8 +175,10 @@ extension Generate {
                     Output.standardOutput(((try? JSONOutput.line(GenerationJSON(r, line: finished.line, index: finished.index))) ?? "") + "\n")
                 case let .failure(error):
                     report(line: finished.line, index: finished.index, "\(error)")
+                    failures += 1
                 }
             }
+            return failures
         }
         await engine.shutdown()
         if failed > 0 {
