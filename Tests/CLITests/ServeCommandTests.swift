@@ -320,6 +320,27 @@ struct HTTP {
         #expect(server.waitForExit(seconds: 20) == 0, "\(server.log)")
     }
 
+    @Test("SIGINT stops at once: the running stream ends, the process and its workers exit")
+    func interrupt() throws {
+        let server = try ServeProcess(["--model", longModel, "--tp", "2"])
+        let workers = Self.children(of: server.process.processIdentifier)
+        #expect(workers.count == 1)
+        let fd = try HTTP.connect(port: server.port)
+        defer { close(fd) }
+        HTTP.send(fd, method: "POST", path: "/v1/completions", body: long, headers: [:])
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        _ = read(fd, &chunk, chunk.count)
+        let start = Date()
+        server.signal(SIGINT)
+        while read(fd, &chunk, chunk.count) > 0 {}
+        #expect(server.waitForExit(seconds: 5) != nil, "\(server.log)")
+        #expect(Date().timeIntervalSince(start) < 5)
+        for pid in workers {
+            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.split(separator: ")").last?.split(separator: " ").first
+            #expect(state == nil || state == "Z", "worker \(pid) is still running")
+        }
+    }
+
     @Test("a worker killed mid-request: the request fails with 500 naming its rank, /health says 503, the server answers on")
     func workerDeath() throws {
         let server = try ServeProcess(["--model", longModel, "--tp", "2"])
