@@ -160,8 +160,6 @@ public actor Engine: Service {
     /// Requests running (admitted to a batch) and waiting for a place.
     public var runningRequests: Int { schedulers.map(\.running.count).reduce(0, +) }
     public var waitingRequests: Int { schedulers.map(\.waiting.count).reduce(0, +) }
-    /// Whether the engine still admits requests (false once draining or failed).
-    public var isAdmitting: Bool { failure == nil && accepting }
     /// Why the engine failed, once it has: every later request fails with it.
     public var failureReason: GenerationError? { failure }
     /// Requests preempted (and later recomputed) because KV blocks ran out.
