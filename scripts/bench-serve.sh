@@ -2,6 +2,8 @@
 # `cohort serve` against llama-cpp-python's OpenAI-compatible server on the same file and
 # threads, one after the other in one run: streamed completions from N concurrent clients
 # (closed loop), requests/s, output tok/s, TTFT and TPOT p50/p99, and Cohort's ratios.
+# llama-cpp-python runs one request at a time (no continuous batching); it is started with
+# --interrupt_requests False, or each new request would cut off the one streaming.
 # Usage: scripts/bench-serve.sh [MODEL]   (THREADS=2 CONCURRENCY="1 16" REQUESTS=32 MAX_TOKENS=64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,42 +27,46 @@ fi
 swift build -c release --product cohort >&2
 
 server=""
-stop() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; server=""; }
-trap stop EXIT
+results=$(mktemp)
+stop() { if [ -n "$server" ]; then kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; fi; server=""; }
+trap 'stop; rm -f "$results"' EXIT
 wait_for() {  # url
     for _ in $(seq 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
     echo "no answer from $1" >&2; exit 1
 }
 load() {  # name, url, model name
     for c in $levels; do
-        echo "$1 $(python3 scripts/bench_serve_client.py "$2" "$3" "$c" "$requests" "$max_tokens")"
+        line=$(python3 scripts/bench_serve_client.py "$2" "$3" "$c" "$requests" "$max_tokens")
+        echo "$1 $line" | tee -a "$results" >&2
     done
 }
 
 port=$((20000 + RANDOM % 20000))
-{
-    .build/release/cohort serve --model "$model" --threads "$threads" --port "$port" >/dev/null 2>&1 &
-    server=$!
-    wait_for "http://127.0.0.1:$port/health"
-    load cohort "http://127.0.0.1:$port" "$(basename "$model" .gguf)"
-    stop
-    python3 -m llama_cpp.server --model "$model" --n_threads "$threads" --n_ctx 4096 --port $((port + 1)) >/dev/null 2>&1 &
-    server=$!
-    wait_for "http://127.0.0.1:$((port + 1))/v1/models"
-    load llama.cpp "http://127.0.0.1:$((port + 1))" "$model"
-    stop
-} | python3 -c '
+.build/release/cohort serve --model "$model" --threads "$threads" --port "$port" >/dev/null 2>&1 &
+server=$!
+wait_for "http://127.0.0.1:$port/health"
+load cohort "http://127.0.0.1:$port" "$(basename "$model" .gguf)"
+stop
+python3 -m llama_cpp.server --model "$model" --n_threads "$threads" --n_ctx 4096 --interrupt_requests False \
+    --port $((port + 1)) >/dev/null 2>&1 &
+server=$!
+wait_for "http://127.0.0.1:$((port + 1))/v1/models"
+load llama.cpp "http://127.0.0.1:$((port + 1))" "$model"
+stop
+
+python3 -c '
 import json, sys
 rows = {}
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     name, data = line.split(" ", 1)
     d = json.loads(data)
     rows[(name, d["concurrency"])] = d
-keys = ["requests_per_s", "output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"]
-print(f"{\"conc\":>4} {\"metric\":<20} {\"cohort\":>10} {\"llama.cpp\":>10} {\"ratio\":>7}")
+keys = ["requests_per_s", "output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99", "mean_output_tokens"]
+print("%4s %-20s %10s %10s %7s" % ("conc", "metric", "cohort", "llama.cpp", "ratio"))
 for c in sorted({k[1] for k in rows}):
     a, b = rows.get(("cohort", c)), rows.get(("llama.cpp", c))
     for k in keys:
         x, y = a[k], b[k]
-        print(f"{c:>4} {k:<20} {x:>10.1f} {y:>10.1f} {x / y if y else float(\"nan\"):>6.2f}x")
-'
+        print("%4d %-20s %10.1f %10.1f %6.2fx" % (c, k, x, y, x / y if y else float("nan")))
+' "$results"
+

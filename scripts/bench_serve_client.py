@@ -12,7 +12,7 @@ import time
 import httpx
 
 url, model, concurrency, requests, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a garden", "the moon", "a train", "a river"]
+TOPICS = ["a lighthouse keeper", "a dragon", "a sailor", "a robot", "a gardener", "a baker", "a train driver", "a fisherman"]
 
 
 def percentile(values, p):
@@ -21,7 +21,7 @@ def percentile(values, p):
 
 
 async def one(client, i, ttft, tpot, tokens):
-    body = {"model": model, "prompt": f"Write a long story about {TOPICS[i % len(TOPICS)]}, number {i}.",
+    body = {"model": model, "prompt": f"Chapter {i}. Once upon a time, in a land far away, there lived {TOPICS[i % len(TOPICS)]} who",
             "max_tokens": max_tokens, "temperature": 0, "stream": True}
     start = time.perf_counter()
     first = last = None
