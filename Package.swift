@@ -100,12 +100,11 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "ServingAPI", "Engine", "Executor", "ExecutorCore", "ModelRunner", "MetricsExporter",
+                "ServingAPI", "Engine", "Executor", "ExecutorCore", "ModelRunner", "MetricsExporter", "Transports", "CPlatform",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings),
         // The `cohort` command tree: parses, validates, calls Engine and Executor.

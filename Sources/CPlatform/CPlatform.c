@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <stdlib.h>
 #include <signal.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <errno.h>
@@ -118,4 +119,33 @@ void cohort_install_orphan_cleanup(const char *const *names, int count) {
     action.sa_handler = orphan_cleanup;
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
+}
+
+static int signal_pipe_write = -1;
+
+static void forward_signal(int signal) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)signal;
+    (void)write(signal_pipe_write, &byte, 1);
+    errno = saved;
+}
+
+int cohort_forward_signals(const int *signals, int count) {
+    int fds[2];
+    if (signal_pipe_write >= 0 || pipe2(fds, O_CLOEXEC) != 0) return -1;
+    signal_pipe_write = fds[1];
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = forward_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++) {
+        sigaction(signals[i], &action, NULL);
+        sigaddset(&set, signals[i]);
+    }
+    // This thread takes them too (threads started from the runtime's pools may block them all).
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    return fds[0];
 }

@@ -8,7 +8,7 @@ import ModelRunner
 import NIOCore
 public import Prometheus
 public import ServiceLifecycle
-import UnixSignals
+
 import ServingAPI
 import Synchronization
 
@@ -59,14 +59,30 @@ public struct OpenAIServer: Sendable {
         self.logger = logger
     }
 
-    /// Serves until SIGTERM (drain) or SIGINT (stop now). `onListening` gets the bound
-    /// address (the port the kernel chose when `port` is 0).
+    /// Serves until SIGTERM (drain) or SIGINT (stop now; so does a second SIGTERM).
+    /// `onListening` gets the bound address (the port the kernel chose when `port` is 0).
+    ///
+    /// Signals come through `SignalPipe`, not the service group's own signal handling: that
+    /// rests on libdispatch's signal sources, which on Linux lost a SIGTERM or SIGINT that
+    /// arrived after the server had been idle for some seconds (it acted only on the next
+    /// one).
     public func run(onListening: @escaping @Sendable (String, Int) async -> Void = { _, _ in }) async throws {
         let group = ServiceGroup(
-            configuration: .init(
-                services: services(onListening: onListening),
-                gracefulShutdownSignals: [.sigterm], cancellationSignals: [.sigint], logger: logger))
-        try await group.run()
+            configuration: .init(services: services(onListening: onListening), gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
+        let running = Task { try await group.run() }
+        let draining = Mutex(false)
+        let logger = logger
+        try SignalPipe.forward([SIGTERM, SIGINT]) { signal in
+            let drainFirst = signal == SIGTERM && !draining.withLock { let was = $0; $0 = true; return was }
+            if drainFirst {
+                logger.info("SIGTERM: draining (running requests finish, new ones get 503; SIGINT or another SIGTERM stops at once)")
+                Task { await group.triggerGracefulShutdown() }
+            } else {
+                logger.info("\(signal == SIGINT ? "SIGINT" : "SIGTERM"): stopping now")
+                running.cancel()
+            }
+        }
+        try await running.value
     }
 
     /// The engine, the HTTP application and the drain gate, in start order (shutdown runs

@@ -320,6 +320,15 @@ struct HTTP {
         #expect(server.waitForExit(seconds: 20) == 0, "\(server.log)")
     }
 
+    @Test("SIGTERM after the server idled for seconds still drains and exits (libdispatch's signal sources lost it)")
+    func signalAfterIdle() throws {
+        let server = try ServeProcess(["--model", model])
+        sleep(12)
+        server.signal(SIGTERM)
+        #expect(server.waitForExit(seconds: 10) == 0, "\(server.log)")
+        #expect(server.log.contains("SIGTERM: draining"))
+    }
+
     @Test("SIGINT stops at once: the running stream ends, the process and its workers exit")
     func interrupt() throws {
         let server = try ServeProcess(["--model", longModel, "--tp", "2"])

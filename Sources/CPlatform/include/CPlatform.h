@@ -50,6 +50,11 @@ int cohort_set_affinity(const int *ids, int count);
 /// parent-death signal of SIGTERM, so a driver that dies at any moment leaves no names.
 void cohort_install_orphan_cleanup(const char *const *names, int count);
 
+/// Handles `signals` by writing each one's number, as a byte, to a pipe (the self-pipe
+/// trick: nothing but write(2) in the handler); returns the pipe's read end, or -1 (already
+/// installed, or no pipe). Once per process.
+int cohort_forward_signals(const int *signals, int count);
+
 /// A CPU pause hint for short spins.
 void cohort_cpu_relax(void);
 
