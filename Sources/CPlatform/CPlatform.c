@@ -132,7 +132,8 @@ static void forward_signal(int signal) {
 
 int cohort_forward_signals(const int *signals, int count) {
     int fds[2];
-    if (signal_pipe_write >= 0 || pipe2(fds, O_CLOEXEC) != 0) return -1;
+    // A full pipe (signals faster than they are read) drops a byte rather than block the handler.
+    if (signal_pipe_write >= 0 || pipe2(fds, O_CLOEXEC) != 0 || fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) return -1;
     signal_pipe_write = fds[1];
     struct sigaction action;
     memset(&action, 0, sizeof(action));

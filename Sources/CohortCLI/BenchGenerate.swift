@@ -70,7 +70,7 @@ struct BenchGenerate: AsyncParsableCommand {
         let engine = try await modelArguments.load(virtualEngines: engines)
         // A fixed, ordinary-text prompt of exactly `promptLength` tokens.
         let seedText = "The quick brown fox jumps over the lazy dog while the committee debates the budget for 2025. "
-        var prompt = try await engine.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 2)))
+        var prompt = try engine.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 2)))
         prompt = Array(prompt.prefix(promptLength))
         let parameters = SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: maxTokens)
         var prefill: [Double] = [], decode: [Double] = []

@@ -70,7 +70,7 @@ struct BenchThroughput: AsyncParsableCommand {
         let engine = try await modelArguments.load(virtualEngines: engines, maxSequences: maxNumSeqs)
         // Distinct ordinary-text prompts of exactly `promptLength` tokens.
         let seedText = "The quick brown fox jumps over the lazy dog while the committee debates the budget for 2025. "
-        let corpus = try await engine.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 8)))
+        let corpus = try engine.tokens(for: .raw(String(repeating: seedText, count: promptLength / 8 + 8)))
         let parameters = SamplingParameters(temperature: 0, ignoreEndOfGeneration: true, maxTokens: maxTokens)
         let prompts = (0..<requests).map { i in
             let start = i % max(1, corpus.count - promptLength)

@@ -92,7 +92,7 @@ struct Generate: AsyncParsableCommand {
         let engine = try await modelArguments.load(virtualEngines: 1)  // one request: the whole cache for it
         let result: GenerationResult
         do {
-            let tokens = try await engine.tokens(for: promptValue)
+            let tokens = try engine.tokens(for: promptValue)
             let streaming = output == .text
             result = try await engine.generate(.init(promptTokens: tokens, parameters: parameters) { delta in
                 if streaming { Output.standardOutput(delta.text) }
@@ -142,7 +142,7 @@ extension Generate {
             case let .success(r): request = r
             }
             do {
-                let tokens = try await engine.tokens(for: request.prompts[0])
+                let tokens = try engine.tokens(for: request.prompts[0])
                 for choice in 0..<request.n {
                     let id = try await engine.submit(.init(promptTokens: tokens, parameters: request.parameters(choice: choice)))
                     submitted.append((line.number, request.n > 1 ? choice : nil, id))

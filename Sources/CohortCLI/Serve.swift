@@ -34,7 +34,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most requests running at once per virtual engine.")
     var maxNumSeqs = 256
 
-    @Option(help: "Most requests waiting for a place; one more is answered 503 at once.")
+    @Option(help: "Most requests queued beyond the running places (--max-num-seqs per virtual engine); one more is answered 503 at once.")
     var maxWaitingRequests = 1024
 
     @Option(help: "The model name clients send and /v1/models lists (default: the file's name without .gguf).")

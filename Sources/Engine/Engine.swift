@@ -25,8 +25,9 @@ public actor Engine: Service {
         public var virtualEngines: Int
         /// Most requests running at once per virtual engine (vLLM's `--max-num-seqs`).
         public var maxSequences: Int
-        /// Most requests waiting for a place, over all virtual engines; one more is refused
-        /// at once (`GenerationError.Kind.queueFull`) instead of waiting without bound. nil: no limit.
+        /// Most requests queued beyond the running places (`maxSequences` per virtual engine,
+        /// all engines together); one more is refused at once (`GenerationError.Kind.queueFull`)
+        /// instead of waiting without bound. nil: no limit.
         public var maxWaiting: Int?
 
         public init(virtualEngines: Int = 1, maxSequences: Int = 256, maxWaiting: Int? = nil) {
@@ -103,6 +104,7 @@ public actor Engine: Service {
                 "\(executor.kvBlocks) KV blocks cannot be shared by \(configuration.virtualEngines) virtual engines; raise --kv-cache-mb")
         }
         let model = executor.loaded.model
+        encoder = executor.encoder
         self.executor = executor
         self.configuration = configuration
         contextLimit = min(model.maxContext, share * model.cache.blockSize)
@@ -132,21 +134,23 @@ public actor Engine: Service {
 
     // MARK: - Requests
 
-    /// Token ids of a prompt (chat template applied for `.chat`).
+    /// Token ids of a prompt (chat template applied for `.chat`), on the caller's thread: a
+    /// long prompt never holds up the steps.
     /// - Throws: before tokenizing, when the text is certainly too long: `b` bytes make at
     ///   least `b / maxTokenBytes` tokens (a 50 MB line is refused at once, not after
     ///   minutes of tokenizing).
-    public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] {
-        let bytes = prompt.textBytes, perToken = executor.tokenizer.maxTokenBytes
+    public nonisolated func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] {
+        let bytes = prompt.textBytes, perToken = encoder.tokenizer.maxTokenBytes
         guard bytes / perToken < contextLimit else {
             throw GenerationError(
                 "the prompt has \(bytes) bytes of text, so at least \(bytes / perToken) tokens (a token holds at most \(perToken) bytes); "
                     + "this engine holds at most \(contextLimit - 1) prompt tokens per request")
         }
-        return try executor.tokens(for: prompt)
+        return try encoder.tokens(for: prompt)
     }
 
-    public var tokenizer: Tokenizer { executor.tokenizer }
+    public nonisolated var tokenizer: Tokenizer { encoder.tokenizer }
+    private nonisolated let encoder: PromptEncoder
     public var loadSeconds: Double { executor.loadSeconds }
     /// Where the driver's time went, when the model runs over a grid of processes.
     public var gridStatistics: GridStatistics? { executor.layout.worldSize > 1 ? executor.statistics : nil }
@@ -276,8 +280,8 @@ public actor Engine: Service {
     /// Cancelled (SIGINT in a service group), it stops at once: running requests end with
     /// finish reason `abort`, and the executor and its workers shut down.
     public func run() async throws {
-        try await withTaskCancellationHandler {
-            try await withGracefulShutdownHandler {
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
                 do {
                     try await drive(.serve)
                 } catch {

@@ -20,8 +20,8 @@ struct SequenceRun {
     private var delivered = 0
     private var finish = FinishReason.length
     private var text: TextAccumulator
-    let start = MonotonicClock.now()
-    private(set) var firstToken: Double?
+    private let start = MonotonicClock.now()
+    private var firstToken: Double?
     private var end: Double?
 
     init(

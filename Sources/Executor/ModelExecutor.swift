@@ -435,6 +435,18 @@ public final class ModelExecutor {
     public var tokenizer: Tokenizer { loaded.tokenizer }
 
     /// Token ids of a prompt.
+    public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] { try encoder.tokens(for: prompt) }
+
+    /// Turns prompts into token ids; Sendable, so callers tokenize on their own threads.
+    public var encoder: PromptEncoder { PromptEncoder(tokenizer: loaded.tokenizer, chatTemplate: loaded.chatTemplate) }
+}
+
+/// A prompt's token ids: the chat template applied for chat prompts, special-token text
+/// parsed for raw text, token ids checked against the vocabulary.
+public struct PromptEncoder: Sendable {
+    public let tokenizer: Tokenizer
+    public let chatTemplate: Result<ChatTemplate, ChatTemplate.UnsupportedTemplate>?
+
     public func tokens(for prompt: Prompt) throws(GenerationError) -> [Int32] {
         switch prompt {
         case let .tokens(ids):
@@ -450,10 +462,10 @@ public final class ModelExecutor {
             messages.append(ChatMessage(role: "user", content: user))
             return try tokens(for: .messages(messages))
         case let .messages(messages):
-            guard let template = loaded.chatTemplate else {
+            guard let chatTemplate else {
                 throw GenerationError("the model file has no chat template (tokenizer.chat_template); use --raw")
             }
-            switch template {
+            switch chatTemplate {
             case let .failure(error):
                 throw GenerationError(error.description)
             case let .success(template):

@@ -32,7 +32,7 @@ extension OpenAIServer {
         var prompts: [[Int32]] = []
         for (i, prompt) in resolved.prompts.enumerated() {
             do {
-                prompts.append(try await engine.tokens(for: prompt))
+                prompts.append(try engine.tokens(for: prompt))
             } catch {
                 let field = endpoint == .chatCompletions ? "messages" : resolved.prompts.count > 1 ? "prompt[\(i)]" : "prompt"
                 var failure = Self.requestError(error)
@@ -51,16 +51,18 @@ extension OpenAIServer {
         let answer = Answer(
             id: (endpoint == .chatCompletions ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased(),
             created: Int(Date().timeIntervalSince1970), model: configuration.modelNames[0], endpoint: endpoint, request: resolved,
-            tokenizer: await engine.tokenizer, prompts: prompts)
+            tokenizer: engine.tokenizer, prompts: prompts)
 
         if resolved.stream {
             streaming = true
-            let gate = gate
+            // Leaves the gate and aborts the job when the body is done with, written or not
+            // (a client gone before the head was written never runs the body).
+            let cleanup = StreamCleanup(job: job, gate: gate)
             return Response(
                 status: .ok,
-                headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .connection: "close"],
                 body: ResponseBody { [request] writer in
-                    defer { gate.leave() }
+                    withExtendedLifetime(cleanup) {}
                     do {
                         try await request.body.consumeWithInboundCloseHandler { _ in
                             try await answer.stream(job, to: &writer)
@@ -89,7 +91,26 @@ extension OpenAIServer {
             case let .failure(e): return self.error(Self.requestError(e))
             }
         }
-        return endpoint == .chatCompletions ? json(answer.chatCompletion(done)) : json(answer.completion(done))
+        // The inbound-close watch ends the connection after the answer: say so.
+        var response = endpoint == .chatCompletions ? json(answer.chatCompletion(done)) : json(answer.completion(done))
+        response.headers[.connection] = "close"
+        return response
+    }
+}
+
+/// Ends a streamed request's part in the server when its response body is released: the
+/// job is aborted (harmless once it finished) and the drain gate counts it out.
+final class StreamCleanup: Sendable {
+    let job: GenerationJob
+    let gate: DrainGate
+    init(job: GenerationJob, gate: DrainGate) {
+        self.job = job
+        self.gate = gate
+    }
+
+    deinit {
+        job.abort()
+        gate.leave()
     }
 }
 
@@ -129,7 +150,7 @@ struct Answer: Sendable {
             let prefix = request.echo ? promptText(promptIndex(ofChoice: i)) : ""
             return OpenAI.CompletionChoice(
                 index: i, text: prefix + r.text,
-                logprobs: completionLogprobs(tokens: r.tokens, own: r.tokenLogprobs, top: r.logprobs, offset: prefix.count),
+                logprobs: completionLogprobs(tokens: r.tokens, own: r.tokenLogprobs, top: r.logprobs, offset: prefix.unicodeScalars.count),
                 finish_reason: OpenAI.finishReason(r.finishReason))
         }
         return OpenAI.Completion(
@@ -153,12 +174,12 @@ struct Answer: Sendable {
         for (i, token) in tokens.enumerated() {
             let text = piece(token).0
             out.tokens.append(text)
-            out.token_logprobs.append(i < own.count ? own[i] : nil)
+            out.token_logprobs.append(i < own.count ? OpenAI.finite(own[i]) : nil)
             var alternatives: [String: Float] = [:]
-            if i < top.count { for alt in top[i].prefix(k) { alternatives[piece(alt.token).0] = alt.logprob } }
+            if i < top.count { for alt in top[i].prefix(k) { alternatives[piece(alt.token).0] = OpenAI.finite(alt.logprob) } }
             out.top_logprobs.append(alternatives)
             out.text_offset.append(position)
-            position += text.count
+            position += text.unicodeScalars.count  // Python's string offsets count code points
         }
         return out
     }
@@ -169,9 +190,9 @@ struct Answer: Sendable {
             let (text, bytes) = piece(token)
             let alternatives: [OpenAI.TopLogprob] = i < top.count ? top[i].prefix(k).map { alt in
                 let (t, b) = piece(alt.token)
-                return OpenAI.TopLogprob(token: t, logprob: alt.logprob, bytes: b)
+                return OpenAI.TopLogprob(token: t, logprob: OpenAI.finite(alt.logprob), bytes: b)
             } : []
-            return OpenAI.ChatTokenLogprob(token: text, logprob: i < own.count ? own[i] : 0, bytes: bytes, top_logprobs: alternatives)
+            return OpenAI.ChatTokenLogprob(token: text, logprob: OpenAI.finite(i < own.count ? own[i] : 0), bytes: bytes, top_logprobs: alternatives)
         })
     }
 
@@ -181,6 +202,8 @@ struct Answer: Sendable {
     func stream(_ job: GenerationJob, to writer: inout any ResponseBodyWriter) async throws {
         var completionTokens = 0
         var failure: GenerationError?
+        // Where each choice's next text starts (completions' `text_offset`, in code points).
+        var offsets = (0..<job.ids.count).map { request.echo ? promptText(promptIndex(ofChoice: $0)).unicodeScalars.count : 0 }
         if isChat {
             // The role first, for every choice.
             for choice in 0..<job.ids.count {
@@ -206,8 +229,9 @@ struct Answer: Sendable {
                         id: id, created: created, model: model,
                         choices: [.init(
                             index: choice, text: delta.text,
-                            logprobs: completionLogprobs(tokens: delta.tokens, own: delta.tokenLogprobs, top: delta.logprobs, offset: 0),
+                            logprobs: completionLogprobs(tokens: delta.tokens, own: delta.tokenLogprobs, top: delta.logprobs, offset: offsets[choice]),
                             finish_reason: nil)], usage: nil), to: &writer)
+                    offsets[choice] += delta.text.unicodeScalars.count
                 }
             case let .done(choice, .success(result)):
                 let reason = OpenAI.finishReason(result.finishReason)

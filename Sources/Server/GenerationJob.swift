@@ -9,7 +9,7 @@ import Synchronization
 ///
 /// Choice `i` is prompt `i / n`, sample `i % n`. Each choice is an engine request of its
 /// own, so they batch with every other client's. `abort()` ends them all (a client that
-/// went away): their KV blocks return at once.
+/// went away), and their KV blocks return.
 final class GenerationJob: Sendable {
     enum Event: Sendable {
         case delta(choice: Int, Engine.Delta)
@@ -18,8 +18,6 @@ final class GenerationJob: Sendable {
 
     let events: AsyncStream<Event>
     let ids: [UInt64]
-    /// The prompts' token ids, per prompt.
-    let prompts: [[Int32]]
     private let engine: Engine
 
     /// Submits every choice. A refused submission (queue full, draining, failed engine)
@@ -37,7 +35,11 @@ final class GenerationJob: Sendable {
                 }
             }
         } catch {
-            for id in ids { await engine.abort(id) }
+            // Abort what was admitted, and take the results so the engine forgets them.
+            for id in ids {
+                await engine.abort(id)
+                _ = try? await engine.result(of: id)
+            }
             continuation.finish()
             throw error
         }
@@ -55,11 +57,11 @@ final class GenerationJob: Sendable {
         }
         self.events = events
         self.ids = ids
-        self.prompts = prompts
         self.engine = engine
     }
 
-    /// Ends every choice now (finish reason `abort`).
+    /// Ends every choice (finish reason `abort`) as soon as the engine's actor takes it: their
+    /// KV blocks return then.
     func abort() {
         let engine = engine, ids = ids
         Task { for id in ids { await engine.abort(id) } }

@@ -72,7 +72,8 @@ public struct OpenAIServer: Sendable {
         let running = Task { try await group.run() }
         let draining = Mutex(false)
         let logger = logger
-        try SignalPipe.forward([SIGTERM, SIGINT]) { signal in
+        do {
+            try SignalPipe.forward([SIGTERM, SIGINT]) { signal in
             let drainFirst = signal == SIGTERM && !draining.withLock { let was = $0; $0 = true; return was }
             if drainFirst {
                 logger.info("SIGTERM: draining (running requests finish, new ones get 503; SIGINT or another SIGTERM stops at once)")
@@ -81,6 +82,11 @@ public struct OpenAIServer: Sendable {
                 logger.info("\(signal == SIGINT ? "SIGINT" : "SIGTERM"): stopping now")
                 running.cancel()
             }
+            }
+        } catch {
+            running.cancel()
+            _ = try? await running.value
+            throw error
         }
         try await running.value
     }
@@ -153,8 +159,13 @@ public struct OpenAIServer: Sendable {
             body: .init(byteBuffer: ByteBuffer(string: OpenAI.json(value))))
     }
 
-    func error(_ error: RequestError) -> Response {
-        json(OpenAI.ErrorBody(error), status: HTTPResponse.Status(code: error.status))
+    func error(_ error: RequestError) -> Response { Self.errorResponse(error) }
+
+    /// An OpenAI error body with the error's status.
+    static func errorResponse(_ error: RequestError) -> Response {
+        Response(
+            status: HTTPResponse.Status(code: error.status), headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(string: OpenAI.json(OpenAI.ErrorBody(error)))))
     }
 
     /// The engine's refusal as an HTTP error: 400 for the request's own fault, 503 when
@@ -241,12 +252,9 @@ struct APIKeyCheck: RouterMiddleware {
         guard request.uri.path.hasPrefix("/v1/") else { return try await next(request, context) }
         let given = request.headers[.authorization]
         guard let given, given == "Bearer \(key)" else {
-            let error = RequestError(
+            return OpenAIServer.errorResponse(RequestError(
                 given == nil ? "no API key: send the header 'Authorization: Bearer KEY'" : "the API key is wrong",
-                status: 401, type: "AuthenticationError")
-            return Response(
-                status: .unauthorized, headers: [.contentType: "application/json"],
-                body: .init(byteBuffer: ByteBuffer(string: OpenAI.json(OpenAI.ErrorBody(error)))))
+                status: 401, type: "AuthenticationError"))
         }
         return try await next(request, context)
     }

@@ -23,7 +23,7 @@ extension OpenAIServer {
         case let .failure(error): return self.error(error)
         case let .success(bytes):
             do {
-                let tokens = try await engine.tokens(for: try TokenizeRequest.decode(bytes.readableBytesView))
+                let tokens = try engine.tokens(for: try TokenizeRequest.decode(bytes.readableBytesView))
                 return json(TokenizeAnswer(tokens: tokens, count: tokens.count, max_model_len: engine.contextLimit))
             } catch let error as RequestError {
                 return self.error(error)
@@ -40,7 +40,7 @@ extension OpenAIServer {
         case let .success(bytes):
             do {
                 let ids = try TokenizeRequest.decodeTokens(bytes.readableBytesView)
-                let tokenizer = await engine.tokenizer
+                let tokenizer = engine.tokenizer
                 if let bad = ids.first(where: { Int($0) >= tokenizer.vocabularySize }) {
                     return self.error(.invalid("tokens", expected: "ids in 0..<\(tokenizer.vocabularySize)", found: "\(bad)"))
                 }

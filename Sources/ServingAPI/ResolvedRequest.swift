@@ -103,7 +103,6 @@ extension InferenceRequest {
         }
         let n = self.n ?? 1
         guard n >= 1 && n <= Self.maxChoices else { throw .invalid("n", expected: "an integer in 1…\(Self.maxChoices)", found: "\(n)") }
-        if stream == true && endpoint == .promptsFile { throw RequestError("'stream' is for HTTP requests", field: "stream") }
         if includeUsage != nil && stream != true {
             throw RequestError("'stream_options' needs \"stream\": true", field: "stream_options")
         }

@@ -244,14 +244,22 @@ public enum OpenAI {
         }
     }
 
-    /// The finish reason as OpenAI clients expect it (`kv_cache_full` is Cohort's own).
+    /// The finish reason on the wire: OpenAI's `stop` and `length`, and, as vLLM does,
+    /// `abort`; `kv_cache_full` is Cohort's own (the request's share of the KV cache, not
+    /// its `max_tokens` or the model's context, ended it).
     public static func finishReason(_ reason: FinishReason) -> String { reason.rawValue }
 
-    /// Compact JSON, as one SSE `data:` line or one answer.
+    /// A log-probability JSON can carry: −∞ (and NaN) become −9999, as vLLM sends them.
+    public static func finite(_ logprob: Float) -> Float { logprob.isFinite ? logprob : -9999 }
+
+    /// Compact JSON, as one SSE `data:` line or one answer. Every float it is given is
+    /// finite (`finite`); should encoding fail all the same, the text is an error body.
     public static func json(_ value: some Encodable) -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
-        guard let data = try? encoder.encode(value) else { return "{}" }
+        guard let data = try? encoder.encode(value) else {
+            return #"{"error": {"message": "the answer could not be encoded as JSON", "type": "InternalServerError", "param": null, "code": 500}}"#
+        }
         return String(decoding: data, as: UTF8.self)
     }
 }
