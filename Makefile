@@ -20,10 +20,16 @@ test: test-debug test-release test-serve
 # suites' synchronous tests would hold the cooperative threads it measures.
 ALONE = EngineResponsivenessTests
 
+# The kernels and the model on every narrower instruction set too (COHORT_ISA caps what the
+# kernels use): the widest path this CPU has runs above, AVX2 and scalar run here.
+NARROWER = KernelsTests|ModelRunnerTests
+
 test-debug:
 	swift build --build-tests
 	swift test --skip-build --skip ReferenceModelTests --skip $(ALONE)
 	swift test --skip-build --filter $(ALONE)
+	COHORT_ISA=avx2 swift test --skip-build --filter "$(NARROWER)"
+	COHORT_ISA=scalar swift test --skip-build --filter "$(NARROWER)"
 
 # A scratch path of its own: `-enable-testing` would otherwise rebuild .build/release (the
 # binary `make run` and the benchmarks use) and the next `make run` would rebuild it back.

@@ -122,7 +122,7 @@ let package = Package(
         .testTarget(name: "ExecutorCoreTests", dependencies: ["ExecutorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Transports", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TransportsTests", dependencies: ["Transports", "ExecutorCore"], swiftSettings: swiftSettings),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "ModelRunner", "ExecutorTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ModelRunnerTests",
             dependencies: ["ModelRunner", "Kernels", "ExecutorCore", "Collectives", "ExecutorTestSupport"],

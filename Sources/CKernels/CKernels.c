@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <stdlib.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -61,12 +62,24 @@ uint16_t cohort_f32_to_f16(float f) {
 
 // MARK: - CPU features
 
+/// The widest instruction set the kernels may use, from `COHORT_ISA` read once: `scalar`
+/// (0), `avx2` (1), or anything else / unset (2: all this CPU has). Tests run the kernels
+/// once per level the machine can execute, so no path goes untested where a wider one exists.
+int cohort_isa_limit(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *s = getenv("COHORT_ISA");
+        cached = !s ? 2 : strcmp(s, "scalar") == 0 ? 0 : strcmp(s, "avx2") == 0 ? 1 : 2;
+    }
+    return cached;
+}
+
 int cohort_cpu_has_avx2(void) {
 #if COHORT_X86
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        cached = cohort_isa_limit() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                  __builtin_cpu_supports("f16c");
     }
     return cached;
@@ -553,7 +566,8 @@ static int cpu_has_avx512vl(void) {
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
-        cached = cohort_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+        cached = cohort_isa_limit() >= 2 && cohort_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+                 __builtin_cpu_supports("avx512vl");
     }
     return cached;
 }
@@ -681,10 +695,11 @@ int cohort_argmax(const float *x, int n) {
 #if COHORT_X86
     if (cohort_cpu_has_avx2()) return argmax_avx2(x, n);
 #endif
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
+    // The first largest value; NaNs never win (a NaN first must not stick: every `>` with it is false).
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i;
+    return best < 0 ? 0 : best;
 }
 
 void cohort_rms_norm(const float *x, const float *weight, float epsilon, float *out, int n) {
@@ -792,7 +807,7 @@ int cohort_cpu_has_vnni(void) {
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
-        cached = cohort_cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") &&
+        cached = cohort_isa_limit() >= 2 && cohort_cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") &&
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
     }
     return cached;

@@ -30,6 +30,8 @@ enum {
 };
 
 /// 1 when the running CPU has AVX2, FMA and F16C (the fast paths), else 0.
+/// The widest instruction set the kernels may use: 0 scalar, 1 AVX2, 2 all (from `COHORT_ISA`).
+int cohort_isa_limit(void);
 int cohort_cpu_has_avx2(void);
 
 /// Quantizes `n` floats (a multiple of 32) into n/32 blocks.
