@@ -111,14 +111,19 @@ struct HTTP {
         let fd = try connect(port: port)
         defer { close(fd) }
         send(fd, method: method, path: path, body: body, headers: headers)
-        var raw: [UInt8] = []
+        return try parse(readAll(fd))
+    }
+
+    /// Everything the server sends until it closes the connection.
+    static func readAll(_ fd: Int32, after start: [UInt8] = []) -> [UInt8] {
+        var raw = start
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = read(fd, &chunk, chunk.count)
             if n <= 0 { break }
             raw += chunk[..<n]
         }
-        return try parse(raw)
+        return raw
     }
 
     static func parse(_ raw: [UInt8]) throws -> Response {
@@ -299,19 +304,13 @@ struct HTTP {
         defer { close(fd) }
         HTTP.send(fd, method: "POST", path: "/v1/completions", body: long, headers: [:])
         var chunk = [UInt8](repeating: 0, count: 65536)
-        var raw: [UInt8] = []
         let n = read(fd, &chunk, chunk.count)
-        raw += chunk[..<max(0, n)]
+        let first = Array(chunk[..<max(0, n)])
         server.signal(SIGTERM)
         usleep(100_000)
         let refused = try? completion(server, #"{"prompt": [6], "max_tokens": 2}"#)
         let health = try? HTTP.request(port: server.port, "/health", method: "GET")
-        while true {
-            let n = read(fd, &chunk, chunk.count)
-            if n <= 0 { break }
-            raw += chunk[..<n]
-        }
-        let stream = try HTTP.parse(raw)
+        let stream = try HTTP.parse(HTTP.readAll(fd, after: first))
         #expect(stream.events.last == "[DONE]")
         #expect(stream.events.contains { $0.contains(#""finish_reason":"length""#) }, "\(stream.body.suffix(300))")
         // Refused while draining (503), unless the stream already ended and the listener closed.
@@ -360,14 +359,7 @@ struct HTTP {
         let workers = Self.children(of: server.process.processIdentifier)
         #expect(workers.count == 1)
         for pid in workers { kill(pid, SIGKILL) }
-        var raw: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &chunk, chunk.count)
-            if n <= 0 { break }
-            raw += chunk[..<n]
-        }
-        let failed = try HTTP.parse(raw)
+        let failed = try HTTP.parse(HTTP.readAll(fd))
         #expect(failed.status == 500, "\(failed.body)")
         #expect(((failed.json?["error"] as? [String: Any])?["message"] as? String)?.contains("worker rank 1") == true, "\(failed.body)")
         let health = try HTTP.request(port: server.port, "/health", method: "GET")
