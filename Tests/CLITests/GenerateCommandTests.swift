@@ -54,7 +54,7 @@ struct CLI {
 
     @Test("--metrics-port serves Prometheus text while generate --prompts-file runs: control plane, per-rank step time, heartbeat age")
     func metricsWhileRunning() throws {
-        let requests = (0..<8).map { "{\"prompt_tokens\": [\($0 + 1), 2, 3], \"max_tokens\": 400, \"ignore_eos\": true}" }
+        let requests = (0..<32).map { "{\"prompt_tokens\": [\($0 + 1), 2, 3], \"max_tokens\": 400, \"ignore_eos\": true}" }
         let file = TemporaryFiles.path("requests.jsonl")
         try TemporaryFiles.write(Array(requests.joined(separator: "\n").utf8), to: file)
         defer { TemporaryFiles.remove(file) }
@@ -66,10 +66,11 @@ struct CLI {
         process.standardError = FileHandle.nullDevice
         try process.run()
         defer { if process.isRunning { process.terminate() } }
+        // Keep the last scrape that answered: the run may end between a check and a scrape.
         var scraped = ""
-        for _ in 0..<300 where process.isRunning && !(scraped.contains("cohort_rank_step_seconds_count{rank=\"1\"}")) {
-            usleep(50_000)
-            scraped = Self.get(port: port, path: "/metrics") ?? ""
+        for _ in 0..<600 where process.isRunning && !(scraped.contains("cohort_rank_step_seconds_count{rank=\"1\"}")) {
+            usleep(20_000)
+            if let answer = Self.get(port: port, path: "/metrics"), !answer.isEmpty { scraped = answer }
         }
         #expect(scraped.contains("cohort_control_plane_step_seconds_count"), "\(scraped.prefix(400))")
         #expect(scraped.contains("cohort_rank_step_seconds_count{rank=\"0\"}"))
