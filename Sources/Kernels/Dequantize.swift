@@ -44,6 +44,11 @@ public enum Dequantize {
                     out[j + 16] = Float(q >> 4) * d + m
                 }
             }
+        case .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
+            let size = type.blockSize, bytes = type.bytesPerBlock
+            for b in 0..<(count / size) {
+                decodeBlock(type, source + b * bytes, into: destination + b * size)
+            }
         case .q8_0:
             for b in 0..<(count / 32) {
                 let block = source + b * 34

@@ -47,8 +47,10 @@ public final class MatMul {
         precondition(second.map { $0.weight.columns == columns } ?? true, "projections disagree on input size")
         precondition(third.map { $0.weight.columns == columns } ?? true, "projections disagree on input size")
 
-        let useIntegerPath = mode == .fast && first.weight.type.isQuantized
-        if useIntegerPath {
+        // Formats without an integer kernel (not converted by `ConvertedWeights`) take the
+        // float path: slower, never wrong.
+        func integer(_ p: Projection?) -> Bool { mode == .fast && p?.weight.type.hasIntegerKernel == true }
+        if integer(first) || integer(second) || integer(third) {
             for t in 0..<tokens {
                 cohort_quantize_row_q8(input + t * inputStride, quantized + t * (columns / 32), Int32(columns))
             }
@@ -64,7 +66,7 @@ public final class MatMul {
                 let lower = max(mine.lowerBound - offset, 0)
                 let upper = min(mine.upperBound - offset, projection.weight.rows)
                 guard lower < upper else { return }
-                if useIntegerPath && projection.weight.type.isQuantized {
+                if integer(projection) {
                     Self.integerRows(projection, lower..<upper, quantized: quantized, tokens: tokens)
                 } else {
                     Self.floatRows(projection, lower..<upper, input: input, inputStride: inputStride, tokens: tokens)

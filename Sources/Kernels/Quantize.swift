@@ -56,6 +56,10 @@ public enum Quantize {
                     out.append(lo | (hi << 4))
                 }
             }
+        case .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
+            for b in stride(from: 0, to: values.count, by: type.blockSize) {
+                out += encodeBlock(type, values[b..<(b + type.blockSize)])
+            }
         case .q8_0:
             for b in stride(from: 0, to: values.count, by: 32) {
                 let block = values[b..<(b + 32)]

@@ -57,7 +57,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
 
     @Test("precise mode equals decoded weights times float activations", arguments: TensorType.allCases, [1, 3])
     func preciseMatchesReference(type: TensorType, threads: Int) {
-        for s in Self.shapes {
+        for s in Self.shapes where s.columns % type.blockSize == 0 {
             let (got, w, x) = run(type, mode: .precise, threads: threads, rows: s.rows, columns: s.columns, tokens: s.tokens)
             let want = reference(weights: w, rows: s.rows, columns: s.columns, input: x, tokens: s.tokens)
             #expect(Tolerance.maxAbsoluteDifference(got, want) < 1e-4, "\(type) \(s)")
@@ -186,8 +186,38 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         case .q8_0: 1.0 / 127
         case .q4_0: 1.0 / 7
         case .q4_1: 1.0 / 15
+        case .q5_0: 1.0 / 15
+        case .q5_1: 1.0 / 31
+        // The K-quants also round each group's scale (and min) to 4, 6 or 8 bits.
+        case .q2_K: 0.5
+        case .q3_K: 0.3
+        case .q4_K: 0.15
+        case .q5_K: 0.08
+        case .q6_K: 0.04
         }
-        #expect(Tolerance.maxAbsoluteDifference(back, values) <= limit)
+        #expect(Tolerance.maxAbsoluteDifference(back, values) <= limit, "\(type)")
+    }
+
+    /// Blocks of random bytes (finite scales), decoded by the `gguf` Python package
+    /// (`scripts/quant-fixtures.py`): every format must give its floats bit for bit.
+    @Test("every block format decodes random blocks exactly as the gguf package does")
+    func matchesGGUFPackage() throws {
+        func bytes(_ hex: String) -> [UInt8] {
+            let digits = Array(hex.utf8)
+            return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(decoding: digits[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+        }
+        var seen: Set<TensorType> = []
+        for fixture in ggufDequantizeFixtures {
+            let type = try #require(TensorType.allCases.first { $0.description == fixture.type }, "\(fixture.type)")
+            seen.insert(type)
+            let block = bytes(fixture.bytes)
+            let want = fixture.values.split(separator: " ").map { Float(bitPattern: UInt32($0, radix: 16)!) }
+            #expect(type.byteCount(values: want.count) == block.count, "\(type)")
+            let got = block.withUnsafeBytes { Dequantize.array(type, bytes: $0, count: want.count) }
+            let mismatch = zip(got, want).enumerated().first { $0.element.0.bitPattern != $0.element.1.bitPattern }
+            #expect(mismatch == nil, "\(type): value \(mismatch?.offset ?? 0) is \(mismatch?.element.0 ?? 0), gguf says \(mismatch?.element.1 ?? 0)")
+        }
+        #expect(seen == Set(TensorType.allCases.filter(\.isQuantized)), "formats without a fixture: rerun scripts/quant-fixtures.py")
     }
 
     @Test("a hand-built Q4_1 block decodes to nibble times d plus m")

@@ -61,13 +61,18 @@ import Testing
 
     struct Shape: Sendable, CustomStringConvertible {
         var heads: Int, kvHeads: Int, hidden: Int, ffn: Int, layers: Int
-        var description: String { "\(heads) heads / \(kvHeads) KV, hidden \(hidden), FFN \(ffn), \(layers) layers" }
+        var matrixType: TensorType = .q4_1
+        var description: String { "\(heads) heads / \(kvHeads) KV, hidden \(hidden), FFN \(ffn), \(layers) layers, \(matrixType)" }
     }
 
     static let shapes = [
         Shape(heads: 6, kvHeads: 3, hidden: 192, ffn: 128, layers: 3),  // TP 2 splits KV heads 2 + 1
         Shape(heads: 4, kvHeads: 4, hidden: 128, ffn: 128, layers: 5),  // GQA 1, odd layer count
         Shape(heads: 8, kvHeads: 2, hidden: 256, ffn: 96, layers: 4),  // GQA 4
+        // K-quants: TP 2 and 3 cut rows of 256 (one super-block) into 128 + 128 and
+        // 128 + 64 + 64, and FFN rows of 512 into 192 + 160 + 160: converted shards.
+        Shape(heads: 8, kvHeads: 4, hidden: 256, ffn: 512, layers: 3, matrixType: .q4_K),
+        Shape(heads: 8, kvHeads: 4, hidden: 256, ffn: 512, layers: 3, matrixType: .q6_K),
     ]
 
     /// Stages alone change no arithmetic: their logits are bit-identical. Tensor parallelism
@@ -82,6 +87,7 @@ import Testing
         tiny.hiddenSize = shape.hidden
         tiny.feedForwardSize = shape.ffn
         tiny.layers = shape.layers
+        tiny.matrixType = shape.matrixType
         let path = try tiny.write()
         defer { TemporaryFiles.remove(path) }
         let reference = try GridLogits.run(path, tp: 1, pp: 1, mode: mode)
@@ -96,5 +102,30 @@ import Testing
                 }
             }
         }
+    }
+
+    /// Fast mode runs converted copies of these formats (8-bit activations, Q8_0 or Q4_1
+    /// weights); precise mode decodes them exactly. The two must agree as closely as they
+    /// do on a format the kernels read as stored.
+    @Test("fast mode on converted K-quant and 5-bit weights stays as close to precise mode as Q4_1 does",
+          arguments: [TensorType.q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q5_0, .q5_1])
+    func convertedFormatsNearPrecise(type: TensorType) throws {
+        let got = try Self.fastPreciseGap(type)
+        #expect(got <= max(2 * Self.q41Gap, 0.02), "\(type): fast vs precise \(got), Q4_1's \(Self.q41Gap)")
+    }
+
+    static let q41Gap = (try? fastPreciseGap(.q4_1)) ?? .nan
+
+    /// The largest relative L2 gap between fast-mode and precise-mode logits of a tiny model.
+    static func fastPreciseGap(_ matrixType: TensorType) throws -> Double {
+        var tiny = TinyLlama()
+        tiny.hiddenSize = 256
+        tiny.feedForwardSize = 256
+        tiny.matrixType = matrixType
+        let path = try tiny.write()
+        defer { TemporaryFiles.remove(path) }
+        let fast = try GridLogits.run(path, tp: 1, pp: 1, mode: .fast)
+        let precise = try GridLogits.run(path, tp: 1, pp: 1, mode: .precise)
+        return zip(fast, precise).map { Tolerance.relativeL2($0, $1) }.max() ?? .nan
     }
 }

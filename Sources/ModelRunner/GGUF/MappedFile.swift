@@ -49,7 +49,8 @@ public final class MappedFile: @unchecked Sendable {
     /// this process reads from a copy instead (packed weights). Only whole pages inside the
     /// range go.
     public func release(_ address: UnsafeRawPointer, byteCount: Int) {
-        guard let base = bytes.baseAddress, byteCount > 0 else { return }
+        // Only the mapping's own pages: a converted copy elsewhere is never released.
+        guard let base = bytes.baseAddress, byteCount > 0, address >= base, address < base + bytes.count else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let lower = max(address - base, 0), upper = min(address - base + byteCount, bytes.count)
         let start = (lower + page - 1) / page * page, end = upper / page * page

@@ -23,6 +23,9 @@ public final class LlamaModel {
     /// Packed copies of the matrices (fast mode on CPUs with the panel kernels), kept alive
     /// as long as `weights` points into them.
     private let packedWeights: PackedWeights?
+    /// Copies of matrices whose format the kernels do not read as stored (see
+    /// `ConvertedWeights`), kept alive as long as `weights` points into them.
+    private let convertedWeights: ConvertedWeights
     public let cache: PagedKVCache
     public let mode: NumericMode
     public let maxBatchTokens: Int
@@ -47,7 +50,9 @@ public final class LlamaModel {
         self.local = shard.local(configuration)
         self.vocabularyRanges = (0..<shard.ranks).map { (try? TensorShard.plan(configuration, rank: $0, ranks: shard.ranks))?.vocabulary ?? 0..<0 }
         self.stage = stage
-        let mine = weights.sharded(shard, configuration: configuration).staged(stage)
+        let converted = ConvertedWeights()
+        let mine = weights.staged(stage).prepared(shard, configuration: configuration, mode: mode, storage: converted, output: stage.isLast)
+        self.convertedWeights = converted
         if PackedWeights.isUsed(for: mode) {
             // Fast mode reads the copies: the mapping's pages of each matrix go once it is copied.
             let mapping = weights.file.mappedFile

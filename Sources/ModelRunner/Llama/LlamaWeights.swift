@@ -44,26 +44,33 @@ public struct LlamaWeights: @unchecked Sendable {
         static let down = "ffn_down"
     }
 
-    /// Cuts this rank's shard out of the full views (no copy: sub-views of the mapping).
-    public func sharded(_ shard: TensorShard, configuration c: LlamaConfiguration) -> LlamaWeights {
-        guard shard.ranks > 1 else { return self }
+    /// Cuts this rank's shard out of the full views and puts every matrix in a format
+    /// `mode`'s kernels run: views of the mapping where they can (no copy), copies in
+    /// `storage` where a format has no kernel of its own or a shard splits its blocks (see
+    /// `ConvertedWeights`). The output head is prepared only when `output` is true (the
+    /// last pipeline stage); the embedding is looked up row by row and stays as it is.
+    public func prepared(
+        _ shard: TensorShard, configuration c: LlamaConfiguration, mode: NumericMode, storage: ConvertedWeights, output: Bool
+    ) -> LlamaWeights {
         var w = self
         let hd = c.headDimensions, group = c.attentionHeads / c.kvHeads
         let q = (shard.kvHeads.lowerBound * group * hd)..<(shard.kvHeads.upperBound * group * hd)
         let kv = (shard.kvHeads.lowerBound * hd)..<(shard.kvHeads.upperBound * hd)
+        func rows(_ m: WeightMatrix, _ range: Range<Int>) -> WeightMatrix { storage.prepare(m, rows: range, mode: mode) }
+        func columns(_ m: WeightMatrix, _ range: Range<Int>) -> WeightMatrix { storage.prepare(m, columns: range, mode: mode) }
         w.layers = layers.map { l in
             var l = l
-            l.query = l.query.rows(q)
-            l.key = l.key.rows(kv)
-            l.value = l.value.rows(kv)
-            l.attentionOutput = l.attentionOutput.columns(q)
-            l.gate = l.gate.rows(shard.feedForward)
-            l.up = l.up.rows(shard.feedForward)
-            l.down = l.down.columns(shard.feedForward)
+            l.query = rows(l.query, q)
+            l.key = rows(l.key, kv)
+            l.value = rows(l.value, kv)
+            l.attentionOutput = columns(l.attentionOutput, q)
+            l.gate = rows(l.gate, shard.feedForward)
+            l.up = rows(l.up, shard.feedForward)
+            l.down = columns(l.down, shard.feedForward)
             return l
         }
         w.tokenEmbedding = tokenEmbedding.rows(shard.vocabulary)
-        w.output = output.rows(shard.vocabulary)
+        w.output = output ? rows(self.output, shard.vocabulary) : self.output.rows(shard.vocabulary)
         return w
     }
 

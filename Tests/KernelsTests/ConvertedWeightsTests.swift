@@ -1,0 +1,109 @@
+import ExecutorTestSupport
+import Kernels
+import Testing
+
+/// Formats without an integer kernel of their own are converted at load into one that has
+/// one (see `ConvertedWeights`); shards that split a super-block are converted too.
+@Suite struct ConvertedWeightsTests {
+    static let converted: [TensorType] = TensorType.allCases.filter { ConvertedWeights.fastFormat(for: $0) != nil }
+
+    func decoded(_ m: WeightMatrix) -> [Float] {
+        var out = [Float](repeating: .nan, count: m.rows * m.columns)
+        out.withUnsafeMutableBufferPointer { o in
+            for r in 0..<m.rows { Dequantize.row(m.type, from: m.row(r), into: o.baseAddress! + r * m.columns, count: m.columns) }
+        }
+        return out
+    }
+
+    @Test("every block format without a kernel of its own converts to one with a kernel, within a fraction of its own step",
+          arguments: converted)
+    func fastConversion(type: TensorType) throws {
+        let rows = 5, columns = 512
+        let bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: UInt64(type.rawValue)))
+        try bytes.withUnsafeBytes { raw in
+            let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let storage = ConvertedWeights()
+            let fast = storage.prepare(original, mode: .fast)
+            let target = try #require(ConvertedWeights.fastFormat(for: type))
+            #expect(fast.type == target && fast.type.hasIntegerKernel && fast.rows == rows && fast.columns == columns)
+            #expect(storage.byteCount == rows * target.byteCount(values: columns)!)
+            let want = decoded(original), got = decoded(fast)
+            switch type {
+            case .q5_0:
+                // Exact: the same codes (minus 16) with the same scale.
+                #expect(got == want)
+            case .q4_K:
+                // The same codes; only d·sc and dmin·m are rounded to half precision.
+                #expect(Tolerance.maxAbsoluteDifference(got, want) <= 16 * 1e-3 * (want.map(abs).max() ?? 0))
+            default:
+                // Requantized with 127 steps a side per 32 values: within half a step of 1/127.
+                for b in stride(from: 0, to: want.count, by: 32) {
+                    let amax = want[b..<(b + 32)].map(abs).max()!
+                    #expect(Tolerance.maxAbsoluteDifference(Array(got[b..<(b + 32)]), Array(want[b..<(b + 32)])) <= amax / 127 * 0.51 + 1e-7)
+                }
+            }
+            // Precise mode reads the format as stored: a view, no copy.
+            let precise = ConvertedWeights()
+            let view = precise.prepare(original, mode: .precise)
+            withExtendedLifetime(storage) {}
+            #expect(view.type == type && view.base == original.base && precise.byteCount == 0)
+        }
+    }
+
+    @Test("a shard that splits a super-block is converted: F32 in precise mode (exact), a kernel format in fast mode",
+          arguments: [TensorType.q4_K, .q6_K, .q2_K])
+    func unalignedShards(type: TensorType) {
+        let rows = 3, columns = 768
+        let bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: 7))
+        bytes.withUnsafeBytes { raw in
+            let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let whole = decoded(original)
+            for range in [96..<352, 0..<128, 256..<512, 640..<768] {
+                let want = (0..<rows).flatMap { r in whole[(r * columns + range.lowerBound)..<(r * columns + range.upperBound)] }
+                // Views of a storage are valid while it lives.
+                let storage = ConvertedWeights()
+                defer { withExtendedLifetime(storage) {} }
+                let precise = storage.prepare(original, rows: 1..<3, columns: range, mode: .precise)
+                let aligned = range.lowerBound % 256 == 0 && range.count % 256 == 0
+                #expect(precise.type == (aligned ? type : .f32), "\(range)")
+                #expect(decoded(precise) == Array(want[range.count...]), "\(type) \(range)")
+                let fast = storage.prepare(original, rows: 0..<3, columns: range, mode: .fast)
+                #expect(fast.type.hasIntegerKernel && fast.columns == range.count)
+                #expect(Tolerance.relativeL2(decoded(fast), want) < 0.01, "\(type) \(range)")
+            }
+        }
+    }
+
+    @Test("fast mode on converted weights equals their decoded values times 8-bit activations", arguments: converted)
+    func fastMatMul(type: TensorType) {
+        let rows = 24, columns = 256, tokens = 3
+        let bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: 5))
+        let input = randomFloats(tokens * columns, seed: 6)
+        bytes.withUnsafeBytes { raw in
+            let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let storage = ConvertedWeights(), packed = PackedWeights()
+            let converted = storage.prepare(original, mode: .fast)
+            let fast = PackedWeights.isSupported ? packed.pack(converted) : converted
+            defer { withExtendedLifetime((storage, packed)) {} }
+            let weights = decoded(fast)
+            var out = [Float](repeating: .nan, count: rows * tokens)
+            out.withUnsafeMutableBufferPointer { o in
+                input.withUnsafeBufferPointer { x in
+                    MatMul(maxTokens: tokens, maxColumns: columns).run(
+                        input: x.baseAddress!, inputStride: columns, tokens: tokens, Projection(fast, into: o.baseAddress!),
+                        mode: .fast, pool: ThreadPool(threads: 2))
+                }
+            }
+            let q = quantizeActivations(input)
+            var want = [Float](repeating: 0, count: rows * tokens)
+            for t in 0..<tokens {
+                for r in 0..<rows {
+                    var s = 0.0
+                    for k in 0..<columns { s += Double(weights[r * columns + k]) * Double(q[t * columns + k]) }
+                    want[t * rows + r] = Float(s)
+                }
+            }
+            #expect(Tolerance.maxAbsoluteDifference(out, want) < 1e-3, "\(type)")
+        }
+    }
+}
