@@ -104,7 +104,7 @@ public final class ModelExecutor {
         let start = MonotonicClock.now()
         try lifecycle.start()
         let file = try GGUFFile(path: modelPath)
-        var configuration = try LlamaConfiguration(file: file, architecture: try file.string("general.architecture"))
+        var configuration = try LlamaConfiguration(file: file)
         _ = try LlamaWeights(file: file, configuration: &configuration)
         let layout = try options.layout
         var options = options

@@ -1,17 +1,28 @@
-/// Rotary position embeddings in GGUF's Llama layout: each head vector is a list of
-/// adjacent pairs (x[2i], x[2i+1]) rotated by pos · base^(−2i/d). (Hugging Face's layout
-/// rotates the two halves; the GGUF converter permutes Q and K weights to this one.)
+/// Rotary position embeddings. Pair i of a head (i < rotaryDimensions / 2) rotates by
+/// position · scale · base^(−2i/d) / factor[i]: `scale` is linear position scaling
+/// (1 / the GGUF `rope.scaling.factor`), `factor` Llama 3.1's per-frequency divisors
+/// (the `rope_freqs.weight` tensor; all 1 when absent).
 public enum RoPE {
+    /// Which values of a head vector form pair i.
+    public enum Layout: String, Sendable {
+        /// (x[2i], x[2i+1]): GGUF's Llama layout (the converter permutes Q and K into it).
+        case adjacentPairs
+        /// (x[i], x[i + d/2]) over the rotary dimensions d: the NeoX / Hugging Face layout
+        /// that `qwen2` and `qwen3` files keep.
+        case halves
+    }
+
     /// Fills `cos`/`sin` (each `rotaryDimensions / 2` floats) for one position.
     public static func table(
-        position: Int, rotaryDimensions: Int, base: Float,
+        position: Int, rotaryDimensions: Int, base: Float, scale: Float = 1, factors: UnsafePointer<Float>? = nil,
         cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>
     ) {
         let half = rotaryDimensions / 2
         for i in 0..<half {
             // Double for the angle: positions times frequencies reach 1e4 radians and more.
-            let inverseFrequency = pow(Double(base), -2 * Double(i) / Double(rotaryDimensions))
-            let angle = Double(position) * inverseFrequency
+            var inverseFrequency = pow(Double(base), -2 * Double(i) / Double(rotaryDimensions))
+            if let factors { inverseFrequency /= Double(factors[i]) }
+            let angle = Double(position) * Double(scale) * inverseFrequency
             cos[i] = Float(_cos(angle))
             sin[i] = Float(_sin(angle))
         }
@@ -21,15 +32,17 @@ public enum RoPE {
     /// first `2 · pairs` values of each head rotate.
     @inlinable
     public static func apply(
-        _ x: UnsafeMutablePointer<Float>, heads: Int, headDimensions: Int, pairs: Int,
+        _ x: UnsafeMutablePointer<Float>, heads: Int, headDimensions: Int, pairs: Int, layout: Layout = .adjacentPairs,
         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>
     ) {
+        let (stride, offset) = layout == .adjacentPairs ? (2, 1) : (1, pairs)
         for h in 0..<heads {
             let v = x + h * headDimensions
             for i in 0..<pairs {
-                let x0 = v[2 * i], x1 = v[2 * i + 1]
-                v[2 * i] = x0 * cos[i] - x1 * sin[i]
-                v[2 * i + 1] = x0 * sin[i] + x1 * cos[i]
+                let a = stride * i, b = stride * i + offset
+                let x0 = v[a], x1 = v[b]
+                v[a] = x0 * cos[i] - x1 * sin[i]
+                v[b] = x0 * sin[i] + x1 * cos[i]
             }
         }
     }

@@ -39,13 +39,6 @@ public struct ModelOptions: Sendable, Equatable {
     }
 }
 
-/// Architectures Cohort runs: one line per architecture, keyed by `general.architecture`.
-enum ModelRegistry {
-    static let architectures: [String: @Sendable (GGUFFile, String) throws(GGUFError) -> LlamaConfiguration] = [
-        "llama": { file, architecture throws(GGUFError) in try LlamaConfiguration(file: file, architecture: architecture) },
-    ]
-}
-
 /// A model file loaded for inference: configuration, tokenizer, chat template and the
 /// forward pass with its KV cache.
 public final class LoadedModel {
@@ -66,11 +59,7 @@ public final class LoadedModel {
         path: String, options: ModelOptions, group: (any TensorParallelGroup)? = nil, progress: (Double) -> Void = { _ in }
     ) throws {
         let file = try GGUFFile(path: path)
-        let architecture = try file.string("general.architecture")
-        guard let makeConfiguration = ModelRegistry.architectures[architecture] else {
-            throw GGUFError.unsupportedArchitecture(found: architecture, supported: ModelRegistry.architectures.keys.sorted())
-        }
-        var configuration = try makeConfiguration(file, architecture)
+        var configuration = try LlamaConfiguration(file: file)
         let weights = try LlamaWeights(file: file, configuration: &configuration)
         let tokenizer = try Tokenizer(file: file)
         guard tokenizer.vocabularySize == configuration.vocabularySize else {

@@ -143,7 +143,7 @@ import Testing
         fresh.set("general.architecture", .string("mamba"))
         let path = try fresh.write()
         defer { TemporaryFiles.remove(path) }
-        #expect(throws: GGUFError.unsupportedArchitecture(found: "mamba", supported: ["llama"])) {
+        #expect(throws: GGUFError.unsupportedArchitecture(found: "mamba", supported: ["llama", "qwen2", "qwen3"])) {
             _ = try LoadedModel(path: path, options: ModelOptions())
         }
     }

@@ -62,7 +62,11 @@ import Testing
     struct Shape: Sendable, CustomStringConvertible {
         var heads: Int, kvHeads: Int, hidden: Int, ffn: Int, layers: Int
         var matrixType: TensorType = .q4_1
-        var description: String { "\(heads) heads / \(kvHeads) KV, hidden \(hidden), FFN \(ffn), \(layers) layers, \(matrixType)" }
+        var architecture = "llama"
+        var headDimensions: Int? = nil
+        var description: String {
+            "\(architecture): \(heads) heads / \(kvHeads) KV\(headDimensions.map { " of \($0)" } ?? ""), hidden \(hidden), FFN \(ffn), \(layers) layers, \(matrixType)"
+        }
     }
 
     static let shapes = [
@@ -73,6 +77,11 @@ import Testing
         // 128 + 64 + 64, and FFN rows of 512 into 192 + 160 + 160: converted shards.
         Shape(heads: 8, kvHeads: 4, hidden: 256, ffn: 512, layers: 3, matrixType: .q4_K),
         Shape(heads: 8, kvHeads: 4, hidden: 256, ffn: 512, layers: 3, matrixType: .q6_K),
+        // Biases and half-split rotation; TP 3 over 2 KV heads replicates them, and the
+        // middle rank's query heads read both.
+        Shape(heads: 6, kvHeads: 2, hidden: 192, ffn: 128, layers: 3, architecture: "qwen2"),
+        // Per-head Q/K norms, heads wider than hidden / heads.
+        Shape(heads: 4, kvHeads: 2, hidden: 64, ffn: 96, layers: 3, architecture: "qwen3", headDimensions: 32),
     ]
 
     /// Stages alone change no arithmetic: their logits are bit-identical. Tensor parallelism
@@ -88,12 +97,14 @@ import Testing
         tiny.feedForwardSize = shape.ffn
         tiny.layers = shape.layers
         tiny.matrixType = shape.matrixType
+        tiny.architecture = shape.architecture
+        tiny.headDimensions = shape.headDimensions
         let path = try tiny.write()
         defer { TemporaryFiles.remove(path) }
         let reference = try GridLogits.run(path, tp: 1, pp: 1, mode: mode)
         let vocabulary = tiny.vocabularySize
         #expect(reference.allSatisfy { $0.count == vocabulary })
-        for tp in 1...3 where tp <= shape.kvHeads && shape.ffn / 32 >= tp {
+        for tp in 1...3 where tp <= shape.heads && shape.ffn / 32 >= tp {
             for pp in 1...3 where tp * pp > 1 {
                 let got = try GridLogits.run(path, tp: tp, pp: pp, mode: mode)
                 let bound = tp == 1 ? 0 : mode == .precise ? 1e-4 : 2e-2

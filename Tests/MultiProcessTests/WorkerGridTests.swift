@@ -257,7 +257,7 @@ import Testing
         options.kvCacheMiB = 1
         let engine = try await Engine.load(modelPath: path, options: options)
         // What the ranks reported equals the planner's estimate for the 4-layer stage.
-        let c = try LlamaConfiguration(file: GGUFFile(path: path), architecture: "llama")
+        let c = try LlamaConfiguration(file: GGUFFile(path: path))
         let plan = try ModelGrid(configuration: c, layout: try options.layout, layerCounts: [4, 1])
         let perBlock = PagedKVCache.bytesPerBlock(layers: 4, blockSize: 16, kvDimensions: c.kvDimensions, element: .f32)
         #expect(await engine.totalKVBlocks == plan.kvBlocks(budgetBytes: 1 << 20, blockSize: 16, element: .f32))

@@ -1,5 +1,9 @@
+public import Kernels
+
 /// Hyperparameters of a Llama-family model, read from GGUF metadata.
 public struct LlamaConfiguration: Sendable, Equatable {
+    /// The family (`general.architecture`): rotary layout, biases, Q/K norms.
+    public var architecture: ModelArchitecture
     public var layers: Int
     public var hiddenSize: Int
     public var feedForwardSize: Int
@@ -9,6 +13,8 @@ public struct LlamaConfiguration: Sendable, Equatable {
     /// Dimensions of each head that rotate (GGUF `rope.dimension_count`; usually all).
     public var rotaryDimensions: Int
     public var ropeTheta: Float
+    /// Linear position scaling: positions are multiplied by this (1 / `rope.scaling.factor`).
+    public var ropeScale: Float
     public var rmsNormEpsilon: Float
     public var vocabularySize: Int
     public var contextLength: Int
@@ -20,32 +26,46 @@ public struct LlamaConfiguration: Sendable, Equatable {
         case feedForwardSize = "feed_forward_length"
         case attentionHeads = "attention.head_count"
         case kvHeads = "attention.head_count_kv"
+        case headDimensions = "attention.key_length"
+        case valueDimensions = "attention.value_length"
         case rotaryDimensions = "rope.dimension_count"
         case ropeTheta = "rope.freq_base"
+        case ropeScalingType = "rope.scaling.type"
+        case ropeScalingFactor = "rope.scaling.factor"
         case rmsNormEpsilon = "attention.layer_norm_rms_epsilon"
         case vocabularySize = "vocab_size"
         case contextLength = "context_length"
     }
 
     public init(
-        layers: Int, hiddenSize: Int, feedForwardSize: Int, attentionHeads: Int, kvHeads: Int,
-        ropeTheta: Float = 10_000, rmsNormEpsilon: Float = 1e-5, vocabularySize: Int, contextLength: Int = 2048
+        architecture: ModelArchitecture = .llama, layers: Int, hiddenSize: Int, feedForwardSize: Int, attentionHeads: Int, kvHeads: Int,
+        headDimensions: Int? = nil, ropeTheta: Float = 10_000, rmsNormEpsilon: Float = 1e-5, vocabularySize: Int, contextLength: Int = 2048
     ) {
+        self.architecture = architecture
         self.layers = layers
         self.hiddenSize = hiddenSize
         self.feedForwardSize = feedForwardSize
         self.attentionHeads = attentionHeads
         self.kvHeads = kvHeads
-        self.headDimensions = hiddenSize / attentionHeads
-        self.rotaryDimensions = headDimensions
+        self.headDimensions = headDimensions ?? hiddenSize / attentionHeads
+        self.rotaryDimensions = self.headDimensions
         self.ropeTheta = ropeTheta
+        self.ropeScale = 1
         self.rmsNormEpsilon = rmsNormEpsilon
         self.vocabularySize = vocabularySize
         self.contextLength = contextLength
     }
 
+    /// Reads and validates the configuration of the file's architecture (looked up in
+    /// `ModelRegistry`).
+    public init(file: GGUFFile) throws(GGUFError) {
+        try self.init(file: file, architecture: try ModelRegistry.family(named: try file.string("general.architecture")))
+    }
+
     /// Reads and validates the configuration of `architecture` from `file`.
-    public init(file: GGUFFile, architecture: String) throws(GGUFError) {
+    public init(file: GGUFFile, architecture family: ModelArchitecture) throws(GGUFError) {
+        architecture = family
+        let architecture = family.name
         func key(_ k: Key) -> String { "\(architecture).\(k.rawValue)" }
         func positive(_ k: Key, default value: Int? = nil) throws(GGUFError) -> Int {
             let found = try file.optionalInteger(key(k)) ?? value
@@ -60,13 +80,19 @@ public struct LlamaConfiguration: Sendable, Equatable {
         feedForwardSize = try positive(.feedForwardSize)
         attentionHeads = try positive(.attentionHeads)
         kvHeads = try positive(.kvHeads, default: attentionHeads)
-        guard hiddenSize % attentionHeads == 0 else {
-            throw .invalidValue(key: key(.hiddenSize), expected: "a multiple of the head count \(attentionHeads)", found: "\(hiddenSize)")
-        }
         guard attentionHeads % kvHeads == 0 else {
             throw .invalidValue(key: key(.kvHeads), expected: "a divisor of the head count \(attentionHeads)", found: "\(kvHeads)")
         }
-        headDimensions = hiddenSize / attentionHeads
+        if try file.optionalInteger(key(.headDimensions)) == nil {
+            guard hiddenSize % attentionHeads == 0 else {
+                throw .invalidValue(key: key(.hiddenSize), expected: "a multiple of the head count \(attentionHeads)", found: "\(hiddenSize)")
+            }
+        }
+        headDimensions = try positive(.headDimensions, default: hiddenSize / max(attentionHeads, 1))
+        let valueDimensions = try positive(.valueDimensions, default: headDimensions)
+        guard valueDimensions == headDimensions else {
+            throw .invalidValue(key: key(.valueDimensions), expected: "\(headDimensions), the key length", found: "\(valueDimensions)")
+        }
         rotaryDimensions = try positive(.rotaryDimensions, default: headDimensions)
         guard rotaryDimensions <= headDimensions, rotaryDimensions % 2 == 0 else {
             throw .invalidValue(key: key(.rotaryDimensions), expected: "an even number ≤ \(headDimensions)", found: "\(rotaryDimensions)")
@@ -76,6 +102,18 @@ public struct LlamaConfiguration: Sendable, Equatable {
             throw .invalidValue(key: key(.ropeTheta), expected: "a positive number", found: "\(theta)")
         }
         ropeTheta = Float(theta)
+        switch try file.optionalString(key(.ropeScalingType)) {
+        case nil, "none":
+            ropeScale = 1
+        case "linear":
+            let factor = try file.optionalReal(key(.ropeScalingFactor)) ?? 1
+            guard factor >= 1, factor.isFinite else {
+                throw .invalidValue(key: key(.ropeScalingFactor), expected: "a number ≥ 1", found: "\(factor)")
+            }
+            ropeScale = Float(1 / factor)
+        case let other?:
+            throw .invalidValue(key: key(.ropeScalingType), expected: "none or linear (Cohort does not run YaRN or LongRoPE scaling)", found: other)
+        }
         let epsilon = try file.optionalReal(key(.rmsNormEpsilon)) ?? 1e-5
         guard epsilon > 0, epsilon < 1 else {
             throw .invalidValue(key: key(.rmsNormEpsilon), expected: "a small positive number", found: "\(epsilon)")

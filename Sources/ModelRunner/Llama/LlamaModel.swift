@@ -34,6 +34,10 @@ public final class LlamaModel {
     public let pool: ThreadPool
     private let matmul: MatMul
     private let scratch: Scratch
+    /// For each local KV head, the local query heads that read it.
+    private let headGroups: [Range<Int>]
+    /// Rotary frequency divisors (empty when the file has none).
+    private let ropeFactors: [Float]
 
     public init(
         weights: LlamaWeights, configuration: LlamaConfiguration, cacheBlocks: Int, blockSize: Int,
@@ -74,8 +78,10 @@ public final class LlamaModel {
         matmul = MatMul(
             maxTokens: maxBatchTokens,
             maxColumns: max(c.hiddenSize, c.feedForwardSize, c.queryDimensions).roundedUp(to: 32))
+        headGroups = shard.headGroups(configuration)
+        ropeFactors = weights.ropeFactors ?? []
         scratch = Scratch(
-            configuration: c, maxTokens: maxBatchTokens, maxContext: maxContext, threads: threads,
+            configuration: c, maxTokens: maxBatchTokens, maxContext: maxContext, maxGroup: headGroups.map(\.count).max() ?? 1, threads: threads,
             vocabularyShare: shard.ranks > 1 && stage.isLast ? shard.maxVocabularyShare(configuration) : 0, ranks: shard.ranks)
     }
 
@@ -121,8 +127,10 @@ public final class LlamaModel {
                             (s.x + t * D).update(repeating: 0, count: D)  // another rank holds this row
                         }
                     }
-                    RoPE.table(position: Int(positions[t]), rotaryDimensions: c.rotaryDimensions, base: c.ropeTheta,
-                               cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                    ropeFactors.withUnsafeBufferPointer { factors in
+                        RoPE.table(position: Int(positions[t]), rotaryDimensions: c.rotaryDimensions, base: c.ropeTheta, scale: c.ropeScale,
+                                   factors: factors.isEmpty ? nil : factors.baseAddress, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                    }
                 }
             }
         }
@@ -158,9 +166,15 @@ public final class LlamaModel {
                 input: s.xn, inputStride: D, tokens: T,
                 Projection(layer.query, into: s.q), Projection(layer.key, into: s.k), Projection(layer.value, into: s.v),
                 mode: mode, pool: pool)
+            if let bias = layer.queryBias { addBias(bias, to: s.q, tokens: T) }
+            if let bias = layer.keyBias { addBias(bias, to: s.k, tokens: T) }
+            if let bias = layer.valueBias { addBias(bias, to: s.v, tokens: T) }
+            if let norm = layer.queryNorm { normalizeHeads(s.q, heads: T * H, weight: norm) }
+            if let norm = layer.keyNorm { normalizeHeads(s.k, heads: T * KVH, weight: norm) }
+            let layout = configuration.architecture.ropeLayout
             for t in 0..<T {
-                RoPE.apply(s.q + t * qDim, heads: H, headDimensions: hd, pairs: pairs, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
-                RoPE.apply(s.k + t * kvDim, heads: KVH, headDimensions: hd, pairs: pairs, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                RoPE.apply(s.q + t * qDim, heads: H, headDimensions: hd, pairs: pairs, layout: layout, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
+                RoPE.apply(s.k + t * kvDim, heads: KVH, headDimensions: hd, pairs: pairs, layout: layout, cos: s.cos + t * pairs, sin: s.sin + t * pairs)
                 let slot = Int(s.slots[t])
                 cache.store(layer: layerIndex, slot: slot, key: s.k + t * kvDim, value: s.v + t * kvDim)
             }
@@ -219,6 +233,26 @@ public final class LlamaModel {
         }
     }
 
+    /// Adds `bias` to each of `tokens` rows of `bias.count` floats.
+    private func addBias(_ bias: [Float], to rows: UnsafeMutablePointer<Float>, tokens: Int) {
+        bias.withUnsafeBufferPointer { b in
+            for t in 0..<tokens { VectorMath.add(b.baseAddress!, into: rows + t * b.count, count: b.count) }
+        }
+    }
+
+    /// RMS-normalizes each of `heads` consecutive head vectors in place (Q/K norms).
+    private func normalizeHeads(_ x: UnsafeMutablePointer<Float>, heads: Int, weight: [Float]) {
+        weight.withUnsafeBufferPointer { w in
+            let hd = w.count
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: hd) { scratch in
+                for h in 0..<heads {
+                    VectorMath.rmsNorm(x + h * hd, weight: w.baseAddress!, epsilon: local.rmsNormEpsilon, into: scratch.baseAddress!, count: hd)
+                    (x + h * hd).update(from: scratch.baseAddress!, count: hd)
+                }
+            }
+        }
+    }
+
     /// Sums a buffer over the tensor-parallel group (nothing at TP 1).
     private func allReduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try group?.allReduceSum(UnsafeMutableBufferPointer(start: buffer, count: count))
@@ -232,7 +266,7 @@ public final class LlamaModel {
         let c = local
         let T = batch.tokens.count
         let hd = c.headDimensions, KVH = c.kvHeads, qDim = c.queryDimensions
-        let group = c.attentionHeads / KVH
+        let groups = headGroups
         let bs = cache.blockSize
         let scale = 1 / Float(hd).squareRoot()
         let s = scratch
@@ -243,8 +277,9 @@ public final class LlamaModel {
                 batch.blockTables.withUnsafeBufferPointer { tables in
                     batch.tableStart.withUnsafeBufferPointer { tableStart in
                         let chunks = pool.chunkCount(items: T * KVH)
+                        groups.withUnsafeBufferPointer { groups in
                         pool.run(chunks: chunks) { chunk, thread in
-                            let scores = s.scores + thread * s.maxContext * group
+                            let scores = s.scores + thread * s.maxContext * s.maxGroup
                             let items = ThreadPool.slice(of: T * KVH, part: chunk, parts: chunks)
                             // Where an item's (token, KV head) cached keys or values start at its
                             // sequence's token j, a multiple of the block size: a head's vectors in
@@ -281,8 +316,10 @@ public final class LlamaModel {
                             }
                             for item in items {
                                 let t = item / KVH, kvHead = item % KVH
-                                let q = s.q + t * qDim + kvHead * group * hd
-                                let out = s.attention + t * qDim + kvHead * group * hd
+                                // The query heads that read this KV head: a run of them.
+                                let heads = groups[kvHead], group = heads.count
+                                let q = s.q + t * qDim + heads.lowerBound * hd
+                                let out = s.attention + t * qDim + heads.lowerBound * hd
                                 let length = Int(positions[t]) + 1
                                 let n = blockCount(item)
                                 for b in 0..<n {
@@ -303,6 +340,7 @@ public final class LlamaModel {
                                 }
                             }
                         }
+                        }
                     }
                 }
             }
@@ -318,10 +356,15 @@ extension LlamaModel {
         let x, xn, q, k, v, attention, gate, up, cos, sin, scores, localLogits, gatheredLogits: UnsafeMutablePointer<Float>
         let slots: UnsafeMutablePointer<Int32>
         let maxContext: Int
+        /// Most query heads that read one KV head.
+        let maxGroup: Int
         private var owned: [UnsafeMutablePointer<Float>] = []
 
-        init(configuration c: LlamaConfiguration, maxTokens T: Int, maxContext: Int, threads: Int, vocabularyShare: Int, ranks: Int) {
+        init(
+            configuration c: LlamaConfiguration, maxTokens T: Int, maxContext: Int, maxGroup: Int, threads: Int, vocabularyShare: Int, ranks: Int
+        ) {
             self.maxContext = maxContext
+            self.maxGroup = maxGroup
             var owned: [UnsafeMutablePointer<Float>] = []
             func buffer(_ count: Int) -> UnsafeMutablePointer<Float> {
                 // Not initialised: every buffer is written before it is read, and untouched
@@ -340,7 +383,7 @@ extension LlamaModel {
             up = buffer(T * c.feedForwardSize)
             cos = buffer(T * c.rotaryDimensions / 2)
             sin = buffer(T * c.rotaryDimensions / 2)
-            scores = buffer(threads * maxContext * (c.attentionHeads / c.kvHeads))
+            scores = buffer(threads * maxContext * maxGroup)
             localLogits = buffer(T * vocabularyShare)
             gatheredLogits = buffer(ranks * T * vocabularyShare)
             slots = .allocate(capacity: T)

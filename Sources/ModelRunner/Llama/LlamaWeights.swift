@@ -12,6 +12,13 @@ public struct LlamaWeights: @unchecked Sendable {
         public var query: WeightMatrix
         public var key: WeightMatrix
         public var value: WeightMatrix
+        /// Q, K and V biases (`qwen2`), nil where the architecture has none.
+        public var queryBias: [Float]?
+        public var keyBias: [Float]?
+        public var valueBias: [Float]?
+        /// Per-head RMSNorm weights of Q and K (`qwen3`), `headDimensions` each.
+        public var queryNorm: [Float]?
+        public var keyNorm: [Float]?
         public var attentionOutput: WeightMatrix
         public var feedForwardNorm: [Float]
         public var gate: WeightMatrix
@@ -26,13 +33,19 @@ public struct LlamaWeights: @unchecked Sendable {
     /// The output head; the token embedding itself when the file has no `output.weight`.
     public var output: WeightMatrix
     public var tiedOutput: Bool
+    /// Llama 3.1's per-frequency rotary divisors (`rope_freqs.weight`), when the file has them.
+    public var ropeFactors: [Float]?
 
     /// GGUF tensor names, in one table.
     enum Name {
         static let tokenEmbedding = "token_embd.weight"
         static let outputNorm = "output_norm.weight"
         static let output = "output.weight"
+        static let ropeFactors = "rope_freqs.weight"
         static func layer(_ i: Int, _ part: String) -> String { "blk.\(i).\(part).weight" }
+        static func bias(_ i: Int, _ part: String) -> String { "blk.\(i).\(part).bias" }
+        static let queryNorm = "attn_q_norm"
+        static let keyNorm = "attn_k_norm"
         static let attentionNorm = "attn_norm"
         static let query = "attn_q"
         static let key = "attn_k"
@@ -53,8 +66,8 @@ public struct LlamaWeights: @unchecked Sendable {
         _ shard: TensorShard, configuration c: LlamaConfiguration, mode: NumericMode, storage: ConvertedWeights, output: Bool
     ) -> LlamaWeights {
         var w = self
-        let hd = c.headDimensions, group = c.attentionHeads / c.kvHeads
-        let q = (shard.kvHeads.lowerBound * group * hd)..<(shard.kvHeads.upperBound * group * hd)
+        let hd = c.headDimensions
+        let q = (shard.queryHeads.lowerBound * hd)..<(shard.queryHeads.upperBound * hd)
         let kv = (shard.kvHeads.lowerBound * hd)..<(shard.kvHeads.upperBound * hd)
         func rows(_ m: WeightMatrix, _ range: Range<Int>) -> WeightMatrix { storage.prepare(m, rows: range, mode: mode) }
         func columns(_ m: WeightMatrix, _ range: Range<Int>) -> WeightMatrix { storage.prepare(m, columns: range, mode: mode) }
@@ -63,6 +76,9 @@ public struct LlamaWeights: @unchecked Sendable {
             l.query = rows(l.query, q)
             l.key = rows(l.key, kv)
             l.value = rows(l.value, kv)
+            l.queryBias = l.queryBias.map { Array($0[q]) }
+            l.keyBias = l.keyBias.map { Array($0[kv]) }
+            l.valueBias = l.valueBias.map { Array($0[kv]) }
             l.attentionOutput = columns(l.attentionOutput, q)
             l.gate = rows(l.gate, shard.feedForward)
             l.up = rows(l.up, shard.feedForward)
@@ -133,6 +149,12 @@ public struct LlamaWeights: @unchecked Sendable {
             output = tokenEmbedding
             tiedOutput = true
         }
+        func optionalVector(_ name: String, count: Int, required: Bool) throws(GGUFError) -> [Float]? {
+            guard required || file.tensorInfo(name) != nil else { return nil }
+            return try vector(name, count: count)
+        }
+        let family = c.architecture
+        ropeFactors = try optionalVector(Name.ropeFactors, count: c.rotaryDimensions / 2, required: false)
         var layers: [Layer] = []
         for i in 0..<c.layers {
             layers.append(Layer(
@@ -140,6 +162,11 @@ public struct LlamaWeights: @unchecked Sendable {
                 query: try matrix(Name.layer(i, Name.query), rows: c.queryDimensions, columns: c.hiddenSize),
                 key: try matrix(Name.layer(i, Name.key), rows: c.kvDimensions, columns: c.hiddenSize),
                 value: try matrix(Name.layer(i, Name.value), rows: c.kvDimensions, columns: c.hiddenSize),
+                queryBias: try optionalVector(Name.bias(i, Name.query), count: c.queryDimensions, required: family.attentionBiases),
+                keyBias: try optionalVector(Name.bias(i, Name.key), count: c.kvDimensions, required: family.attentionBiases),
+                valueBias: try optionalVector(Name.bias(i, Name.value), count: c.kvDimensions, required: family.attentionBiases),
+                queryNorm: try optionalVector(Name.layer(i, Name.queryNorm), count: c.headDimensions, required: family.queryKeyNorms),
+                keyNorm: try optionalVector(Name.layer(i, Name.keyNorm), count: c.headDimensions, required: family.queryKeyNorms),
                 attentionOutput: try matrix(Name.layer(i, Name.attentionOutput), rows: c.hiddenSize, columns: c.queryDimensions),
                 feedForwardNorm: try vector(Name.layer(i, Name.feedForwardNorm), count: c.hiddenSize),
                 gate: try matrix(Name.layer(i, Name.gate), rows: c.feedForwardSize, columns: c.hiddenSize),

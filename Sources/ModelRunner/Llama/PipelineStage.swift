@@ -108,7 +108,7 @@ public struct ModelGrid: Sendable, Equatable {
     public let stages: [PipelineStage]
     public let shards: [TensorShard]
 
-    /// - Throws: when TP exceeds the KV heads (or FFN blocks), PP exceeds the layers, or
+    /// - Throws: when TP exceeds the query heads (or FFN blocks), PP exceeds the layers, or
     ///   `layerCounts` does not add up.
     public init(configuration: LlamaConfiguration, layout: ParallelLayout, layerCounts: [Int]? = nil) throws(LayoutError) {
         self.configuration = configuration
