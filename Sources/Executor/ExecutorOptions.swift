@@ -100,4 +100,8 @@ public enum ReferenceModel {
 
     /// The command that fetches the model into the cache.
     public static let fetchCommand = "scripts/fetch-model.sh"
+
+    /// The second reference model, Qwen2.5-Coder-0.5B-Instruct (`qwen2`, a Q5_0/Q8_0/Q4_K/Q6_K
+    /// mix), fetched by `scripts/fetch-qwen.sh`.
+    public static var qwenPath: String { cacheDirectory + "/Qwen2.5-Coder-0.5B-Instruct.gguf" }
 }

@@ -1,0 +1,98 @@
+import Engine
+import Executor
+import ExecutorCore
+import ExecutorTestSupport
+import Foundation
+import Kernels
+import ModelRunner
+import Testing
+
+/// Checks on the second reference model, Qwen2.5-Coder-0.5B-Instruct (`qwen2`: Q/K/V
+/// biases, half-split rotation, 14 query heads over 2 KV heads, a Q5_0/Q8_0/Q4_K/Q6_K mix,
+/// the `qwen2` pre-tokenizer), against fixtures made by `scripts/fixtures/… qwen`:
+/// llama.cpp's token ids and greedy runs, and a float64 numpy model.
+@Suite(.serialized, .enabled(if: isOptimizedBuild, "runs the real model: use a release build (make test-release)"))
+struct QwenReferenceTests {
+    static let modelPath = ReferenceModel.qwenPath
+
+    func requireModel() throws {
+        try #require(FileManager.default.fileExists(atPath: Self.modelPath), "Qwen2.5 model missing at \(Self.modelPath): run scripts/fetch-qwen.sh")
+    }
+
+    @Test("the file loads as qwen2 with its shape, biases and tensor types")
+    func configuration() throws {
+        try requireModel()
+        let file = try GGUFFile(path: Self.modelPath)
+        var c = try LlamaConfiguration(file: file)
+        let weights = try LlamaWeights(file: file, configuration: &c)
+        #expect(c.architecture == .qwen2 && c.layers == 24 && c.hiddenSize == 896 && c.attentionHeads == 14 && c.kvHeads == 2)
+        #expect(c.feedForwardSize == 4864 && c.vocabularySize == 151_936 && c.ropeTheta == 1e6 && c.rmsNormEpsilon == 1e-6)
+        #expect(!weights.tiedOutput && weights.output.type == .q8_0)
+        #expect(weights.layers.allSatisfy { $0.queryBias?.count == 896 && $0.keyBias?.count == 128 && $0.valueBias?.count == 128 })
+        #expect(Set(file.tensors.map(\.type)) == [.f32, .q5_0, .q8_0, .q4_K, .q6_K])
+    }
+
+    @Test("token ids equal llama.cpp's for code, digits, long whitespace, punctuation, scripts and emoji")
+    func tokenizerMatchesLlamaCpp() throws {
+        try requireModel()
+        let tokenizer = try Tokenizer(file: GGUFFile(path: Self.modelPath))
+        let fixture = try #require(try Fixtures.json("llamacpp_qwen.json") as? [String: Any])
+        let cases = try #require(fixture["tokenizer"] as? [[String: Any]])
+        #expect(cases.count >= 20)
+        for c in cases {
+            let text = try #require(c["text"] as? String)
+            #expect(tokenizer.encode(text, parseSpecial: true).map(Int.init) == c["special"] as? [Int], "\(text)")
+            #expect(tokenizer.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text)")
+            #expect(tokenizer.decode(tokenizer.encode(text, parseSpecial: false)) == text)
+        }
+    }
+
+    @Test("--precise greedy continuations equal the float64 reference")
+    func preciseMatchesFloatReference() async throws {
+        try requireModel()
+        let engine = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2, precise: true))
+        // Four of the eight prompts: precise mode decodes every weight row per step.
+        let cases = try ReferenceFixtures.greedyCases("float_reference_qwen.json").prefix(4)
+        #expect(cases.count == 4)
+        for c in cases {
+            #expect(try await ReferenceFixtures.greedy(engine, c.promptTokens, steps: c.tokens.count) == c.tokens)
+        }
+        await engine.shutdown()
+    }
+
+    @Test("--precise logits equal the float64 reference within 1e-3")
+    func preciseLogits() throws {
+        try requireModel()
+        let loaded = try LoadedModel(path: Self.modelPath, options: ModelOptions(threads: 2, mode: .precise))
+        let differences = try ReferenceFixtures.logitDifferences(loaded, suffix: "_qwen")
+        #expect(differences.count >= 2 && differences.allSatisfy { $0 < 1e-3 }, "max |Δlogit| per prompt: \(differences)")
+    }
+
+    @Test("the default mode agrees with llama.cpp up to its first step with a top-two margin below 1.0")
+    func fastAgreesWithLlamaCpp() async throws {
+        try requireModel()
+        let engine = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
+        let cases = try ReferenceFixtures.greedyCases("llamacpp_qwen.json")
+        #expect(cases.count >= 6)
+        var compared = 0
+        for c in cases {
+            let firstLowMargin = c.margins.firstIndex { $0 < 1.0 } ?? c.margins.count
+            let got = try await ReferenceFixtures.greedy(engine, c.promptTokens, steps: c.tokens.count)
+            #expect(Array(got.prefix(firstLowMargin)) == Array(c.tokens.prefix(firstLowMargin)), "\(c.promptTokens.count)-token prompt")
+            compared += firstLowMargin
+        }
+        #expect(compared >= 20)
+        await engine.shutdown()
+    }
+
+    /// TP 3 over 2 KV heads replicates them (the middle rank reads both); TP 2 cuts the
+    /// Q6_K/Q4_K down projections (rows of 4864) inside a super-block.
+    @Test("--tp 2, --tp 3, --pp 2 and --tp 2 --pp 2 give one worker's --precise greedy tokens", arguments: [(2, 1), (3, 1), (1, 2), (2, 2)])
+    func gridTokens(tp: Int, pp: Int) throws {
+        try requireModel()
+        let prompt = try #require(try ReferenceFixtures.greedyCases("float_reference_qwen.json").first).promptTokens
+        let one = try ReferenceFixtures.processTokens(Self.modelPath, tp: 1, pp: 1, prompt: prompt, steps: 16)
+        #expect(one.count == 16)
+        #expect(try ReferenceFixtures.processTokens(Self.modelPath, tp: tp, pp: pp, prompt: prompt, steps: 16) == one, "TP \(tp) × PP \(pp)")
+    }
+}
