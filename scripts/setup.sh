@@ -23,4 +23,5 @@ if ! python3 -c "import openai, httpx, prometheus_client" 2>/dev/null; then
 fi
 
 scripts/fetch-model.sh
+scripts/fetch-qwen.sh
 swift build -c release --product cohort

@@ -469,7 +469,17 @@ public struct PromptEncoder: Sendable {
             case let .failure(error):
                 throw GenerationError(error.description)
             case let .success(template):
-                return tokenizer.encode(template.render(messages), parseSpecial: true)
+                let text: String
+                do {
+                    text = try template.render(messages)
+                } catch {
+                    throw GenerationError(error.description, kind: .invalidRequest)
+                }
+                var ids = tokenizer.encode(text, parseSpecial: true)
+                // A template that prints `bos_token` (Llama 3's does) and a tokenizer that adds
+                // BOS would start with two: keep one, as Hugging Face's rendering has.
+                if let bos = tokenizer.bosID, ids.count >= 2, ids[0] == bos, ids[1] == bos { ids.removeFirst() }
+                return ids
             }
         }
     }

@@ -69,7 +69,8 @@ public final class LoadedModel {
         }
         if let source = try file.optionalString(ChatTemplate.key) {
             do {
-                chatTemplate = .success(try ChatTemplate(source: source))
+                func text(_ id: Int32?) -> String { id.map { tokenizer.tokens[Int($0)] } ?? "" }
+                chatTemplate = .success(try ChatTemplate(source: source, bosToken: text(tokenizer.bosID), eosToken: text(tokenizer.eosID)))
             } catch {
                 chatTemplate = .failure(error)
             }

@@ -1,5 +1,5 @@
-public import ExecutorCore
-public import Executor
+import ExecutorCore
+import Executor
 public import ModelRunner
 import Foundation
 

@@ -119,7 +119,6 @@ import Testing
     func matchesJinja() throws {
         let fixture = try #require(try Fixtures.json("chat.json") as? [String: Any])
         let template = try ChatTemplate(source: try #require(fixture["template"] as? String))
-        #expect(template.defaultSystemMessage == "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
         let cases = try #require(fixture["cases"] as? [[String: Any]])
         #expect(cases.count >= 8)
         for c in cases {
@@ -127,17 +126,33 @@ import Testing
                 ChatMessage(role: $0["role"]!, content: $0["content"]!)
             }
             let add = try #require(c["add_generation_prompt"] as? Bool)
-            #expect(template.render(messages, addGenerationPrompt: add) == c["rendered"] as? String)
+            #expect(try template.render(messages, addGenerationPrompt: add) == c["rendered"] as? String)
         }
     }
 
-    @Test("a template outside the ChatML family is an error that quotes it")
-    func unsupported() {
-        let llama3 = "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}{% endfor %}"
+    @Test("Llama 3's template renders with bos_token, headers and the generation prompt")
+    func llama3() throws {
+        let source = """
+            {% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}
+            """
+        let template = try ChatTemplate(source: source, bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>")
+        let text = try template.render([ChatMessage(role: "system", content: " Be brief. "), ChatMessage(role: "user", content: "Hi")])
+        #expect(text == "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    }
+
+    @Test("a construct Cohort's Jinja does not run is an error at load that quotes it; raise_exception is one at render")
+    func errors() throws {
         #expect {
-            _ = try ChatTemplate(source: llama3)
+            _ = try ChatTemplate(source: "{% for m in messages %}{{ m.content | wordwrap }}{% endfor %}")
         } throws: { error in
-            "\(error)".contains("<|start_header_id|>")
+            "\(error)".contains("wordwrap")
+        }
+        let strict = try ChatTemplate(source: "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}ok")
+        #expect(try strict.render([ChatMessage(role: "user", content: "hi")]) == "ok")
+        #expect {
+            _ = try strict.render([ChatMessage(role: "system", content: "x")])
+        } throws: { error in
+            "\(error)" == "the chat template refused the conversation: System role not supported"
         }
     }
 }

@@ -95,4 +95,32 @@ struct QwenReferenceTests {
         #expect(one.count == 16)
         #expect(try ReferenceFixtures.processTokens(Self.modelPath, tp: tp, pp: pp, prompt: prompt, steps: 16) == one, "TP \(tp) × PP \(pp)")
     }
+
+    @Test("the chat template (Jinja, default system message) renders and tokenizes like the llama.cpp fixture's prompt")
+    func chatPromptTokens() async throws {
+        try requireModel()
+        let engine = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 1))
+        let cases = try ReferenceFixtures.greedyCases("llamacpp_qwen.json")
+        #expect(try await engine.tokens(for: .chat(user: "Write a Python function that reverses a string.", system: nil)) == cases[0].promptTokens)
+        #expect(try await engine.tokens(for: .chat(user: "What is the capital of France?", system: nil)) == cases[3].promptTokens)
+        await engine.shutdown()
+    }
+
+    @Test("`cohort generate` asked for a Python function answers with code")
+    func answersWithCode() throws {
+        try requireModel()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("cohort")
+        p.arguments = ["generate", "--model", Self.modelPath, "--prompt", "Write a Python function that reverses a string.",
+                       "--temperature", "0", "--max-tokens", "60", "--threads", "2"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(text.contains("```python") && text.contains("def reverse_string("), "\(text)")
+    }
 }

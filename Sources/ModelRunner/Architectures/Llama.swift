@@ -1,4 +1,4 @@
-public import Kernels
+import Kernels
 
 extension ModelArchitecture {
     /// Llama 1–3 and the files that reuse its layout (Mistral, TinyLlama, SmolLM): Q and K

@@ -1,4 +1,4 @@
-public import Kernels
+import Kernels
 
 extension ModelArchitecture {
     /// Qwen 2 and 2.5: biases on Q, K and V, and rotation of the two halves of each head

@@ -1,4 +1,4 @@
-public import Kernels
+import Kernels
 
 extension ModelArchitecture {
     /// Qwen 3 (dense): no biases, but Q and K RMS-normalized per head before rotation;

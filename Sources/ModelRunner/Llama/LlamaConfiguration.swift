@@ -1,4 +1,4 @@
-public import Kernels
+import Kernels
 
 /// Hyperparameters of a Llama-family model, read from GGUF metadata.
 public struct LlamaConfiguration: Sendable, Equatable {
