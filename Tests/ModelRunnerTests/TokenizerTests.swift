@@ -112,6 +112,18 @@ import Testing
         #expect(words("a  b") == ["a", " ", " b"])
         #expect(words("hi!!  ") == ["hi", "!!", "  "])
     }
+
+    @Test("llama-bpe and qwen2 pre-tokenization split as Python's regex does with their patterns", arguments: [PreTokenizer.llama3, .qwen2])
+    func llama3Patterns(pre: PreTokenizer) throws {
+        let cases = try #require(try Fixtures.json("pretokenizer_splits.json") as? [[String: Any]])
+        #expect(cases.count >= 25)
+        for c in cases {
+            let text = try #require(c["text"] as? String)
+            let scalars = Array(text.unicodeScalars)
+            let words = pre.split(scalars).map { String(String.UnicodeScalarView(scalars[$0])) }
+            #expect(words == c[pre == .llama3 ? "llama3" : "qwen2"] as? [String], "\(pre): \(text.debugDescription)")
+        }
+    }
 }
 
 @Suite struct ChatTemplateTests {

@@ -47,6 +47,28 @@ struct QwenReferenceTests {
         }
     }
 
+    /// No Llama 3 file is cached: its pre-tokenizer runs on Qwen2.5's vocabulary, as the
+    /// fixture script made it for llama.cpp (`make_llama3_tokenizer_fixture.py`).
+    @Test("with the llama-bpe (Llama 3) pre-tokenizer, token ids equal llama.cpp's")
+    func llamaBPEMatchesLlamaCpp() throws {
+        try requireModel()
+        let qwen = try GGUFFile(path: Self.modelPath)
+        var writer = GGUFWriter()
+        for (key, value) in qwen.metadata where key.hasPrefix("tokenizer.ggml.") { writer.set(key, value) }
+        writer.set("tokenizer.ggml.pre", .string("llama-bpe"))
+        let path = try writer.write(named: "llama-bpe-vocabulary")
+        defer { TemporaryFiles.remove(path) }
+        let tokenizer = try Tokenizer(file: GGUFFile(path: path))
+        let fixture = try #require(try Fixtures.json("llamacpp_llama_bpe.json") as? [String: Any])
+        let cases = try #require(fixture["tokenizer"] as? [[String: Any]])
+        #expect(cases.count >= 20)
+        for c in cases {
+            let text = try #require(c["text"] as? String)
+            #expect(tokenizer.encode(text, parseSpecial: true).map(Int.init) == c["special"] as? [Int], "\(text)")
+            #expect(tokenizer.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text)")
+        }
+    }
+
     @Test("--precise greedy continuations equal the float64 reference")
     func preciseMatchesFloatReference() async throws {
         try requireModel()
