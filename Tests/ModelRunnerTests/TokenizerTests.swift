@@ -126,6 +126,46 @@ import Testing
     }
 }
 
+/// SentencePiece vocabularies (Llama 2, Mistral, TinyLlama): a vocabulary written by
+/// `scripts/fixtures/make_sentencepiece_fixture.py` and llama.cpp's ids for it.
+@Suite struct SentencePieceTests {
+    func tokenizer() throws -> (Tokenizer, [[String: Any]]) {
+        let fixture = try #require(try Fixtures.json("llamacpp_sentencepiece.json") as? [String: Any])
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("tokenizer.ggml.model", .string("llama"))
+        w.set("tokenizer.ggml.tokens", .array(try #require(fixture["tokens"] as? [String]).map { .string($0) }))
+        w.set("tokenizer.ggml.scores", .array(try #require(fixture["scores"] as? [Double]).map { .float32(Float($0)) }))
+        w.set("tokenizer.ggml.token_type", .array(try #require(fixture["types"] as? [Int]).map { .int32(Int32($0)) }))
+        w.set("tokenizer.ggml.bos_token_id", .uint32(1))
+        w.set("tokenizer.ggml.eos_token_id", .uint32(2))
+        let path = try w.write(named: "spm-vocabulary")
+        defer { TemporaryFiles.remove(path) }
+        return (try Tokenizer(file: GGUFFile(path: path)), try #require(fixture["cases"] as? [[String: Any]]))
+    }
+
+    @Test("token ids equal llama.cpp's: space prefix, merges by score with ties, byte fallback, special tokens")
+    func matchesLlamaCpp() throws {
+        let (t, cases) = try tokenizer()
+        #expect(t.model == .sentencePiece && t.addBOS)
+        #expect(cases.count >= 25)
+        for c in cases {
+            let text = try #require(c["text"] as? String)
+            #expect(t.encode(text, parseSpecial: true).map(Int.init) == c["special"] as? [Int], "\(text.debugDescription)")
+            #expect(t.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text.debugDescription)")
+        }
+    }
+
+    @Test("decoding turns ▁ into spaces and byte tokens into their bytes")
+    func decodes() throws {
+        let (t, _) = try tokenizer()
+        for text in ["hello world", "café 日本 🙂 is it", "  two  spaces\n"] {
+            // The space prefix stays: it is the text the model saw.
+            #expect(t.decode(t.encode(text, parseSpecial: false)) == " " + text)
+        }
+    }
+}
+
 @Suite struct ChatTemplateTests {
     @Test("renders SmolLM2's template exactly as Jinja does")
     func matchesJinja() throws {

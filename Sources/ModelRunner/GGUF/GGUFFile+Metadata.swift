@@ -41,4 +41,5 @@ extension GGUFFile {
 
     public func stringArray(_ key: String) throws(GGUFError) -> [String] { try array(key, of: "strings") { $0.string } }
     public func integerArray(_ key: String) throws(GGUFError) -> [Int] { try array(key, of: "integers") { $0.integer } }
+    public func realArray(_ key: String) throws(GGUFError) -> [Double] { try array(key, of: "numbers") { $0.real } }
 }

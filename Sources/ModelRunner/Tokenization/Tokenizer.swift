@@ -1,10 +1,21 @@
-/// Byte-level BPE from GGUF `tokenizer.ggml.*` metadata (model `gpt2`), matching
-/// llama.cpp's token ids for the same text.
+/// The tokenizer of a GGUF file (`tokenizer.ggml.*` metadata), matching llama.cpp's token
+/// ids for the same text. Two models:
+/// - `gpt2`, byte-level BPE (SmolLM, Qwen, Llama 3): the text is split into words by the
+///   pre-tokenizer, each word mapped to byte-level scalars and merged pairwise by rank.
+/// - `llama`, SentencePiece BPE (Llama 2, Mistral, TinyLlama): spaces become `▁` (with one
+///   prepended at the start and after each special token, per `add_space_prefix`), the
+///   characters are merged pairwise by the merged piece's score, highest first, and a
+///   piece outside the vocabulary falls back to its bytes (`<0xAB>` tokens).
 ///
-/// Encoding: special-token text (control and user-defined tokens) is cut out first when
-/// `parseSpecial` is set; the rest is split into words by the pre-tokenizer, each word is
-/// mapped to byte-level scalars and merged pairwise by rank.
+/// In both, special-token text (control and user-defined tokens) is cut out first when
+/// `parseSpecial` is set.
 public final class Tokenizer: Sendable {
+    /// `tokenizer.ggml.model`.
+    public enum Model: String, Sendable {
+        case byteLevelBPE = "gpt2"
+        case sentencePiece = "llama"
+    }
+
     /// GGUF token types (llama.cpp's `llama_token_type`).
     public enum TokenType: Int, Sendable {
         case undefined = 0, normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6
@@ -17,6 +28,8 @@ public final class Tokenizer: Sendable {
         static let tokens = "tokenizer.ggml.tokens"
         static let tokenTypes = "tokenizer.ggml.token_type"
         static let merges = "tokenizer.ggml.merges"
+        static let scores = "tokenizer.ggml.scores"
+        static let addSpacePrefix = "tokenizer.ggml.add_space_prefix"
         static let bos = "tokenizer.ggml.bos_token_id"
         static let eos = "tokenizer.ggml.eos_token_id"
         static let eot = "tokenizer.ggml.eot_token_id"
@@ -25,8 +38,10 @@ public final class Tokenizer: Sendable {
         static let addEOS = "tokenizer.ggml.add_eos_token"
     }
 
+    public let model: Model
     public let tokens: [String]
     public let types: [TokenType]
+    /// How byte-level BPE splits text into words (unused by SentencePiece).
     public let preTokenizer: PreTokenizer
     public let bosID: Int32?
     public let eosID: Int32?
@@ -39,15 +54,23 @@ public final class Tokenizer: Sendable {
     private let merges: [UInt64: (rank: Int32, merged: Int32)]
     /// Special tokens by decreasing length, for splitting raw text.
     private let specialTokens: [(text: [Unicode.Scalar], id: Int32)]
-    /// Token id of each byte-level single scalar, for the initial BPE symbols.
+    /// Token id of each byte-level single scalar, for the initial BPE symbols; for
+    /// SentencePiece, of each `<0xAB>` byte token.
     private let byteTokenID: [Int32]
+    /// How many user-defined tokens the vocabulary has (cut out of text even without `parseSpecial`).
+    private let userDefinedCount: Int
+    /// SentencePiece: each token's score (merges take the highest-scoring piece first).
+    private let scores: [Float]
+    /// SentencePiece: whether text starts with a space (`▁`) at its start and after special tokens.
+    private let addSpacePrefix: Bool
 
     public init(file: GGUFFile) throws(GGUFError) {
-        let model = try file.string(Key.model)
-        guard model == "gpt2" else {
-            throw .invalidValue(key: Key.model, expected: "\"gpt2\" (byte-level BPE)", found: "\"\(model)\"")
+        let modelName = try file.string(Key.model)
+        guard let model = Model(rawValue: modelName) else {
+            throw .invalidValue(
+                key: Key.model, expected: "\"gpt2\" (byte-level BPE) or \"llama\" (SentencePiece)", found: "\"\(modelName)\"")
         }
-        let pre = try file.optionalString(Key.pre) ?? "default"
+        let pre = model == .sentencePiece ? "default" : try file.optionalString(Key.pre) ?? "default"
         guard let preTokenizer = PreTokenizer.aliases[pre] else {
             throw .invalidValue(
                 key: Key.pre, expected: "one of \(PreTokenizer.aliases.keys.sorted().joined(separator: ", "))", found: "\"\(pre)\"")
@@ -69,7 +92,7 @@ public final class Tokenizer: Sendable {
         for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
 
         var merges: [UInt64: (rank: Int32, merged: Int32)] = [:]
-        let mergeList = try file.stringArray(Key.merges)
+        let mergeList = model == .byteLevelBPE ? try file.stringArray(Key.merges) : []
         merges.reserveCapacity(mergeList.count)
         for (rank, merge) in mergeList.enumerated() {
             // "left right": the first space separates (tokens never start with a plain space).
@@ -105,9 +128,22 @@ public final class Tokenizer: Sendable {
 
         var byteTokenID = [Int32](repeating: -1, count: 256)
         for b in 0..<256 {
-            if let id = ids[String(Character(ByteLevel.scalarOfByte[b]))] { byteTokenID[b] = id }
+            let text = model == .byteLevelBPE ? String(Character(ByteLevel.scalarOfByte[b])) : Self.byteTokenText(UInt8(b))
+            if let id = ids[text] { byteTokenID[b] = id }
+        }
+        var scores: [Float] = []
+        if model == .sentencePiece {
+            let values = try file.realArray(Key.scores)
+            guard values.count == tokens.count else {
+                throw .invalidValue(key: Key.scores, expected: "\(tokens.count) scores, one per token", found: "\(values.count)")
+            }
+            scores = values.map { Float($0) }
         }
 
+        self.model = model
+        self.scores = scores
+        self.userDefinedCount = types.lazy.filter { $0 == .userDefined }.count
+        self.addSpacePrefix = model == .sentencePiece ? try file.optionalBool(Key.addSpacePrefix) ?? true : false
         self.tokens = tokens
         // A token's text holds at least one byte of text per byte it stands for.
         tokenBytesBound = max(1, tokens.lazy.map(\.utf8.count).max() ?? 1)
@@ -115,7 +151,8 @@ public final class Tokenizer: Sendable {
         self.preTokenizer = preTokenizer
         self.bosID = bos
         self.eosID = eos
-        self.addBOS = try file.optionalBool(Key.addBOS) ?? false
+        // SentencePiece vocabularies start with BOS unless the file says otherwise (llama.cpp's default).
+        self.addBOS = try file.optionalBool(Key.addBOS) ?? (model == .sentencePiece)
         self.endOfGenerationIDs = endIDs
         self.ids = ids
         self.merges = merges
@@ -135,11 +172,16 @@ public final class Tokenizer: Sendable {
         let scalars = Array(text.unicodeScalars)
         var start = 0
         var i = 0
-        if parseSpecial {
+        // SentencePiece prefixes a space to text at the start and after a special token.
+        var afterSpecial = true
+        // User-defined tokens are always cut out; control tokens only with `parseSpecial`
+        // (llama.cpp's `tokenizer_st_partition`).
+        if parseSpecial || hasUserDefinedTokens {
             while i < scalars.count {
-                if let match = specialToken(at: i, in: scalars) {
-                    encodeOrdinary(scalars[start..<i], into: &out)
+                if let match = specialToken(at: i, in: scalars, control: parseSpecial) {
+                    encodeOrdinary(scalars[start..<i], afterSpecial: afterSpecial, into: &out)
                     out.append(match.id)
+                    afterSpecial = true
                     i += match.length
                     start = i
                 } else {
@@ -147,19 +189,29 @@ public final class Tokenizer: Sendable {
                 }
             }
         }
-        encodeOrdinary(scalars[start..<scalars.count], into: &out)
+        encodeOrdinary(scalars[start..<scalars.count], afterSpecial: afterSpecial, into: &out)
         return out
     }
 
-    private func specialToken(at i: Int, in scalars: [Unicode.Scalar]) -> (id: Int32, length: Int)? {
+    private func specialToken(at i: Int, in scalars: [Unicode.Scalar], control: Bool) -> (id: Int32, length: Int)? {
         for (text, id) in specialTokens where text.count <= scalars.count - i {
-            if text[0] == scalars[i] && scalars[i..<(i + text.count)].elementsEqual(text) { return (id, text.count) }
+            if text[0] == scalars[i] && (control || types[Int(id)] == .userDefined) && scalars[i..<(i + text.count)].elementsEqual(text) {
+                return (id, text.count)
+            }
         }
         return nil
     }
 
-    private func encodeOrdinary(_ scalars: ArraySlice<Unicode.Scalar>, into out: inout [Int32]) {
+    private var hasUserDefinedTokens: Bool { userDefinedCount > 0 }
+
+    private func encodeOrdinary(_ scalars: ArraySlice<Unicode.Scalar>, afterSpecial: Bool, into out: inout [Int32]) {
         guard !scalars.isEmpty else { return }
+        if model == .sentencePiece {
+            var text = addSpacePrefix && afterSpecial ? "▁" : ""
+            for s in scalars { text.unicodeScalars.append(s == " " ? "▁" : s) }
+            sentencePiece(text, into: &out)
+            return
+        }
         let piece = Array(scalars)
         var utf8: [UInt8] = []
         for word in preTokenizer.split(piece) {
@@ -216,6 +268,68 @@ public final class Tokenizer: Sendable {
         }
     }
 
+    /// SentencePiece BPE over the characters of `text` (llama.cpp's `llm_tokenizer_spm`):
+    /// adjacent symbols whose concatenation is a token wait in a heap by that token's
+    /// score (highest first, leftmost on ties); popping merges them unless either changed
+    /// since. Symbols left outside the vocabulary become byte tokens.
+    private func sentencePiece(_ text: String, into out: inout [Int32]) {
+        // Symbols are byte ranges of one UTF-8 character each, linked left to right.
+        let bytes = Array(text.utf8)
+        var begin: [Int] = [], length: [Int] = []
+        var offset = 0
+        for s in text.unicodeScalars {
+            let n = UTF8.width(s)
+            begin.append(offset)
+            length.append(n)
+            offset += n
+        }
+        let n = begin.count
+        guard n > 0 else { return }
+        var next = Array(1...n), previous = Array(-1..<(n - 1))
+        next[n - 1] = -1
+        func token(_ from: Int, _ count: Int) -> Int32? { ids[String(decoding: bytes[from..<(from + count)], as: UTF8.self)] }
+        var queue = PairQueue()
+        func push(_ left: Int) {
+            let right = left >= 0 ? next[left] : -1
+            guard left >= 0, right >= 0, let id = token(begin[left], length[left] + length[right]) else { return }
+            // PairQueue takes the lowest rank first: a negated score, as a sortable integer.
+            queue.push(.init(rank: Self.orderedKey(-scores[Int(id)]), left: Int32(left), leftID: Int32(length[left]), rightID: Int32(length[right])))
+        }
+        for i in 0..<(n - 1) { push(i) }
+        while let pair = queue.pop() {
+            let left = Int(pair.left), right = next[left]
+            // Stale: either symbol grew or vanished since the pair was pushed.
+            guard length[left] == Int(pair.leftID), right >= 0, length[right] == Int(pair.rightID) else { continue }
+            length[left] += length[right]
+            length[right] = 0
+            next[left] = next[right]
+            if next[right] >= 0 { previous[next[right]] = left }
+            push(previous[left])
+            push(left)
+        }
+        var i = 0
+        while i >= 0 {
+            if let id = token(begin[i], length[i]) {
+                out.append(id)
+            } else {
+                for b in bytes[begin[i]..<(begin[i] + length[i])] where byteTokenID[Int(b)] >= 0 { out.append(byteTokenID[Int(b)]) }
+            }
+            i = next[i]
+        }
+    }
+
+    /// An Int32 in the order of the Floats (negative floats flip their magnitude bits).
+    static func orderedKey(_ x: Float) -> Int32 {
+        let bits = Int32(bitPattern: x.bitPattern)
+        return bits < 0 ? bits ^ Int32.max : bits
+    }
+
+    /// The text of SentencePiece's byte token for `b`: `<0xAB>`.
+    static func byteTokenText(_ b: UInt8) -> String {
+        let digits = Array("0123456789ABCDEF")
+        return "<0x\(digits[Int(b >> 4)])\(digits[Int(b & 15)])>"
+    }
+
     /// The longest token's length in bytes: a text of `b` bytes has at least `b /
     /// maxTokenBytes` tokens, whatever it says (a length limit can be checked before
     /// tokenizing).
@@ -234,7 +348,16 @@ public final class Tokenizer: Sendable {
             return renderSpecial ? Array(text.utf8) : []
         case .userDefined:
             return Array(text.utf8)
+        case .byte where model == .sentencePiece:
+            // "<0xAB>"
+            let hex = text.dropFirst(3).prefix(2)
+            return UInt8(hex, radix: 16).map { [$0] } ?? Array(text.utf8)
         default:
+            if model == .sentencePiece {
+                var plain = ""
+                for s in text.unicodeScalars { plain.unicodeScalars.append(s == "▁" ? " " : s) }
+                return Array(plain.utf8)
+            }
             return ByteLevel.decode(text) ?? Array(text.utf8)
         }
     }
