@@ -275,7 +275,8 @@ import Testing
         for (options, message) in [
             (Self.options(pp: 6), "PP 6 is larger than the model's 5 layers"),
             (Self.options(pp: 2, layers: [2, 2]), "the pipeline layer split 2,2 adds up to 4 layers; the model has 5"),
-            (Self.options(tp: 4, pp: 2), "TP 4 is larger than the model's 3 KV heads"),
+            (Self.options(tp: 7, pp: 2), "TP 7 is larger than the model's 6 query heads"),
+            (Self.options(tp: 4), "TP 4 would start rank 3's query heads at value 80 of the attention output"),
         ] {
             #expect {
                 _ = try ModelExecutor(modelPath: path, options: options)
