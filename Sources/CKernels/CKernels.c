@@ -166,10 +166,12 @@ void cohort_quantize_row_q8(const float *x, cohort_q8_block *y, int n) {
 typedef struct { uint16_t d; uint8_t qs[16]; } block_q4_0;               // 18 bytes
 typedef struct { uint16_t d; uint16_t m; uint8_t qs[16]; } block_q4_1;   // 20 bytes
 typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;                // 34 bytes
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0; // 22 bytes: value i's fifth bit is bit i of qh
 
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0 block");
 _Static_assert(sizeof(block_q4_1) == 20, "q4_1 block");
 _Static_assert(sizeof(block_q8_0) == 34, "q8_0 block");
+_Static_assert(sizeof(block_q5_0) == 22, "q5_0 block");
 _Static_assert(sizeof(cohort_q8_block) == 40, "q8 activation block");
 
 // MARK: - Scalar dot products (fallback when the CPU lacks AVX2)
@@ -196,6 +198,22 @@ static float dot_q4_1_scalar(int nb, const block_q4_1 *x, const cohort_q8_block 
             acc += (x[b].qs[j] >> 4) * y[b].qs[j + 16];
         }
         sum += cohort_f16_to_f32(x[b].d) * y[b].d * (float)acc + cohort_f16_to_f32(x[b].m) * y[b].s;
+    }
+    return sum;
+}
+
+static float dot_q5_0_scalar(int nb, const block_q5_0 *x, const cohort_q8_block *y) {
+    float sum = 0;
+    for (int b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, x[b].qh, 4);
+        int acc = 0;
+        for (int j = 0; j < 16; j++) {
+            const int low = (x[b].qs[j] & 0x0F) | (((qh >> j) & 1) << 4);
+            const int high = (x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            acc += (low - 16) * y[b].qs[j] + (high - 16) * y[b].qs[j + 16];
+        }
+        sum += cohort_f16_to_f32(x[b].d) * y[b].d * (float)acc;
     }
     return sum;
 }
@@ -280,6 +298,48 @@ static float dot_q8_0_avx2(int nb, const block_q8_0 *x, const cohort_q8_block *y
     return hsum_ps(acc);
 }
 
+/// A Q5_0 block's 32 values minus 16, as signed bytes: the nibbles, with 0xF0 or-ed into
+/// those whose fifth bit is clear (nibble − 16 in two's complement; llama.cpp's trick).
+__attribute__((target("avx2,fma,f16c")))
+static inline __m256i unpack_q5_0(const block_q5_0 *x) {
+    uint32_t qh;
+    memcpy(&qh, x->qh, 4);
+    // Byte i of `bits` is 0xFF when bit i of qh is set.
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+    const __m256i bits = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
+    return _mm256_or_si256(unpack_nibbles(x->qs), _mm256_andnot_si256(bits, _mm256_set1_epi8((char)0xF0)));
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static float dot_q5_0_avx2(int nb, const block_q5_0 *x, const cohort_q8_block *y) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256i q = unpack_q5_0(x + b);
+        const __m256i a = _mm256_loadu_si256((const __m256i *)y[b].qs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(x[b].d) * y[b].d), dot_s8_s8(q, a), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/// Two tokens against one Q5_0 row: the values are unpacked once for both.
+__attribute__((target("avx2,fma,f16c")))
+static void dot2_q5_0_avx2(int nb, const block_q5_0 *x, const cohort_q8_block *y0,
+                           const cohort_q8_block *y1, float *out0, float *out1) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const float d = half(x[b].d);
+        const __m256i q = unpack_q5_0(x + b);
+        const __m256i magnitude = _mm256_sign_epi8(q, q);
+        const __m256i a0 = _mm256_loadu_si256((const __m256i *)y0[b].qs);
+        const __m256i a1 = _mm256_loadu_si256((const __m256i *)y1[b].qs);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * y0[b].d), dot_u8_s8(magnitude, _mm256_sign_epi8(a0, q)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * y1[b].d), dot_u8_s8(magnitude, _mm256_sign_epi8(a1, q)), acc1);
+    }
+    *out0 = hsum_ps(acc0);
+    *out1 = hsum_ps(acc1);
+}
+
 /// Two tokens against one Q4_1 row: the nibbles are unpacked once for both.
 __attribute__((target("avx2,fma,f16c")))
 static void dot2_q4_1_avx2(int nb, const block_q4_1 *x, const cohort_q8_block *y0,
@@ -327,6 +387,7 @@ float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block 
         switch (type) {
         case COHORT_TYPE_Q4_0: return dot_q4_0_avx2(nb, row, a);
         case COHORT_TYPE_Q4_1: return dot_q4_1_avx2(nb, row, a);
+        case COHORT_TYPE_Q5_0: return dot_q5_0_avx2(nb, row, a);
         case COHORT_TYPE_Q8_0: return dot_q8_0_avx2(nb, row, a);
         default: return NAN;
         }
@@ -335,6 +396,7 @@ float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block 
     switch (type) {
     case COHORT_TYPE_Q4_0: return dot_q4_0_scalar(nb, row, a);
     case COHORT_TYPE_Q4_1: return dot_q4_1_scalar(nb, row, a);
+    case COHORT_TYPE_Q5_0: return dot_q5_0_scalar(nb, row, a);
     case COHORT_TYPE_Q8_0: return dot_q8_0_scalar(nb, row, a);
     default: return NAN;
     }
@@ -354,12 +416,15 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
         case COHORT_TYPE_Q4_1:
             for (int r = rowBegin; r < rowEnd; r++) y[r] = dot_q4_1_avx2(nb, (const void *)(base + (size_t)r * rowBytes), a);
             return;
+        case COHORT_TYPE_Q5_0:
+            for (int r = rowBegin; r < rowEnd; r++) y[r] = dot_q5_0_avx2(nb, (const void *)(base + (size_t)r * rowBytes), a);
+            return;
         case COHORT_TYPE_Q8_0:
             for (int r = rowBegin; r < rowEnd; r++) y[r] = dot_q8_0_avx2(nb, (const void *)(base + (size_t)r * rowBytes), a);
             return;
         }
     }
-    if ((type == COHORT_TYPE_Q4_1 || type == COHORT_TYPE_Q8_0) && tokens > 1 && cohort_cpu_has_avx2()) {
+    if ((type == COHORT_TYPE_Q4_1 || type == COHORT_TYPE_Q5_0 || type == COHORT_TYPE_Q8_0) && tokens > 1 && cohort_cpu_has_avx2()) {
         // Batches: each row is decoded once per pair of tokens.
         for (int r = rowBegin; r < rowEnd; r++) {
             const void *row = base + (size_t)r * rowBytes;
@@ -367,6 +432,9 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
             for (; t + 1 < tokens; t += 2) {
                 if (type == COHORT_TYPE_Q4_1) {
                     dot2_q4_1_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
+                                   &y[(size_t)t * ldy + r], &y[(size_t)(t + 1) * ldy + r]);
+                } else if (type == COHORT_TYPE_Q5_0) {
+                    dot2_q5_0_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
                                    &y[(size_t)t * ldy + r], &y[(size_t)(t + 1) * ldy + r]);
                 } else {
                     dot2_q8_0_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,

@@ -1,8 +1,11 @@
 /// Owner of weight matrices converted, at load, into a format the kernels run.
 ///
-/// The integer kernels (AVX-512 VNNI panels, AVX2 rows, scalar rows) read Q4_0, Q4_1 and
-/// Q8_0. In fast mode every other block format is converted once into one of those:
-/// - Q5_0 → Q8_0, exactly (the 5-bit codes minus 16 are the 8-bit codes; same scale);
+/// The integer kernels read Q4_0, Q4_1 and Q8_0 on every path (AVX-512 VNNI panels, AVX2
+/// rows, scalar rows) and Q5_0 in rows. In fast mode every other block format is
+/// converted once into one of those:
+/// - Q5_0 → Q8_0, exactly (the 5-bit codes minus 16 are the 8-bit codes; same scale), only
+///   where the panel kernels run: 8.5 bits read a weight, but 8 rows per instruction, which
+///   beats Q5_0's 5.5 bits in rows (elsewhere Q5_0 runs as stored);
 /// - Q4_K → Q4_1 at the same 4 bits: each 32-value group's scale d·sc and offset −dmin·m
 ///   become Q4_1's half-precision d and m (a relative rounding of 2⁻¹¹ on each, far below
 ///   the format's own step);
@@ -22,8 +25,13 @@ public final class ConvertedWeights: @unchecked Sendable {
     private var buffers: [UnsafeMutableRawPointer] = []
     /// Bytes held by converted copies.
     public private(set) var byteCount = 0
+    /// Called after each conversion with where its rows were read from (start and length),
+    /// so the owner of that memory (a file mapping) can let its pages go.
+    private let afterEach: (UnsafeRawPointer, Int) -> Void
 
-    public init() {}
+    public init(afterEach: @escaping (_ source: UnsafeRawPointer, _ byteCount: Int) -> Void = { _, _ in }) {
+        self.afterEach = afterEach
+    }
 
     deinit {
         for buffer in buffers { buffer.deallocate() }
@@ -31,11 +39,9 @@ public final class ConvertedWeights: @unchecked Sendable {
 
     /// The format fast mode converts `type` into, or nil when the kernels read it as stored.
     public static func fastFormat(for type: TensorType) -> TensorType? {
-        switch type {
-        case .f32, .f16, .bf16, .q4_0, .q4_1, .q8_0: nil
-        case .q4_K: .q4_1
-        case .q5_0, .q5_1, .q2_K, .q3_K, .q5_K, .q6_K: .q8_0
-        }
+        guard type.isQuantized else { return nil }  // floats: the float path
+        if type.hasIntegerKernel && !(type == .q5_0 && PackedWeights.isSupported) { return nil }
+        return type == .q4_K ? .q4_1 : .q8_0
     }
 
     /// `rows` × `columns` of `matrix`, as a view when `mode`'s kernels read its format and
@@ -43,7 +49,6 @@ public final class ConvertedWeights: @unchecked Sendable {
     /// - Precondition: the ranges lie inside the matrix and `columns` falls on 32-value blocks.
     public func prepare(_ matrix: WeightMatrix, rows: Range<Int>? = nil, columns: Range<Int>? = nil, mode: NumericMode) -> WeightMatrix {
         let rows = rows ?? 0..<matrix.rows, columns = columns ?? 0..<matrix.columns
-        precondition(columns.lowerBound % 32 == 0 && columns.count % 32 == 0, "columns \(columns) do not fall on 32-value blocks")
         let aligned = columns.lowerBound % matrix.type.blockSize == 0 && columns.count % matrix.type.blockSize == 0
         let target: TensorType? = mode == .fast ? Self.fastFormat(for: matrix.type) : nil
         if target == nil && aligned {
@@ -53,6 +58,8 @@ public final class ConvertedWeights: @unchecked Sendable {
             return view
         }
         let format = target ?? .f32
+        precondition(format == .f32 || (columns.lowerBound % 32 == 0 && columns.count % 32 == 0),
+                     "columns \(columns) of a \(matrix.type) matrix do not fall on 32-value blocks")
         let rowBytes = format.byteCount(values: columns.count)!
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(1, rows.count * rowBytes), alignment: 64)
         buffers.append(buffer)
@@ -83,6 +90,9 @@ public final class ConvertedWeights: @unchecked Sendable {
                     preconditionFailure("no conversion of \(matrix.type) into \(format)")
                 }
             }
+        }
+        if !rows.isEmpty {
+            afterEach(matrix.row(rows.lowerBound), (rows.count - 1) * matrix.rowBytes + (matrix.type.byteCount(values: matrix.columns) ?? 0))
         }
         return WeightMatrix(type: format, rows: rows.count, columns: columns.count, base: UnsafeRawPointer(buffer))
     }

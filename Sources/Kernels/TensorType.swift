@@ -62,10 +62,10 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
     /// True for the block formats (as opposed to plain floats).
     public var isQuantized: Bool { blockSize > 1 }
 
-    /// True for the formats the 8-bit-activation integer kernels read directly (every
-    /// instruction-set path: AVX-512 VNNI panels, AVX2 and scalar rows). Other block
-    /// formats reach those kernels through `ConvertedWeights`.
-    public var hasIntegerKernel: Bool { self == .q4_0 || self == .q4_1 || self == .q8_0 }
+    /// True for the formats the 8-bit-activation integer kernels read directly: AVX2 and
+    /// scalar rows for all four, AVX-512 VNNI panels for all but Q5_0. Other block formats
+    /// reach those kernels through `ConvertedWeights`.
+    public var hasIntegerKernel: Bool { self == .q4_0 || self == .q4_1 || self == .q5_0 || self == .q8_0 }
 
     /// Bytes taken by `count` values, or nil when `count` is not a whole number of blocks
     /// or the size overflows.

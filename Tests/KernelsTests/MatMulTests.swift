@@ -64,7 +64,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         }
     }
 
-    @Test("fast mode equals decoded weights times 8-bit activations", arguments: [TensorType.q4_0, .q4_1, .q8_0], [1, 2, 3])
+    @Test("fast mode equals decoded weights times 8-bit activations", arguments: [TensorType.q4_0, .q4_1, .q5_0, .q8_0], [1, 2, 3])
     func fastMatchesQuantizedReference(type: TensorType, threads: Int) {
         for s in Self.shapes {
             let (got, w, x) = run(type, mode: .fast, threads: threads, rows: s.rows, columns: s.columns, tokens: s.tokens)

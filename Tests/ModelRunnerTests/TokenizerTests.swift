@@ -113,6 +113,31 @@ import Testing
         #expect(words("hi!!  ") == ["hi", "!!", "  "])
     }
 
+    @Test("llama-bpe takes a word that is a token whole before merging (llama.cpp's ignore_merges) and adds BOS by default; qwen2 merges")
+    func llama3IgnoresMerges() throws {
+        func tokenizer(pre: String) throws -> Tokenizer {
+            var w = GGUFWriter()
+            var tokens: [GGUFValue] = (0..<256).map { .string(String(Character(ByteLevelTable.scalar(UInt8($0))))) }
+            tokens += [.string("he"), .string("Ġhello"), .string("<|begin_of_text|>")]
+            w.set("tokenizer.ggml.model", .string("gpt2"))
+            w.set("tokenizer.ggml.pre", .string(pre))
+            w.set("tokenizer.ggml.tokens", .array(tokens))
+            w.set("tokenizer.ggml.token_type", .array((0..<259).map { .int32($0 == 258 ? 3 : 1) }))
+            w.set("tokenizer.ggml.merges", .array([.string("h e")]))  // no merges reach "Ġhello"
+            w.set("tokenizer.ggml.bos_token_id", .uint32(258))
+            let path = try w.write(named: "merges-vocabulary")
+            defer { TemporaryFiles.remove(path) }
+            return try Tokenizer(file: GGUFFile(path: path))
+        }
+        let llama3 = try tokenizer(pre: "llama-bpe"), qwen2 = try tokenizer(pre: "qwen2")
+        #expect(llama3.addBOS && !qwen2.addBOS)
+        #expect(llama3.encode(" hello", parseSpecial: false, addBOS: false) == [257])
+        let g = Int32(0x20), l = Int32(UInt8(ascii: "l")), o = Int32(UInt8(ascii: "o"))
+        // Byte tokens are in byte order here, so byte b has id b.
+        #expect(qwen2.encode(" hello", parseSpecial: false) == [g, 256, l, l, o])
+        #expect(llama3.encode(" hello", parseSpecial: false) == [258, 257])
+    }
+
     @Test("llama-bpe and qwen2 pre-tokenization split as Python's regex does with their patterns", arguments: [PreTokenizer.llama3, .qwen2])
     func llama3Patterns(pre: PreTokenizer) throws {
         let cases = try #require(try Fixtures.json("pretokenizer_splits.json") as? [[String: Any]])

@@ -26,6 +26,7 @@ typedef struct {
 enum {
     COHORT_TYPE_Q4_0 = 2,
     COHORT_TYPE_Q4_1 = 3,
+    COHORT_TYPE_Q5_0 = 6,
     COHORT_TYPE_Q8_0 = 8,
 };
 

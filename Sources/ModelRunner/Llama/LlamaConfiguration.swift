@@ -102,11 +102,13 @@ public struct LlamaConfiguration: Sendable, Equatable {
             throw .invalidValue(key: key(.ropeTheta), expected: "a positive number", found: "\(theta)")
         }
         ropeTheta = Float(theta)
-        switch try file.optionalString(key(.ropeScalingType)) {
+        // A factor without a type is linear scaling, as llama.cpp reads it.
+        let scalingFactor = try file.optionalReal(key(.ropeScalingFactor))
+        switch try file.optionalString(key(.ropeScalingType)) ?? (scalingFactor == nil ? nil : "linear") {
         case nil, "none":
             ropeScale = 1
         case "linear":
-            let factor = try file.optionalReal(key(.ropeScalingFactor)) ?? 1
+            let factor = scalingFactor ?? 1
             guard factor >= 1, factor.isFinite else {
                 throw .invalidValue(key: key(.ropeScalingFactor), expected: "a number ≥ 1", found: "\(factor)")
             }

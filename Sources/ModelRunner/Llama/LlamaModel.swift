@@ -54,12 +54,13 @@ public final class LlamaModel {
         self.local = shard.local(configuration)
         self.vocabularyRanges = (0..<shard.ranks).map { (try? TensorShard.plan(configuration, rank: $0, ranks: shard.ranks))?.vocabulary ?? 0..<0 }
         self.stage = stage
-        let converted = ConvertedWeights()
+        // A converted matrix is read from its copy: the mapping's pages of it can go.
+        let mapping = weights.file.mappedFile
+        let converted = ConvertedWeights { source, count in mapping.release(source, byteCount: count) }
         let mine = weights.staged(stage).prepared(shard, configuration: configuration, mode: mode, storage: converted, output: stage.isLast)
         self.convertedWeights = converted
         if PackedWeights.isUsed(for: mode) {
             // Fast mode reads the copies: the mapping's pages of each matrix go once it is copied.
-            let mapping = weights.file.mappedFile
             let storage = PackedWeights { source, count in mapping.release(source, byteCount: count) }
             self.weights = mine.packed(into: storage)
             self.packedWeights = storage

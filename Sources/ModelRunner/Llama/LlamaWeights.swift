@@ -155,6 +155,9 @@ public struct LlamaWeights: @unchecked Sendable {
         }
         let family = c.architecture
         ropeFactors = try optionalVector(Name.ropeFactors, count: c.rotaryDimensions / 2, required: false)
+        if let bad = ropeFactors?.first(where: { !($0 > 0 && $0.isFinite) }) {
+            throw .tensorMismatch(tensor: Name.ropeFactors, expected: "positive finite frequency divisors", found: "\(bad)")
+        }
         var layers: [Layer] = []
         for i in 0..<c.layers {
             layers.append(Layer(

@@ -52,8 +52,8 @@ public final class Tokenizer: Sendable {
     private let ids: [String: Int32]
     /// (left id << 32 | right id) → (rank, merged id).
     private let merges: [UInt64: (rank: Int32, merged: Int32)]
-    /// Special tokens by decreasing length, for splitting raw text.
-    private let specialTokens: [(text: [Unicode.Scalar], id: Int32)]
+    /// Special tokens by first scalar, each list by decreasing length, for splitting raw text.
+    private let specialTokens: [Unicode.Scalar: [(text: [Unicode.Scalar], id: Int32)]]
     /// Token id of each byte-level single scalar, for the initial BPE symbols; for
     /// SentencePiece, of each `<0xAB>` byte token.
     private let byteTokenID: [Int32]
@@ -89,7 +89,8 @@ public final class Tokenizer: Sendable {
         }
         var ids: [String: Int32] = [:]
         ids.reserveCapacity(tokens.count)
-        for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
+        // A text held by two tokens maps to the later one, as in llama.cpp.
+        for (i, t) in tokens.enumerated() { ids[t] = Int32(i) }
 
         var merges: [UInt64: (rank: Int32, merged: Int32)] = [:]
         let mergeList = model == .byteLevelBPE ? try file.stringArray(Key.merges) : []
@@ -120,11 +121,12 @@ public final class Tokenizer: Sendable {
         let endTexts: Set<String> = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "<|end_of_text|>"]
         for (i, t) in tokens.enumerated() where types[i] == .control && endTexts.contains(t) { endIDs.insert(Int32(i)) }
 
-        var special: [(text: [Unicode.Scalar], id: Int32)] = []
-        for (i, t) in tokens.enumerated() where types[i] == .control || types[i] == .userDefined {
-            if !t.isEmpty { special.append((Array(t.unicodeScalars), Int32(i))) }
+        // Control, user-defined and unknown tokens, by first scalar, longest first.
+        var special: [Unicode.Scalar: [(text: [Unicode.Scalar], id: Int32)]] = [:]
+        for (i, t) in tokens.enumerated() where [.control, .userDefined, .unknown].contains(types[i]) {
+            if let first = t.unicodeScalars.first { special[first, default: []].append((Array(t.unicodeScalars), Int32(i))) }
         }
-        special.sort { $0.text.count > $1.text.count }
+        for key in special.keys { special[key]!.sort { $0.text.count > $1.text.count } }
 
         var byteTokenID = [Int32](repeating: -1, count: 256)
         for b in 0..<256 {
@@ -133,7 +135,8 @@ public final class Tokenizer: Sendable {
         }
         var scores: [Float] = []
         if model == .sentencePiece {
-            let values = try file.realArray(Key.scores)
+            // Without scores every merge ties (llama.cpp reads them as 0).
+            let values = file.metadata[Key.scores] == nil ? Array(repeating: 0, count: tokens.count) : try file.realArray(Key.scores)
             guard values.count == tokens.count else {
                 throw .invalidValue(key: Key.scores, expected: "\(tokens.count) scores, one per token", found: "\(values.count)")
             }
@@ -151,8 +154,9 @@ public final class Tokenizer: Sendable {
         self.preTokenizer = preTokenizer
         self.bosID = bos
         self.eosID = eos
-        // SentencePiece vocabularies start with BOS unless the file says otherwise (llama.cpp's default).
-        self.addBOS = try file.optionalBool(Key.addBOS) ?? (model == .sentencePiece)
+        // SentencePiece and Llama 3 vocabularies start with BOS unless the file says otherwise
+        // (llama.cpp's defaults).
+        self.addBOS = try file.optionalBool(Key.addBOS) ?? (model == .sentencePiece || preTokenizer == .llama3)
         self.endOfGenerationIDs = endIDs
         self.ids = ids
         self.merges = merges
@@ -194,8 +198,9 @@ public final class Tokenizer: Sendable {
     }
 
     private func specialToken(at i: Int, in scalars: [Unicode.Scalar], control: Bool) -> (id: Int32, length: Int)? {
-        for (text, id) in specialTokens where text.count <= scalars.count - i {
-            if text[0] == scalars[i] && (control || types[Int(id)] == .userDefined) && scalars[i..<(i + text.count)].elementsEqual(text) {
+        guard let candidates = specialTokens[scalars[i]] else { return nil }
+        for (text, id) in candidates where text.count <= scalars.count - i {
+            if (control || types[Int(id)] == .userDefined) && scalars[i..<(i + text.count)].elementsEqual(text) {
                 return (id, text.count)
             }
         }
@@ -217,8 +222,21 @@ public final class Tokenizer: Sendable {
         for word in preTokenizer.split(piece) {
             utf8.removeAll(keepingCapacity: true)
             for s in piece[word] { utf8.append(contentsOf: UTF8.encode(s)!) }
+            // Llama 3 takes a word that is a token whole, before any merge (llama.cpp's
+            // `ignore_merges`).
+            if preTokenizer == .llama3, let whole = wholeWordToken(utf8) {
+                out.append(whole)
+                continue
+            }
             bpe(utf8, into: &out)
         }
+    }
+
+    /// The token whose byte-level text is exactly `bytes`, if any.
+    private func wholeWordToken(_ bytes: [UInt8]) -> Int32? {
+        var text = ""
+        for b in bytes { text.unicodeScalars.append(ByteLevel.scalarOfByte[Int(b)]) }
+        return ids[text]
     }
 
     /// Merges the bytes of one word by rank, lowest first (leftmost on ties), in
