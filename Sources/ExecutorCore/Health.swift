@@ -49,6 +49,11 @@ extension RankHealth: CustomStringConvertible {
 /// larger of `floor` and `multiplier` × the recent 99th percentile, both per step and per
 /// token (so a long prefill step after many short decodes gets its due), unless the user
 /// fixed it (`--step-timeout`). Before any step was measured: `initial`.
+///
+/// The floor is 10 s: on a machine with more busy processes than cores a step of 0.5 s can
+/// be descheduled for several seconds (seen in the release tests, where three suites run
+/// worker grids side by side), and a rank that merely waited must not be called stuck. A
+/// stopped rank is found sooner anyway, by its heartbeats.
 public struct StepDeadline: Sendable {
     public var fixed: Double?
     public var floor: Double
@@ -63,7 +68,7 @@ public struct StepDeadline: Sendable {
     /// Samples kept.
     public static let window = 128
 
-    public init(fixed: Double? = nil, floor: Double = 1, multiplier: Double = 10, initial: Double = 10) {
+    public init(fixed: Double? = nil, floor: Double = 10, multiplier: Double = 10, initial: Double = 10) {
         self.fixed = fixed
         self.floor = floor
         self.multiplier = multiplier

@@ -54,7 +54,7 @@ struct QwenReferenceTests {
         try requireModel()
         let qwen = try GGUFFile(path: Self.modelPath)
         var writer = GGUFWriter()
-        for (key, value) in qwen.metadata where key.hasPrefix("tokenizer.ggml.") { writer.set(key, value) }
+        for (key, value) in qwen.metadata where key.hasPrefix("tokenizer.ggml.") && key != "tokenizer.ggml.pre" { writer.set(key, value) }
         writer.set("tokenizer.ggml.pre", .string("llama-bpe"))
         let path = try writer.write(named: "llama-bpe-vocabulary")
         defer { TemporaryFiles.remove(path) }
