@@ -35,16 +35,7 @@ struct QwenReferenceTests {
     @Test("token ids equal llama.cpp's for code, digits, long whitespace, punctuation, scripts and emoji")
     func tokenizerMatchesLlamaCpp() throws {
         try requireModel()
-        let tokenizer = try Tokenizer(file: GGUFFile(path: Self.modelPath))
-        let fixture = try #require(try Fixtures.json("llamacpp_qwen.json") as? [String: Any])
-        let cases = try #require(fixture["tokenizer"] as? [[String: Any]])
-        #expect(cases.count >= 20)
-        for c in cases {
-            let text = try #require(c["text"] as? String)
-            #expect(tokenizer.encode(text, parseSpecial: true).map(Int.init) == c["special"] as? [Int], "\(text)")
-            #expect(tokenizer.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text)")
-            #expect(tokenizer.decode(tokenizer.encode(text, parseSpecial: false)) == text)
-        }
+        try ReferenceFixtures.expectTokenIDs(try Tokenizer(file: GGUFFile(path: Self.modelPath)), fixture: "llamacpp_qwen.json", cases: 20)
     }
 
     /// No Llama 3 file is cached: its pre-tokenizer runs on Qwen2.5's vocabulary, as the
@@ -58,15 +49,7 @@ struct QwenReferenceTests {
         writer.set("tokenizer.ggml.pre", .string("llama-bpe"))
         let path = try writer.write(named: "llama-bpe-vocabulary")
         defer { TemporaryFiles.remove(path) }
-        let tokenizer = try Tokenizer(file: GGUFFile(path: path))
-        let fixture = try #require(try Fixtures.json("llamacpp_llama_bpe.json") as? [String: Any])
-        let cases = try #require(fixture["tokenizer"] as? [[String: Any]])
-        #expect(cases.count >= 20)
-        for c in cases {
-            let text = try #require(c["text"] as? String)
-            #expect(tokenizer.encode(text, parseSpecial: true).map(Int.init) == c["special"] as? [Int], "\(text)")
-            #expect(tokenizer.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text)")
-        }
+        try ReferenceFixtures.expectTokenIDs(try Tokenizer(file: GGUFFile(path: path)), fixture: "llamacpp_llama_bpe.json", cases: 20, roundTrip: false)
     }
 
     @Test("--precise greedy continuations equal the float64 reference")
