@@ -60,8 +60,6 @@ void cohort_cpu_relax(void) {
 #endif
 }
 
-int cohort_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
-
 int cohort_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int cohort_allowed_cpus(int *ids, int capacity) {
@@ -98,11 +96,16 @@ int cohort_set_affinity(const int *ids, int count) {
 static char orphan_paths[COHORT_ORPHAN_NAMES][96];
 
 static void orphan_cleanup(int signal) {
-    (void)signal;
     for (int i = 0; i < COHORT_ORPHAN_NAMES; i++) {
         if (orphan_paths[i][0]) unlink(orphan_paths[i]);
     }
-    _exit(0);
+    // Die of the signal (the handler blocks it until it returns, so it lands right after).
+    struct sigaction fallback;
+    memset(&fallback, 0, sizeof(fallback));
+    fallback.sa_handler = SIG_DFL;
+    sigemptyset(&fallback.sa_mask);
+    sigaction(signal, &fallback, NULL);
+    raise(signal);
 }
 
 void cohort_install_orphan_cleanup(const char *const *names, int count) {

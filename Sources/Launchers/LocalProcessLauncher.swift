@@ -9,8 +9,13 @@ import Synchronization
 ///
 /// Every child inherits the read end of one lifeline pipe as fd 3; the driver keeps the
 /// only write end. When the driver dies, even by SIGKILL, the kernel closes it and every
-/// worker sees end-of-file and exits at once. Workers also ask for SIGTERM on parent death,
-/// whose handler removes the shared-memory names they were given before exiting.
+/// worker sees end-of-file, removes the shared-memory names it was given, and exits at once.
+///
+/// No parent-death signal (`PR_SET_PDEATHSIG`): Linux sends it when the *thread* that
+/// spawned the child ends, and the thread that starts a grid is often one of Swift's
+/// cooperative pool threads, which libdispatch retires after seconds idle. Workers then got
+/// SIGTERM mid-run while the driver was alive (a CI run saw "worker rank 1 exited with
+/// status 0"). The lifeline depends on the process, not a thread.
 public final class LocalProcessLauncher: Launcher {
     /// The driver's end of the lifeline, while open.
     private let lifelineWriteEnd = Mutex<Int32>(-1)

@@ -21,8 +21,8 @@ import Glibc
 /// `initializeDevice`, `loadModel` through the load gate, `availableKVBlocks`,
 /// `initializeCache`); then it waits for each step without any per-step call from the
 /// driver. It exits within the driver's silence limit when the driver dies (end-of-file on
-/// its link at once; silence otherwise). A local launcher may add its lifeline pipe and the
-/// parent-death signal as extras.
+/// its link at once; silence otherwise). A local launcher adds its lifeline pipe as an
+/// extra (`LocalProcessLauncher` says why it is not a parent-death signal).
 public enum WorkerRuntime {
     public struct JoinArguments: Sendable {
         /// The driver's rendezvous.
@@ -32,7 +32,7 @@ public enum WorkerRuntime {
         public var joinToken: Int
         public var secret: InstanceSecret
         /// The local launcher's extras: an inherited pipe whose end-of-file means the
-        /// driver died, and the driver's pid for the parent-death signal.
+        /// driver died, and the driver's pid (a worker whose parent is already gone exits).
         public var lifelineDescriptor: Int32?
         public var parentPID: Int32?
         /// This worker's build (`Build.current`), checked by the driver.
@@ -70,11 +70,8 @@ public enum WorkerRuntime {
 
     /// Runs the worker; returns its exit status.
     public static func run(_ arguments: JoinArguments) -> Int32 {
-        if let parent = arguments.parentPID {
-            _ = cohort_set_parent_death_signal(SIGTERM)
-            // The parent may have died before the signal was armed.
-            guard getppid() == parent else { return 3 }
-        }
+        // The parent may have died before this process ran (the lifeline tells the rest).
+        if let parent = arguments.parentPID, getppid() != parent { return 3 }
         if let fd = arguments.lifelineDescriptor { watchLifeline(fd) }
         var token = "join token \(arguments.joinToken)"
         do {
@@ -94,7 +91,7 @@ public enum WorkerRuntime {
                 return try WorkerConfiguration(decoding: bytes)
             }
             token = "rank \(configuration.context.rank)"
-            // If the driver dies, SIGTERM (local launcher) or the link's end removes the
+            // If the driver dies, the lifeline (local launcher) or the link's end removes the
             // shared-memory names this worker was given.
             orphanedNames = configuration.sharedMemoryNames
             installOrphanCleanup(orphanedNames)
@@ -296,7 +293,7 @@ public enum WorkerRuntime {
 
     // MARK: - When the driver dies
 
-    /// Arms the SIGTERM handler (the parent-death signal) to remove `names`.
+    /// Arms a SIGTERM handler that removes `names` (someone killing the worker by hand).
     static func installOrphanCleanup(_ names: [String]) {
         let copies = names.map { strdup($0) }  // kept for the life of the process
         copies.withUnsafeBufferPointer { buffer in

@@ -3,6 +3,7 @@ import ExecutorCore
 import Foundation
 import Launchers
 import Metrics
+import Synchronization
 import MetricsTestKit
 import Transports
 import WorkerRuntime
@@ -115,6 +116,41 @@ import Testing
         #expect(failure == .died(rank: 2, pid: victim.pid, termination: .signaled(signal: SIGKILL)))
         #expect(failure?.description == "worker rank 2 (pid \(victim.pid)) was killed by signal 9 (SIGKILL)")
         #expect(g.members.allSatisfy { !isRunning($0.pid) })
+    }
+
+    @Test("a worker sent SIGTERM by hand is reported killed by SIGTERM, not as a clean exit")
+    func terminatedWorker() throws {
+        let g = try group(2)
+        _ = try g.step(Self.request(0))
+        let victim = g.members[0]
+        kill(victim.pid, SIGTERM)
+        #expect {
+            for step in 1..<100_000 { _ = try g.step(Self.request(UInt64(step))) }
+        } throws: { error in
+            error as? WorkerFailure == .died(rank: 1, pid: victim.pid, termination: .signaled(signal: SIGTERM))
+        }
+        #expect(g.members.allSatisfy { !isRunning($0.pid) })
+    }
+
+    /// Linux's parent-death signal follows the spawning *thread*: a grid started from a thread
+    /// that then ends (as Swift's pool threads do after seconds idle) lost its workers to
+    /// SIGTERM while the driver ran ("worker rank 1 exited with status 0" in CI).
+    @Test("workers outlive the thread that started them", arguments: transports)
+    func startedFromEndedThread(transport: WorkerGroup.Configuration.Transport) throws {
+        let made = Mutex<Result<WorkerGroup, any Error>?>(nil)
+        let thread = Threads.start { made.withLock { $0 = Result { try self.group(2, transport: transport) } } }
+        Threads.join(thread)
+        let g = try #require(made.withLock { $0 }).get()
+        let until = Date().addingTimeInterval(1)
+        var step: UInt64 = 0
+        while Date() < until {
+            _ = try g.step(Self.request(step))
+            step += 1
+            usleep(10_000)
+        }
+        try g.healthCheck()
+        #expect(g.members.allSatisfy { isRunning($0.pid) })
+        g.shutdown()
     }
 
     @Test("a stopped worker is named stuck, with rank, pid and step, within 2 s: its heartbeats stop", arguments: transports)

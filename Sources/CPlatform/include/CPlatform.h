@@ -35,7 +35,6 @@ uint64_t cohort_atomic_fetch_add64(uint64_t *p, uint64_t v);
 
 /// Asks the kernel to send `signal` to this process when its parent dies (prctl, which
 /// Swift cannot call: it is variadic). Returns 0 on success.
-int cohort_set_parent_death_signal(int signal);
 
 /// pipe2(fds, O_CLOEXEC) (a GNU extension Swift's Glibc module does not expose).
 int cohort_pipe_cloexec(int fds[2]);
@@ -45,9 +44,9 @@ int cohort_allowed_cpus(int *ids, int capacity);
 /// Restricts every thread of this process to the given CPUs; returns 0 on success.
 int cohort_set_affinity(const int *ids, int count);
 
-/// Installs a SIGTERM handler that removes up to 80 shared-memory names and exits at
-/// once (async-signal-safe: unlink and _exit only). Workers arm it together with a
-/// parent-death signal of SIGTERM, so a driver that dies at any moment leaves no names.
+/// Installs a SIGTERM handler that removes up to 80 shared-memory names, then dies of
+/// SIGTERM as if unhandled (async-signal-safe: unlink, sigaction and raise only), so
+/// whoever watches the process sees "killed by SIGTERM", not a clean exit.
 void cohort_install_orphan_cleanup(const char *const *names, int count);
 
 /// Handles `signals` by writing each one's number, as a byte, to a pipe (the self-pipe
