@@ -14,7 +14,6 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <sys/prctl.h>
 
 // MARK: - Futex
 

@@ -33,9 +33,6 @@ void cohort_futex_wake_shared(uint32_t *p);
 /// 64-bit atomic fetch-add (sequentially consistent); returns the value before.
 uint64_t cohort_atomic_fetch_add64(uint64_t *p, uint64_t v);
 
-/// Asks the kernel to send `signal` to this process when its parent dies (prctl, which
-/// Swift cannot call: it is variadic). Returns 0 on success.
-
 /// pipe2(fds, O_CLOEXEC) (a GNU extension Swift's Glibc module does not expose).
 int cohort_pipe_cloexec(int fds[2]);
 
