@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import ModelRunner
 
@@ -1421,5 +1422,231 @@ private let featureContext: [String: JinjaValue] = [
         #expect(pairs.keys == ["b", "a"] && pairs["b"] == 3)
         #expect(JinjaValue.object(["a": 1, "b": 2]) == JinjaValue.object(["b": 2, "a": 1]))
         #expect(try render("{{ x is defined }} {{ x is undefined }}", ["x": .undefined]) == "False True")
+    }
+
+    // MARK: Untrusted templates and conversations
+
+    /// What rendering `source` fails with, as `JinjaError.description`; nil when it renders.
+    private func renderFailure(_ source: String, _ context: [String: JinjaValue] = featureContext, limits: JinjaTemplate.Limits = .default) -> String? {
+        do throws(JinjaError) {
+            _ = try JinjaTemplate(source: source).render(context, limits: limits)
+            return nil
+        } catch {
+            return error.description
+        }
+    }
+
+    @Test("Integer arithmetic near Int.min and Int.max gives Python's answer where it fits in 64 bits")
+    func integerEdges() {
+        expectRenders([
+            ("{{ range(0, -5, -9223372036854775807 - 1) }} {{ range(9223372036854775806, 9223372036854775807, 5) }} {{ range(-9223372036854775807 - 1, 9223372036854775807, 9223372036854775807) }} {{ range(5, 0, -2) }}",
+             "[0] [9223372036854775806] [-9223372036854775808, -1, 9223372036854775806] [5, 3, 1]"),
+            ("{{ 'abc'[1::9223372036854775807] }} {{ 'abc'[::-9223372036854775807 - 1] }} {{ xs[-9223372036854775807 - 1:9223372036854775807] }} {{ xs[9223372036854775807:] }} {{ xs[::-9223372036854775807] }}",
+             "b c [3, 1, 2] [] [2]"),
+            ("{{ (-9223372036854775807 - 1) % -1 }} {{ 7 // -1 }} {{ -7 % -1 }} {{ 2 ** 62 }} {{ (-2) ** 63 }} {{ 1 ** 9223372036854775807 }}",
+             "0 -7 0 4611686018427387904 -9223372036854775808 1"),
+            ("{{ 5|round(-9223372036854775807 - 1) }} {{ 5.5|round(-400) }} [{{ 'a\\nb'|indent(-3) }}] {{ 'ab' * -9223372036854775807 }}|{{ [] * 9223372036854775807 }}",
+             "0 0.0 [a\nb] |[]"),
+            ("{{ '10'|int(base=99) }} {{ '0x1f'|int(base=0) }} {{ '0x1f'|int(base=16) }} {{ 'z'|int(base=36) }} {{ '-0b11'|int(base=0) }}",
+             "10 31 31 35 -3"),
+        ])
+    }
+
+    @Test("Integer overflow is an error naming the operation, as is a range or sequence too large to build", arguments: [
+        ("{{ range(9223372036854775807) }}",
+         "line 1, column 1: range of 9223372036854775807 items is larger than the template's budget of 10000000 steps in {{ range(9223372036854775807) }}"),
+        ("{{ range(-9223372036854775807 - 1, 9223372036854775807) }}",
+         "line 1, column 1: range of 18446744073709551615 items is larger than the template's budget of 10000000 steps in {{ range(-9223372036854775807 - 1, 9223372036854775807) }}"),
+        ("{{ 9223372036854775807 + 1 }}", "line 1, column 1: integer overflow in 9223372036854775807 + 1 in {{ 9223372036854775807 + 1 }}"),
+        ("{{ -9223372036854775807 - 2 }}", "line 1, column 1: integer overflow in -9223372036854775807 - 2 in {{ -9223372036854775807 - 2 }}"),
+        ("{{ 4611686018427387904 * 2 }}", "line 1, column 1: integer overflow in 4611686018427387904 * 2 in {{ 4611686018427387904 * 2 }}"),
+        ("{{ (-9223372036854775807 - 1) // -1 }}", "line 1, column 1: integer overflow in -9223372036854775808 // -1 in {{ (-9223372036854775807 - 1) // -1 }}"),
+        ("{{ 2 ** 63 }}", "line 1, column 1: integer overflow in 2 ** 63 in {{ 2 ** 63 }}"),
+        ("{{ -(-9223372036854775807 - 1) }}", "line 1, column 1: integer overflow in -(-9223372036854775808) in {{ -(-9223372036854775807 - 1) }}"),
+        ("{{ (-9223372036854775807 - 1)|abs }}", "line 1, column 1: integer overflow in abs(-9223372036854775808) in {{ (-9223372036854775807 - 1)|abs }}"),
+        ("{{ 9223372036854775807|round(-1) }}", "line 1, column 1: integer overflow in round(9223372036854775807, -1) in {{ 9223372036854775807|round(-1) }}"),
+        ("{{ 'ab' * 9223372036854775807 }}",
+         "line 1, column 1: a string of at least 9223372036854775807 bytes would be longer than the limit of 33554432 bytes in {{ 'ab' * 9223372036854775807 }}"),
+        ("{{ [1, 2] * 9223372036854775807 }}",
+         "line 1, column 1: the template exceeded its budget of 10000000 steps (loop iterations, expressions, and items and text handled) in {{ [1, 2] * 9223372036854775807 }}"),
+        ("{{ 'a\\nb'|indent(9223372036854775807) }}",
+         "line 1, column 1: a string of at least 9223372036854775807 bytes would be longer than the limit of 33554432 bytes in {{ 'a\\nb'|indent(9223372036854775807) }}"),
+        ("{{ [1]|tojson(indent=9223372036854775807) }}",
+         "line 1, column 1: a string of at least 9223372036854775807 bytes would be longer than the limit of 33554432 bytes in {{ [1]|tojson(indent=9223372036854775807) }}"),
+    ])
+    func integerOverflow(source: String, description: String) {
+        #expect(renderFailure(source) == description)
+    }
+
+    @Test("Lists, dicts and namespaces hold data only, so a template cannot make a cycle; values nest at most 250 levels", arguments: [
+        ("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}",
+         "line 1, column 27: cannot set 'ns.me' to a Namespace: a namespace holds only none, booleans, numbers, strings, lists and dicts in {% set ns.me = ns %}"),
+        ("{% set ns = namespace() %}{% set ns.all = [1, {'inner': ns}] %}",
+         "line 1, column 27: a dict holds only none, booleans, numbers, strings, lists and dicts, found a Namespace at 'inner' in {% set ns.all = [1, {'inner': ns}] %}"),
+        ("{% set a = namespace() %}{% set b = namespace(other=a) %}",
+         "line 1, column 26: cannot set the namespace's 'other' to a Namespace: a namespace holds only none, booleans, numbers, strings, lists and dicts in {% set b = namespace(other=a) %}"),
+        ("{% macro m() %}{% endmacro %}{% set ns = namespace() %}{% set ns.f = m %}",
+         "line 1, column 56: cannot set 'ns.f' to a function: a namespace holds only none, booleans, numbers, strings, lists and dicts in {% set ns.f = m %}"),
+        ("{% set ns = namespace() %}{% set pair = (ns, ns) %}",
+         "line 1, column 27: a list holds only none, booleans, numbers, strings, lists and dicts, found a Namespace in {% set pair = (ns, ns) %}"),
+        ("{% for x in xs %}{% set l = [loop] %}{% endfor %}",
+         "line 1, column 18: a list holds only none, booleans, numbers, strings, lists and dicts, found a LoopContext in {% set l = [loop] %}"),
+        ("{% set d = dict(f=range) %}",
+         "line 1, column 1: a dict holds only none, booleans, numbers, strings, lists and dicts, found a function at 'f' in {% set d = dict(f=range) %}"),
+        ("{% set ns = namespace(x=0) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}",
+         "line 1, column 58: lists, dicts and namespaces nest at most 250 levels deep, found a value nesting 251 in {% set ns.x = [ns.x] %}"),
+        ("{% set ns = namespace(x=0) %}{% for i in range(100000) %}{% set ns.x = {'k': ns.x} %}{% endfor %}{{ ns.x }}",
+         "line 1, column 58: lists, dicts and namespaces nest at most 250 levels deep, found a value nesting 251 in {% set ns.x = {'k': ns.x} %}"),
+        // Without a namespace: each call of the macro wraps its argument in 45 more lists.
+        ("{% macro m(x) %}{{ m(" + String(repeating: "[", count: 45) + "x" + String(repeating: "]", count: 45) + ") }}{% endmacro %}{{ m(0) }}",
+         "line 1, column 17: lists, dicts and namespaces nest at most 250 levels deep, found a value nesting 251 in {{ m(" + String(repeating: "[", count: 45) + "x" + String(repeating: "]", count: 45) + ") }}"),
+        // map through map would recurse once per argument the template gives.
+        ("{{ [[1]]|map('map', 'map', 'string')|list }}",
+         "line 1, column 1: map cannot apply the filter 'map' itself in {{ [[1]]|map('map', 'map', 'string')|list }}"),
+    ])
+    func dataOnlyAndNesting(source: String, description: String) {
+        #expect(renderFailure(source) == description)
+    }
+
+    @Test("A context value nested deeper than 250 levels is an error naming the variable")
+    func deepContext() throws {
+        var deep: JinjaValue = 0
+        for _ in 0..<300 { deep = [deep] }
+        #expect(renderFailure("{{ deep|length }}", ["deep": deep]) == "line 1, column 1: lists and dicts nest at most 250 levels deep, found deeper ones in the variable 'deep'")
+        var fits: JinjaValue = 0
+        for _ in 0..<250 { fits = ["k": fits] }
+        let json = try render("{{ fits|tojson }}", ["fits": fits])
+        #expect(json == String(repeating: #"{"k": "#, count: 250) + "0" + String(repeating: "}", count: 250))
+        #expect(try render("{{ fits == fits }} {{ fits|string|length }} {{ fits.k|list }}", ["fits": fits]) == "True 1751 ['k']")
+        #expect(renderFailure("{{ [fits] }}", ["fits": fits]) == "line 1, column 1: lists, dicts and namespaces nest at most 250 levels deep, found a value nesting 251 in {{ [fits] }}")
+    }
+
+    @Test("Runaway loops and strings stop at the step and text budgets, naming them", arguments: [
+        // The review's examples, with the default budgets.
+        ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}", nil as Int?, nil as Int?,
+         "line 1, column 56: a string of 67108864 bytes would be longer than the limit of 33554432 bytes in {% set ns.s = ns.s ~ ns.s %}"),
+        ("{% for i in range(100000) %}{{ range(100000)|length }}{% endfor %}", nil, nil,
+         "line 1, column 29: the template exceeded its budget of 10000000 steps (loop iterations, expressions, and items and text handled) in {{ range(100000)|length }}"),
+        // Smaller budgets, to keep the test quick.
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", 1_000_000, nil,
+         "line 1, column 29: the template exceeded its budget of 1000000 steps (loop iterations, expressions, and items and text handled) in {% for j in range(100000) %}"),
+        ("{% set s = 'x' * 1000 %}{% for i in range(100) %}{{ s }}{% endfor %}", nil, 65536,
+         "line 1, column 50: the rendered text of 66000 bytes would be longer than the limit of 65536 bytes in {{ s }}"),
+        ("{% set s = 'x' * 40000 %}{{ [s, s]|join }}", nil, 65536,
+         "line 1, column 26: a string of 80000 bytes would be longer than the limit of 65536 bytes in {{ [s, s]|join }}"),
+        ("{% set s = 'x' * 40000 %}{{ s.replace('x', 'yy') }}", nil, 65536,
+         "line 1, column 26: a string of 80000 bytes would be longer than the limit of 65536 bytes in {{ s.replace('x', 'yy') }}"),
+        ("{% set s = 'é' * 20000 %}{{ s|tojson(ensure_ascii=true) }}", nil, 65536,
+         "line 1, column 26: a string of 120002 bytes would be longer than the limit of 65536 bytes in {{ s|tojson(ensure_ascii=true) }}"),
+        ("{% set l = ['x' * 1000] * 70 %}{{ l }}", nil, 65536,
+         "line 1, column 32: a string of 66261 bytes would be longer than the limit of 65536 bytes in {{ l }}"),
+        ("{% set l = ['x' * 1000] * 70 %}{{ l|tojson(indent=2) }}", nil, 65536,
+         "line 1, column 32: a string of 66394 bytes would be longer than the limit of 65536 bytes in {{ l|tojson(indent=2) }}"),
+        ("{{ range(2000)|unique|list|length }}", 1_000_000, nil,
+         "line 1, column 1: the template exceeded its budget of 1000000 steps (loop iterations, expressions, and items and text handled) in {{ range(2000)|unique|list|length }}"),
+        ("{{ (range(100000)|list * 100)|length }}", 1_000_000, nil,
+         "line 1, column 1: the template exceeded its budget of 1000000 steps (loop iterations, expressions, and items and text handled) in {{ (range(100000)|list * 100)|length }}"),
+    ])
+    func budgets(source: String, steps: Int?, textBytes: Int?, description: String) {
+        var limits = JinjaTemplate.Limits()
+        if let steps { limits.steps = steps }
+        if let textBytes { limits.textBytes = textBytes }
+        #expect(renderFailure(source, limits: limits) == description)
+    }
+
+    @Test("The budgets can be set per render")
+    func customLimits() throws {
+        #expect(renderFailure("{% for i in range(300) %}{{ i }}{% endfor %}", limits: .init(steps: 1000))
+            == "line 1, column 1: the template exceeded its budget of 1000 steps (loop iterations, expressions, and items and text handled) in {% for i in range(300) %}")
+        let text = JinjaTemplate.Limits(textBytes: 100)
+        #expect(renderFailure("{{ 'x' * 101 }}", limits: text)
+            == "line 1, column 1: a string of 101 bytes would be longer than the limit of 100 bytes in {{ 'x' * 101 }}")
+        #expect(renderFailure("{% for i in range(60) %}{{ 'ab' }}{% endfor %}", limits: text)
+            == "line 1, column 25: the rendered text of 102 bytes would be longer than the limit of 100 bytes in {{ 'ab' }}")
+        #expect(try JinjaTemplate(source: "{% for i in range(50) %}{{ 'ab' }}{% endfor %}").render([:], limits: text).count == 100)
+    }
+
+    @Test("Searching, counting, splitting and replacing take time linear in the text")
+    func linearSearch() throws {
+        // A naive search would compare 10^12 characters here.
+        let source = "{% set h = 'a' * 1000000 %}{% set n = 'a' * 500000 ~ 'b' %}{{ n in h }} {{ h.count(n) }} {{ h.replace(n, 'x')|length }} {{ h.find(n) }} {{ h.split(n)|length }} {{ (h ~ 'b').find(n) }}"
+        #expect(try render(source) == "False 0 1000000 -1 1 500000")
+    }
+
+    @Test("Long conversations and megabyte messages render well within the default budgets")
+    func longConversations() throws {
+        let template = try JinjaTemplate(source: qwen25Template, options: .huggingFace)
+        let turns: [JinjaValue] = (0..<30_000).map { i in
+            ["role": i % 2 == 0 ? "user" : "assistant", "content": .string("Message number \(i), with some words in it.")]
+        }
+        let prompt = try template.render(["messages": .array(turns), "add_generation_prompt": true])
+        #expect(prompt.hasSuffix("<|im_start|>user\nMessage number 29998, with some words in it.<|im_end|>\n<|im_start|>assistant\nMessage number 29999, with some words in it.<|im_end|>\n<|im_start|>assistant\n"))
+        let big = String(repeating: "Lorem ipsum dolor sit amet. ", count: 150_000)  // 4.2 MB
+        let single = try template.render(["messages": [["role": "user", "content": .string(big)]], "add_generation_prompt": true])
+        #expect(single == "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + big + "<|im_end|>\n<|im_start|>assistant\n")
+        let withTools = try template.render(["messages": [["role": "user", "content": .string(big)]], "tools": tools, "add_generation_prompt": true])
+        #expect(withTools.contains(big))
+    }
+
+    /// Templates that reach the depth limits the costliest ways: a macro recursing until the render depth
+    /// runs out, each call building, printing, serializing, comparing and (as the error unwinds) freeing
+    /// lists and dicts nested 249 levels (the deepest a namespace holds); recursion through a macro's
+    /// default argument, a loop's condition, a test's and a filter's arguments; and templates at the
+    /// parser's limit for parentheses, blocks, loops and macros.
+    private static let atTheLimits: [(source: String, result: String)] = [
+        ("""
+         {%- set ns = namespace(x=0, y=0) -%}
+         {%- for i in range(249) %}{% set ns.x = [ns.x] %}{% set ns.y = {'k': ns.y} %}{% endfor -%}
+         {%- macro down(n) -%}
+           {%- set local = namespace(v=0) -%}
+           {%- for i in range(249) %}{% set local.v = [local.v] %}{% endfor -%}
+           {{- ns.x|string|length }} {{ ns.y|tojson|length }} {{ ns.x == local.v }} {{ ns.x <= local.v }} {{ [ns.x, ns.y]|unique|length }};
+           {%- for once in [1] %}{% if n >= 0 %}{{ down(n + 1) }}{% endif %}{% endfor -%}
+         {%- endmacro -%}
+         {{- down(0) -}}
+         """,
+         "rendering nested deeper than 250 levels (a macro calling itself without end?) in {%- set local = namespace(v=0) -%}"),
+        ("{% macro m(x=m()) %}{% endmacro %}{{ m() }}",
+         "rendering nested deeper than 250 levels (a macro calling itself without end?) in {% macro m(x=m()) %}"),
+        ("{% macro m() %}{% for x in [1] if m() %}{% endfor %}{% endmacro %}{{ m() }}",
+         "rendering nested deeper than 250 levels (a macro calling itself without end?) in {% for x in [1] if m() %}"),
+        ("{% macro m() %}{{ 1 is eq(m()) }}{% endmacro %}{{ m() }}",
+         "rendering nested deeper than 250 levels (a macro calling itself without end?) in {{ 1 is eq(m()) }}"),
+        ("{% macro m() %}{{ 'a'|replace('a', m()) }}{% endmacro %}{{ m() }}",
+         "rendering nested deeper than 250 levels (a macro calling itself without end?) in {{ 'a'|replace('a', m()) }}"),
+        // The deepest the parser takes: two levels per parenthesis, one per block and two for an `if`'s
+        // condition, four for a loop's `[1]`.
+        ("{{ " + String(repeating: "(", count: 49) + "1" + String(repeating: ")", count: 49) + " }}", "1"),
+        (String(repeating: "{% if true %}", count: 98) + "x" + String(repeating: "{% endif %}", count: 98), "x"),
+        (String(repeating: "{% for x in [1] %}", count: 96) + "x" + String(repeating: "{% endfor %}", count: 96), "x"),
+        (String(repeating: "{% macro m() %}", count: 99) + String(repeating: "{% endmacro %}", count: 99) + "x", "x"),
+    ]
+
+    /// Parses and renders each of `atTheLimits`: its output, or the message it fails with.
+    private static func renderAtTheLimits() -> [String] {
+        atTheLimits.map(\.source).map { source in
+            do throws(JinjaError) {
+                return try JinjaTemplate(source: source).render([:])
+            } catch {
+                return error.message
+            }
+        }
+    }
+
+    @Test("Rendering up to every depth limit fits the stack of a Swift concurrency task")
+    func depthLimitsInATask() async {
+        let results = await Task { Self.renderAtTheLimits() }.value
+        #expect(results == Self.atTheLimits.map(\.result))
+    }
+
+    @Test("Rendering up to every depth limit fits a 512 KiB stack, the size of macOS's secondary and task threads")
+    func depthLimitsOnASmallStack() async {
+        // Linux gives tasks 8 MiB; a thread of our own has the stack macOS gives them.
+        let results = await withCheckedContinuation { continuation in
+            let thread = Thread { continuation.resume(returning: Self.renderAtTheLimits()) }
+            thread.stackSize = 512 << 10
+            thread.start()
+        }
+        #expect(results == Self.atTheLimits.map(\.result))
     }
 }

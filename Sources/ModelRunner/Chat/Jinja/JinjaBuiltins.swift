@@ -40,7 +40,8 @@ extension Jinja.Interpreter {
     }
 
     private func string(_ value: Value?, _ what: String) throws(JinjaError) -> String? {
-        guard let value, !value.equals(.none) else { return nil }
+        guard let value else { return nil }
+        if case .none = value { return nil }
         guard case .string(let s) = value else { throw fail("\(what) must be a string, found \(value.typeName)") }
         return s
     }
@@ -53,33 +54,61 @@ extension Jinja.Interpreter {
 
     private func length(_ value: Value) throws(JinjaError) -> Int {
         switch value {
-        case .string(let s): return s.unicodeScalars.count
-        case .array(let items): return items.count
-        case .object(let map): return map.keys.count
+        case .string(let s):
+            try chargeText(s.utf8.count)
+            return s.unicodeScalars.count
+        case .array(let list): return list.count
+        case .object(let dict): return dict.count
         case .undefined: return 0
         default: throw fail("object of type '\(value.typeName)' has no len()")
         }
     }
 
-    /// jinja2's `make_attrgetter`: `"a.b.0"` looks up `a`, then `b`, then item 0.
-    private func lookup(_ path: Value?, in item: Value, default fallback: Value? = nil) throws(JinjaError) -> Value {
+    /// `transform(input)`, a function of the input's size, charged for both and checked against the text limit.
+    private func mapped(_ input: String, _ transform: (String) -> String) throws(JinjaError) -> Value {
+        try chargeText(input.utf8.count)
+        return try built(transform(input))
+    }
+
+    /// `parts` joined by `separator`, within the text limit.
+    private func joined(_ parts: [String], separator: String) throws(JinjaError) -> Value {
+        var bytes = Self.product(separator.utf8.count, max(parts.count - 1, 0))
+        for part in parts { bytes = Self.sum(bytes, part.utf8.count) }
+        try checkText(bytes)
+        try chargeText(bytes)
+        return .string(parts.joined(separator: separator))
+    }
+
+    /// `str.replace`, within the text limit.
+    private func replaced(_ s: String, _ old: String, _ new: String, count: Int) throws(JinjaError) -> Value {
+        try chargeText(Self.sum(s.utf8.count, old.utf8.count))
+        let bytes = Jinja.replacedSize(s, old, new, count: count)
+        try checkText(bytes)
+        try chargeText(bytes)
+        return .string(Jinja.replace(s, old, new, count: count))
+    }
+
+    /// jinja2's `make_attrgetter` path: `"a.b.0"` looks up `a`, then `b`, then item 0.
+    private func attributePath(_ path: Value?) throws(JinjaError) -> [Value]? {
+        guard let path else { return nil }
+        guard case .string(let s) = path else { return [path] }
+        try chargeText(s.utf8.count)
+        return s.split(separator: ".", omittingEmptySubsequences: false).map { Int($0).map(Value.int) ?? .string(String($0)) }
+    }
+
+    private func lookup(_ path: [Value]?, in item: Value, default fallback: Value? = nil) throws(JinjaError) -> Value {
         guard let path else { return item }
+        try charge(path.count)
         var result = item
-        let parts: [Value]
-        if case .string(let s) = path {
-            parts = s.split(separator: ".", omittingEmptySubsequences: false).map { Int($0).map(Value.int) ?? .string(String($0)) }
-        } else {
-            parts = [path]
-        }
-        for part in parts {
+        for part in path {
             result = try self.item(of: result, part)
             if let fallback, result.isUndefined { result = fallback }
         }
         return result
     }
 
-    private func lowercasedIfString(_ value: Value) -> Value {
-        if case .string(let s) = value { return .string(s.lowercased()) }
+    private func lowercasedIfString(_ value: Value) throws(JinjaError) -> Value {
+        if case .string(let s) = value { return try mapped(s) { $0.lowercased() } }
         return value
     }
 
@@ -100,6 +129,13 @@ extension Jinja.Interpreter {
         return order.map { items[$0] }
     }
 
+    /// A width given as a number of spaces, within the text limit (Python's `" " * -1` is empty).
+    private func spaces(_ width: Value?, _ what: String, default fallback: Int) throws(JinjaError) -> String {
+        let count = max(try integer(width, what) ?? fallback, 0)
+        try checkText(count)
+        return String(repeating: " ", count: count)
+    }
+
     // MARK: Filters
 
     func filter(_ name: String, _ value: Value, _ positional: [Value], _ keywords: [(String, Value)]) throws(JinjaError) -> Value {
@@ -110,14 +146,14 @@ extension Jinja.Interpreter {
             _ = try arguments()
             switch value.numeric {
             case .int(let i)?:
-                guard i != .min else { throw fail("integer overflow") }
+                guard i != .min else { throw fail("integer overflow in abs(\(i))") }
                 return .int(abs(i))
             case .double(let d)?: return .double(abs(d))
             default: throw fail("bad operand type for abs(): '\(value.typeName)'")
             }
         case "capitalize":
             _ = try arguments()
-            return .string(Jinja.capitalized(value.text))
+            return try mapped(try text(value), Jinja.capitalized)
         case "count", "length":
             _ = try arguments()
             return .int(try length(value))
@@ -127,18 +163,20 @@ extension Jinja.Interpreter {
             return useDefault ? a[0] ?? .string("") : value
         case "dictsort":
             let a = try arguments("case_sensitive", "by", "reverse")
-            guard case .object(let map) = value else { throw fail("dictsort expects a mapping, found \(value.typeName)") }
+            guard case .object(let dict) = value else { throw fail("dictsort expects a mapping, found \(value.typeName)") }
             let byValue = try string(a[1], "by") == "value"
             let caseSensitive = a[0]?.isTruthy ?? false
-            let pairs = map.pairs.map { Value.array([.string($0.key), $0.value]) }
-            let keys = map.pairs.map { pair in
+            try charge(dict.count)
+            let pairs = dict.pairs.map { Value.list([.string($0.key), $0.value]) }
+            var keys: [Value] = []
+            for pair in dict.pairs {
                 let key = byValue ? pair.value : .string(pair.key)
-                return caseSensitive ? key : lowercasedIfString(key)
+                keys.append(caseSensitive ? key : try lowercasedIfString(key))
             }
-            return .array(try sorted(pairs, keys: keys, reverse: a[2]?.isTruthy ?? false))
+            return try list(try sorted(pairs, keys: keys, reverse: a[2]?.isTruthy ?? false))
         case "e", "escape":
             _ = try arguments()
-            return .string(Jinja.escapeHTML(value.text))
+            return try mapped(try text(value), Jinja.escapeHTML)
         case "first", "last":
             _ = try arguments()
             let items = try iterate(value)
@@ -147,7 +185,9 @@ extension Jinja.Interpreter {
             let a = try arguments("default")
             switch value {
             case .undefined(let message): throw fail(message)
-            case .string(let s): return Double(Jinja.pythonStrip(s)).map(Value.double) ?? a[0] ?? .double(0)
+            case .string(let s):
+                try chargeText(s.utf8.count)
+                return Double(Jinja.pythonStrip(s)).map(Value.double) ?? a[0] ?? .double(0)
             default: return value.numeric.map { .double($0.asDouble) } ?? a[0] ?? .double(0)
             }
         case "indent":
@@ -155,8 +195,13 @@ extension Jinja.Interpreter {
             if case .undefined(let message) = value { throw fail(message) }
             guard case .string(let text) = value else { throw fail("indent expects a string, found \(value.typeName)") }
             let indentation: String
-            if case .string(let s)? = a[0] { indentation = s } else { indentation = String(repeating: " ", count: try integer(a[0], "width") ?? 4) }
+            if case .string(let s)? = a[0] { indentation = s } else { indentation = try spaces(a[0], "width", default: 4) }
+            try chargeText(text.utf8.count)
             var lines = Jinja.splitLines(text + "\n")
+            // At most one indentation per line, and one more before the first.
+            let bytes = Self.sum(text.utf8.count + 1, Self.product(lines.count + 1, indentation.utf8.count))
+            try checkText(bytes)
+            try chargeText(bytes)
             var result: String
             if a[2]?.isTruthy ?? false {
                 result = lines.joined(separator: "\n" + indentation)
@@ -171,8 +216,10 @@ extension Jinja.Interpreter {
             switch value {
             case .undefined(let message): throw fail(message)
             case .string(let s):
+                try chargeText(s.utf8.count)
                 let trimmed = Jinja.pythonStrip(s).filter { $0 != "_" }
-                if let i = Int(trimmed, radix: try integer(a[1], "base") ?? 10) { return .int(i) }
+                if let i = Jinja.parseInt(trimmed, base: try integer(a[1], "base") ?? 10) { return .int(i) }
+                // jinja2 falls back to int(float(value)), also for a base int() does not take.
                 guard let d = Double(trimmed), d.isFinite, abs(d) < 9.2e18 else { return fallback }
                 return .int(Int(d))
             case .double(let d):
@@ -184,43 +231,50 @@ extension Jinja.Interpreter {
         case "items":
             _ = try arguments()
             switch value {
-            case .object(let map): return .array(map.pairs.map { .array([.string($0.key), $0.value]) })
-            case .undefined: return .array([])
+            case .object(let dict):
+                try charge(dict.count)
+                return try list(dict.pairs.map { .list([.string($0.key), $0.value]) })
+            case .undefined: return .list([])
             default: throw fail("items expects a mapping, found \(value.typeName)")
             }
         case "join":
             let a = try arguments("d", "attribute")
+            let path = try attributePath(a[1])
             var parts: [String] = []
-            for item in try iterate(value) { parts.append(try lookup(a[1], in: item).text) }
-            return .string(parts.joined(separator: a[0]?.text ?? ""))
+            for item in try iterate(value) { parts.append(try text(try lookup(path, in: item))) }
+            return try joined(parts, separator: try a[0].map { v throws(JinjaError) in try text(v) } ?? "")
         case "list":
             _ = try arguments()
-            return .array(try iterate(value))
+            if case .array = value { return value }
+            return try list(try iterate(value))
         case "lower":
             _ = try arguments()
-            return .string(value.text.lowercased())
+            return try mapped(try text(value)) { $0.lowercased() }
         case "upper":
             _ = try arguments()
-            return .string(value.text.uppercased())
+            return try mapped(try text(value)) { $0.uppercased() }
         case "map":
-            guard value.isTruthy else { return .array([]) }
+            guard value.isTruthy else { return .list([]) }
             var results: [Value] = []
             if positional.isEmpty, let attribute = keywords.first(where: { $0.0 == "attribute" })?.1 {
                 let a = try bind(what, ["attribute", "default"], [], keywords)
-                for item in try iterate(value) { results.append(try lookup(attribute, in: item, default: a[1])) }
+                let path = try attributePath(attribute)
+                for item in try iterate(value) { results.append(try lookup(path, in: item, default: a[1])) }
             } else {
                 guard let filterName = try string(positional.first, "the filter name") else { throw fail("map needs a filter name or attribute=") }
                 guard Self.filterNames.contains(filterName) else { throw fail("unsupported filter '\(filterName)'") }
+                // Applying map through map would recurse once per argument the template gives.
+                guard filterName != "map" else { throw fail("map cannot apply the filter 'map' itself") }
                 for item in try iterate(value) {
                     results.append(try filter(filterName, item, Array(positional.dropFirst()), keywords))
                 }
             }
-            return .array(results)
+            return try list(results)
         case "select", "reject", "selectattr", "rejectattr":
-            guard value.isTruthy else { return .array([]) }
+            guard value.isTruthy else { return .list([]) }
             let byAttribute = name.hasSuffix("attr")
             var rest = positional
-            let attribute = byAttribute ? rest.first : nil
+            let path = byAttribute ? try attributePath(rest.first) : nil
             if byAttribute {
                 guard !rest.isEmpty else { throw fail("\(what) needs an attribute name") }
                 rest.removeFirst()
@@ -230,19 +284,19 @@ extension Jinja.Interpreter {
             let testArguments = Array(rest.dropFirst())
             var kept: [Value] = []
             for item in try iterate(value) {
-                let subject = try lookup(attribute, in: item)
+                let subject = try lookup(path, in: item)
                 let passes = try testName.map { n throws(JinjaError) in try test(n, subject, testArguments, keywords) } ?? subject.isTruthy
                 if passes == name.hasPrefix("select") { kept.append(item) }
             }
-            return .array(kept)
+            return try list(kept)
         case "replace":
             let a = try arguments("old", "new", "count")
             guard let old = a[0], let new = a[1] else { throw fail("replace needs the old and new strings") }
-            return .string(Jinja.replace(value.text, old.text, new.text, count: try integer(a[2], "count") ?? -1))
+            return try replaced(try text(value), try text(old), try text(new), count: try integer(a[2], "count") ?? -1)
         case "reverse":
             _ = try arguments()
-            if case .string(let s) = value { return .string(String(String.UnicodeScalarView(s.unicodeScalars.reversed()))) }
-            return .array(try iterate(value).reversed())
+            if case .string(let s) = value { return try mapped(s) { String(String.UnicodeScalarView($0.unicodeScalars.reversed())) } }
+            return try list(try iterate(value).reversed())
         case "round":
             let a = try arguments("precision", "method")
             let precision = try integer(a[0], "precision") ?? 0
@@ -252,7 +306,9 @@ extension Jinja.Interpreter {
             guard let number = value.numeric else { throw fail("type \(value.typeName) doesn't define __round__ method") }
             if method == "common", case .int(let i) = number {
                 guard precision < 0 else { return number }
-                guard let rounded = Int(exactly: Jinja.pythonRound(Double(i), precision)) else { throw fail("integer overflow") }
+                guard let rounded = Int(exactly: Jinja.pythonRound(Double(i), precision)) else {
+                    throw fail("integer overflow in round(\(i), \(precision))")
+                }
                 return .int(rounded)
             }
             if method == "common" { return .double(Jinja.pythonRound(number.asDouble, precision)) }
@@ -265,63 +321,76 @@ extension Jinja.Interpreter {
         case "sort":
             let a = try arguments("reverse", "case_sensitive", "attribute")
             let items = try iterate(value)
+            var paths: [[Value]?] = [try attributePath(a[2])]
+            if case .string(let spec)? = a[2], spec.contains(",") {
+                paths = []
+                for part in spec.split(separator: ",") { paths.append(try attributePath(.string(String(part)))) }
+            }
             var keys: [Value] = []
             for item in items {
                 var key: Value
-                if case .string(let spec)? = a[2], spec.contains(",") {
+                if paths.count > 1 {
                     var parts: [Value] = []
-                    for part in spec.split(separator: ",") { parts.append(try lookup(.string(String(part)), in: item)) }
-                    key = .array(parts)
+                    for path in paths { parts.append(try lookup(path, in: item)) }
+                    key = .list(parts)
                 } else {
-                    key = try lookup(a[2], in: item)
+                    key = try lookup(paths.first ?? nil, in: item)
                 }
-                if !(a[1]?.isTruthy ?? false) { key = lowercasedIfString(key) }
+                if !(a[1]?.isTruthy ?? false) { key = try lowercasedIfString(key) }
                 keys.append(key)
             }
-            return .array(try sorted(items, keys: keys, reverse: a[0]?.isTruthy ?? false))
+            return try list(try sorted(items, keys: keys, reverse: a[0]?.isTruthy ?? false))
         case "string":
             _ = try arguments()
-            return .string(value.text)
+            return .string(try text(value))
         case "title":
             _ = try arguments()
-            return .string(Jinja.titled(value.text))
+            return try mapped(try text(value), Jinja.titled)
         case "tojson":
             let a = try arguments("indent", "ensure_ascii", "separators", "sort_keys")
             var indentation: String?
             switch a[0] {
             case .string(let s)?: indentation = s
             case nil, .none?: indentation = nil
-            default: indentation = String(repeating: " ", count: max(try integer(a[0], "indent") ?? 0, 0))
+            default: indentation = try spaces(a[0], "indent", default: 0)
             }
             var separators = (indentation == nil ? ", " : ",", ": ")
-            if let given = a[2], !given.equals(.none) {
-                let parts = try iterate(given)
-                guard parts.count == 2, case .string(let item) = parts[0], case .string(let key) = parts[1] else {
-                    throw fail("separators must be two strings")
+            if let given = a[2] {
+                if case .none = given {} else {
+                    let parts = try iterate(given)
+                    guard parts.count == 2, case .string(let item) = parts[0], case .string(let key) = parts[1] else {
+                        throw fail("separators must be two strings")
+                    }
+                    separators = (item, key)
                 }
-                separators = (item, key)
             }
             let format = JSONFormat(indent: indentation, itemSeparator: separators.0, keySeparator: separators.1,
                                     sortKeys: a[3]?.isTruthy ?? false, asciiOnly: a[1]?.isTruthy ?? false)
-            var out = ""
-            try json(value, format, level: 0, into: &out)
-            return .string(out)
+            return .string(try json(value, format))
         case "trim":
             let a = try arguments("chars")
-            return .string(Jinja.pythonStrip(value.text, chars: try string(a[0], "chars")))
+            let chars = try string(a[0], "chars")
+            try chargeText(chars?.utf8.count ?? 0)
+            return try mapped(try text(value)) { Jinja.pythonStrip($0, chars: chars) }
         case "unique":
             let a = try arguments("case_sensitive", "attribute")
+            let path = try attributePath(a[1])
             var kept: [Value] = []
             var seen: [Value] = []
             for item in try iterate(value) {
-                var key = try lookup(a[1], in: item)
-                if !(a[0]?.isTruthy ?? false) { key = lowercasedIfString(key) }
-                if !seen.contains(where: { $0.equals(key) }) {
+                var key = try lookup(path, in: item)
+                if !(a[0]?.isTruthy ?? false) { key = try lowercasedIfString(key) }
+                var isNew = true
+                for earlier in seen where try equals(earlier, key) {
+                    isNew = false
+                    break
+                }
+                if isNew {
                     seen.append(key)
                     kept.append(item)
                 }
             }
-            return .array(kept)
+            return try list(kept)
         default:
             throw fail("unsupported filter '\(name)'")
         }
@@ -361,9 +430,9 @@ extension Jinja.Interpreter {
         case "even", "odd", "divisibleby":
             let divisor = name == "divisibleby" ? try other() : .int(2)
             let remainder = try binary("%", value, divisor)
-            return remainder.equals(.int(name == "odd" ? 1 : 0))
-        case "eq", "equalto", "==": return value.equals(try other())
-        case "ne", "!=": return !value.equals(try other())
+            return try equals(remainder, .int(name == "odd" ? 1 : 0))
+        case "eq", "equalto", "==": return try equals(value, try other())
+        case "ne", "!=": return try !equals(value, try other())
         case "lt", "lessthan", "<": return try order(value, try other(), "<") < 0
         case "le", "<=": return try order(value, try other(), "<=") <= 0
         case "gt", "greaterthan", ">": return try order(value, try other(), ">") > 0
@@ -377,7 +446,9 @@ extension Jinja.Interpreter {
             default: return false
             }
         case "lower", "upper":
-            let cased = value.text.unicodeScalars.filter { $0.properties.isCased }
+            let text = try text(value)
+            try chargeText(text.utf8.count)
+            let cased = text.unicodeScalars.filter { $0.properties.isCased }
             guard !cased.isEmpty else { return false }
             return cased.allSatisfy { name == "lower" ? $0.properties.isLowercase : $0.properties.isUppercase }
         default:
@@ -391,22 +462,38 @@ extension Jinja.Interpreter {
         switch name {
         case "raise_exception":
             let a = try bind(name, ["message"], positional, keywords)
-            throw JinjaError(message: a[0]?.text ?? "", line: tag.line, column: tag.column)
+            throw JinjaError(message: try a[0].map { v throws(JinjaError) in try text(v) } ?? "", line: tag.line, column: tag.column)
         case "range":
             guard keywords.isEmpty, (1...3).contains(positional.count) else { throw fail("range takes 1 to 3 integer arguments") }
             var bounds: [Int] = []
             for argument in positional { bounds.append(try integer(argument, "a range bound") ?? 0) }
             let (start, stop, step) = bounds.count == 1 ? (0, bounds[0], 1) : (bounds[0], bounds[1], bounds.count == 3 ? bounds[2] : 1)
             guard step != 0 else { throw fail("range() arg 3 must not be zero") }
-            let count = step > 0 ? (stop - start + step - 1) / step : (start - stop - step - 1) / -step
-            guard count <= 100_000 else { throw fail("range of \(count) items is too large") }
-            return .array(Swift.stride(from: start, to: stop, by: step).map(Value.int))
+            // The count in UInt: the distance between two Ints, and the step's magnitude, always fit.
+            let count: UInt
+            if step > 0 {
+                count = start < stop ? (UInt(bitPattern: stop &- start) - 1) / step.magnitude + 1 : 0
+            } else {
+                count = start > stop ? (UInt(bitPattern: start &- stop) - 1) / step.magnitude + 1 : 0
+            }
+            guard count <= UInt(max(limits.steps, 0)) else {
+                throw fail("range of \(count) items is larger than the template's budget of \(limits.steps) steps")
+            }
+            try charge(Int(count))
+            var items: [Value] = []
+            items.reserveCapacity(Int(count))
+            var next = start
+            for _ in 0..<Int(count) {
+                items.append(.int(next))
+                next &+= step  // past the last item this may wrap; it is not used then
+            }
+            return .list(items)
         case "namespace", "dict":
             guard positional.count <= 1 else { throw fail("\(name) takes at most one positional argument") }
             var map = OrderedMap<Value>()
             if let first = positional.first {
                 switch first {
-                case .object(let given): map = given
+                case .object(let given): map = given.map
                 case .namespace(let given): map = given.attributes
                 default:
                     for pair in try iterate(first) {
@@ -417,10 +504,14 @@ extension Jinja.Interpreter {
                 }
             }
             for (key, value) in keywords { map[key] = value }
-            return name == "dict" ? .object(map) : .namespace(Jinja.Namespace(map))
+            guard name == "namespace" else { return try dict(map) }
+            for (key, value) in map.pairs { try checkAttribute(value, "the namespace's '\(key)'") }
+            return .namespace(Jinja.Namespace(map))
         default:  // strftime_now
             let a = try bind(name, ["format"], positional, keywords)
-            return .string(Jinja.strftimeNow(try string(a[0], "the format") ?? ""))
+            let format = try string(a[0], "the format") ?? ""
+            try chargeText(format.utf8.count)
+            return .string(Jinja.strftimeNow(format))
         }
     }
 
@@ -429,80 +520,87 @@ extension Jinja.Interpreter {
     func callMethod(_ receiver: Value, _ name: String, _ positional: [Value], _ keywords: [(String, Value)]) throws(JinjaError) -> Value {
         let what = "method '\(name)'"
         func arguments(_ names: String...) throws(JinjaError) -> [Value?] { try bind(what, names, positional, keywords) }
-        if case .object(let map) = receiver {
+        if case .object(let dict) = receiver {
             switch name {
             case "items":
                 _ = try arguments()
-                return .array(map.pairs.map { .array([.string($0.key), $0.value]) })
+                try charge(dict.count)
+                return try list(dict.pairs.map { .list([.string($0.key), $0.value]) })
             case "keys":
                 _ = try arguments()
-                return .array(map.keys.map(Value.string))
+                try charge(dict.count)
+                return .list(dict.keys.map(Value.string))
             case "values":
                 _ = try arguments()
-                return .array(map.pairs.map(\.value))
+                try charge(dict.count)
+                return .list(dict.pairs.map(\.value))
             default:  // get
                 let a = try arguments("key", "default")
                 guard case .string(let key)? = a[0] else { return a[1] ?? .none }
-                return map[key] ?? a[1] ?? .none
+                return dict[key] ?? a[1] ?? .none
             }
         }
         guard case .string(let s) = receiver else { throw fail("'\(receiver.typeName)' object has no method '\(name)'") }
         switch name {
         case "strip", "lstrip", "rstrip":
             let a = try arguments("chars")
-            return .string(Jinja.pythonStrip(s, chars: try string(a[0], "chars"), leading: name != "rstrip", trailing: name != "lstrip"))
+            let chars = try string(a[0], "chars")
+            try chargeText(chars?.utf8.count ?? 0)
+            return try mapped(s) { Jinja.pythonStrip($0, chars: chars, leading: name != "rstrip", trailing: name != "lstrip") }
         case "split":
             let a = try arguments("sep", "maxsplit")
             let separator = try string(a[0], "sep")
             if separator == "" { throw fail("empty separator") }
-            return .array(Jinja.split(s, separator: separator, limit: try integer(a[1], "maxsplit") ?? -1).map(Value.string))
+            let limit = try integer(a[1], "maxsplit") ?? -1
+            try chargeText(Self.sum(s.utf8.count, separator?.utf8.count ?? 0))
+            let parts = Jinja.split(s, separator: separator, limit: limit)
+            try charge(parts.count)
+            return .list(parts.map(Value.string))
         case "splitlines":
             _ = try arguments()
-            return .array(Jinja.splitLines(s).map(Value.string))
+            try chargeText(s.utf8.count)
+            let lines = Jinja.splitLines(s)
+            try charge(lines.count)
+            return .list(lines.map(Value.string))
         case "startswith", "endswith":
             let a = try arguments("prefix")
             guard let affix = a[0] else { throw fail("\(what) needs an argument") }
             let candidates: [Value]
             if case .string = affix { candidates = [affix] } else { candidates = try iterate(affix) }
-            let scalars = Array(s.unicodeScalars)
             for candidate in candidates {
                 guard case .string(let c) = candidate else { throw fail("\(what) takes a string or a tuple of strings") }
-                let cs = Array(c.unicodeScalars)
-                if name == "startswith" ? scalars.starts(with: cs) : scalars.reversed().starts(with: cs.reversed()) { return .bool(true) }
+                try chargeText(c.utf8.count)
+                // Code points match where their UTF-8 bytes do.
+                if name == "startswith" ? s.utf8.starts(with: c.utf8) : s.utf8.reversed().starts(with: c.utf8.reversed()) { return .bool(true) }
             }
             return .bool(false)
         case "upper", "lower", "title", "capitalize":
             _ = try arguments()
             switch name {
-            case "upper": return .string(s.uppercased())
-            case "lower": return .string(s.lowercased())
-            case "title": return .string(Jinja.pythonTitle(s))
-            default: return .string(Jinja.capitalized(s))
+            case "upper": return try mapped(s) { $0.uppercased() }
+            case "lower": return try mapped(s) { $0.lowercased() }
+            case "title": return try mapped(s, Jinja.pythonTitle)
+            default: return try mapped(s, Jinja.capitalized)
             }
         case "replace":
             let a = try arguments("old", "new", "count")
             guard let old = try string(a[0], "old"), let new = try string(a[1], "new") else { throw fail("\(what) needs the old and new strings") }
-            return .string(Jinja.replace(s, old, new, count: try integer(a[2], "count") ?? -1))
+            return try replaced(s, old, new, count: try integer(a[2], "count") ?? -1)
         case "find", "count":
             let a = try arguments("sub")
             guard let sub = try string(a[0], "sub") else { throw fail("\(what) needs a string") }
+            try chargeText(Self.sum(s.utf8.count, sub.utf8.count))
             let haystack = Array(s.unicodeScalars), needle = Array(sub.unicodeScalars)
             if name == "find" { return .int(Jinja.find(needle, in: haystack) ?? -1) }
-            if needle.isEmpty { return .int(haystack.count + 1) }
-            var (count, start) = (0, 0)
-            while let found = Jinja.find(needle, in: haystack, from: start) {
-                count += 1
-                start = found + needle.count
-            }
-            return .int(count)
+            return .int(Jinja.occurrences(of: needle, in: haystack, limit: -1))
         default:  // join
             let a = try arguments("iterable")
             var parts: [String] = []
-            for item in try iterate(a[0] ?? .array([])) {
+            for item in try iterate(a[0] ?? .list([])) {
                 guard case .string(let part) = item else { throw fail("sequence item \(parts.count): expected str instance, \(item.typeName) found") }
                 parts.append(part)
             }
-            return .string(parts.joined(separator: s))
+            return try joined(parts, separator: s)
         }
     }
 }
@@ -518,46 +616,77 @@ extension Jinja.Interpreter {
         var asciiOnly: Bool
     }
 
-    /// Python's `json.dumps`.
-    private func json(_ value: Value, _ format: JSONFormat, level: Int, into out: inout String) throws(JinjaError) {
-        func newline(_ depth: Int) {
-            if let indent = format.indent { out += "\n" + String(repeating: indent, count: depth) }
+    /// Python's `json.dumps`, within the depth and text limits. A loop over pending work rather than a
+    /// recursion, so that the stack it takes does not grow with the value's depth.
+    private func json(_ value: Value, _ format: JSONFormat) throws(JinjaError) -> String {
+        enum Work {
+            case value(Value, level: Int)
+            case key(String)
+            case text(String)
+            /// A line break and the indentation of this level, when indenting.
+            case newline(Int)
         }
-        switch value {
-        case .none: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
-        case .int(let i): out += String(i)
-        case .double(let d): out += d.isNaN ? "NaN" : d.isInfinite ? (d < 0 ? "-Infinity" : "Infinity") : Jinja.pythonFloat(d)
-        case .string(let s): jsonString(s, asciiOnly: format.asciiOnly, into: &out)
-        case .array(let items):
-            guard !items.isEmpty else { out += "[]"; return }
-            out += "["
-            for (index, item) in items.enumerated() {
-                if index > 0 { out += format.itemSeparator }
-                newline(level + 1)
-                try json(item, format, level: level + 1, into: &out)
+        var out = ""
+        var work: [Work] = [.value(value, level: 0)]  // the next piece last
+        while let next = work.popLast() {
+            switch next {
+            case .text(let text):
+                out += text
+            case .key(let key):
+                try jsonString(key, asciiOnly: format.asciiOnly, into: &out)
+            case .newline(let level):
+                guard let indent = format.indent else { break }
+                try checkText(Self.sum(out.utf8.count + 1, Self.product(indent.utf8.count, level)))
+                out += "\n" + String(repeating: indent, count: level)
+            case .value(let value, let level):
+                try charge(1)
+                switch value {
+                case .none: out += "null"
+                case .bool(let b): out += b ? "true" : "false"
+                case .int(let i): out += String(i)
+                case .double(let d): out += d.isNaN ? "NaN" : d.isInfinite ? (d < 0 ? "-Infinity" : "Infinity") : Jinja.pythonFloat(d)
+                case .string(let s): try jsonString(s, asciiOnly: format.asciiOnly, into: &out)
+                case .array(let list):
+                    guard !list.isEmpty else { out += "[]"; break }
+                    guard level < Self.maxValueDepth else { throw fail("tojson goes at most \(Self.maxValueDepth) levels deep, found a value nested deeper") }
+                    out += "["
+                    work.append(.text("]"))
+                    work.append(.newline(level))
+                    for index in list.indices.reversed() {
+                        work.append(.value(list[index], level: level + 1))
+                        work.append(.newline(level + 1))
+                        if index > 0 { work.append(.text(format.itemSeparator)) }
+                    }
+                case .object(let dict):
+                    guard dict.count > 0 else { out += "{}"; break }
+                    guard level < Self.maxValueDepth else { throw fail("tojson goes at most \(Self.maxValueDepth) levels deep, found a value nested deeper") }
+                    var keys = dict.keys
+                    if format.sortKeys {
+                        try charge(dict.count)
+                        keys.sort { $0.utf8.lexicographicallyPrecedes($1.utf8) }  // UTF-8 bytes order as code points do
+                    }
+                    out += "{"
+                    work.append(.text("}"))
+                    work.append(.newline(level))
+                    for (index, key) in keys.enumerated().reversed() {
+                        work.append(.value(dict[key] ?? .none, level: level + 1))
+                        work.append(.text(format.keySeparator))
+                        work.append(.key(key))
+                        work.append(.newline(level + 1))
+                        if index > 0 { work.append(.text(format.itemSeparator)) }
+                    }
+                default:
+                    throw fail("Object of type \(value.typeName) is not JSON serializable")
+                }
             }
-            newline(level)
-            out += "]"
-        case .object(let map):
-            guard !map.keys.isEmpty else { out += "{}"; return }
-            let keys = format.sortKeys ? map.keys.sorted { $0.unicodeScalars.lexicographicallyPrecedes($1.unicodeScalars) } : map.keys
-            out += "{"
-            for (index, key) in keys.enumerated() {
-                if index > 0 { out += format.itemSeparator }
-                newline(level + 1)
-                jsonString(key, asciiOnly: format.asciiOnly, into: &out)
-                out += format.keySeparator
-                try json(map[key] ?? .none, format, level: level + 1, into: &out)
-            }
-            newline(level)
-            out += "}"
-        default:
-            throw fail("Object of type \(value.typeName) is not JSON serializable")
+            try checkText(out.utf8.count)
         }
+        return out
     }
 
-    private func jsonString(_ s: String, asciiOnly: Bool, into out: inout String) {
+    private func jsonString(_ s: String, asciiOnly: Bool, into out: inout String) throws(JinjaError) {
+        try checkText(Self.sum(out.utf8.count, s.utf8.count))
+        try chargeText(s.utf8.count)
         var view = String.UnicodeScalarView()
         view.append("\"")
         func escape(_ code: UInt32) {
@@ -619,6 +748,7 @@ extension Jinja {
         let haystack = Array(s.unicodeScalars), needle = Array(old.unicodeScalars)
         var result = String.UnicodeScalarView()
         var (start, done) = (0, 0)
+        let finder = Finder(needle)
         while count < 0 || done < count {
             if needle.isEmpty {
                 result.append(contentsOf: new.unicodeScalars)
@@ -628,7 +758,7 @@ extension Jinja {
                 start += 1
                 continue
             }
-            guard let found = Jinja.find(needle, in: haystack, from: start) else { break }
+            guard let found = finder.find(in: haystack, from: start) else { break }
             result.append(contentsOf: haystack[start..<found])
             result.append(contentsOf: new.unicodeScalars)
             start = found + needle.count
@@ -636,6 +766,51 @@ extension Jinja {
         }
         result.append(contentsOf: haystack[start...])
         return String(result)
+    }
+
+    /// How many UTF-8 bytes `replace(s, old, new, count: count)` gives, found without building it
+    /// (saturating at `Int.max`).
+    static func replacedSize(_ s: String, _ old: String, _ new: String, count: Int) -> Int {
+        let haystack = Array(s.unicodeScalars)
+        let replacements = occurrences(of: Array(old.unicodeScalars), in: haystack, limit: count)
+        let (added, overflow) = replacements.multipliedReportingOverflow(by: new.utf8.count - old.utf8.count)
+        let (total, overflowAgain) = s.utf8.count.addingReportingOverflow(added)
+        return overflow || overflowAgain ? .max : total
+    }
+
+    /// `str.count(needle)`: non-overlapping occurrences, at most `limit` of them when it is not negative;
+    /// an empty needle occurs before every character and at the end.
+    static func occurrences(of needle: [Unicode.Scalar], in haystack: [Unicode.Scalar], limit: Int) -> Int {
+        if needle.isEmpty { return limit < 0 ? haystack.count + 1 : min(limit, haystack.count + 1) }
+        let finder = Finder(needle)
+        var (found, start) = (0, 0)
+        while limit < 0 || found < limit, let position = finder.find(in: haystack, from: start) {
+            found += 1
+            start = position + needle.count
+        }
+        return found
+    }
+
+    /// Python's `int(text, base)` for bases 2 to 36, and 0 (the base its prefix names); nil for any
+    /// other base or text it does not take.
+    static func parseInt(_ text: String, base: Int) -> Int? {
+        var digits = Substring(text)
+        var sign = ""
+        if let first = digits.first, first == "+" || first == "-" {
+            sign = first == "-" ? "-" : ""
+            digits = digits.dropFirst()
+        }
+        let prefixes: [(String, Int)] = [("0x", 16), ("0o", 8), ("0b", 2)]
+        var radix = base
+        let lowered = digits.prefix(2).lowercased()
+        if let prefixBase = prefixes.first(where: { lowered == $0.0 })?.1, base == 0 || base == prefixBase {
+            digits = digits.dropFirst(2)
+            radix = prefixBase
+        } else if base == 0 {
+            radix = 10
+        }
+        guard (2...36).contains(radix), !digits.isEmpty, digits.first != "+", digits.first != "-" else { return nil }
+        return Int(sign + digits, radix: radix)
     }
 
     /// `str.split(sep, maxsplit)`: runs of white space when `separator` is nil.
@@ -657,8 +832,9 @@ extension Jinja {
             }
         }
         let needle = Array(separator.unicodeScalars)
+        let finder = Finder(needle)
         var start = 0
-        while limit < 0 || parts.count < limit, let found = Jinja.find(needle, in: scalars, from: start) {
+        while limit < 0 || parts.count < limit, let found = finder.find(in: scalars, from: start) {
             parts.append(string(scalars[start..<found]))
             start = found + needle.count
         }
@@ -739,7 +915,8 @@ extension Jinja {
     static func pythonRound(_ x: Double, _ digits: Int) -> Double {
         guard x.isFinite else { return x }
         if digits < 0 {
-            let scale = pow(10, Double(-digits))
+            let scale = pow(10, -Double(digits))
+            guard scale.isFinite else { return x * 0 }  // rounded to more than 308 digits before the point
             return (x / scale).rounded(.toNearestOrEven) * scale
         }
         var buffer = [CChar](repeating: 0, count: 420 + min(digits, 400))

@@ -159,139 +159,222 @@ extension Jinja {
 
         // MARK: Statements
 
+        // The functions on the path of nesting (parseBody, parseStatement and each statement's, and
+        // parseTuple down to parsePrimary) are kept small, each piece in a function of its own, so that
+        // a level of nesting costs little stack also in a debug build, where every local has a slot.
+
         /// Nodes up to a `{% name %}` in `endTags` (consumed up to the name) or the end of the template.
         private mutating func parseBody(until endTags: Set<String>) throws(JinjaError) -> ([Node], String?) {
             var nodes: [Node] = []
             while true {
-                let token = current
-                switch token.kind {
-                case .text(let text):
-                    position += 1
-                    nodes.append(.text(text))
-                case .openExpression:
-                    position += 1
-                    let expression = try parseTuple()
-                    guard current.kind == .closeExpression else { throw unexpected(expected: "the end of the tag ('}}')") }
-                    position += 1
-                    nodes.append(.output(expression, tag(of: token) ?? Tag(line: token.line, column: token.column, source: "")))
+                switch current.kind {
                 case .openStatement:
-                    position += 1
-                    guard case .name(let name) = current.kind else { throw unexpected(expected: "a statement name") }
-                    if endTags.contains(name) {
-                        position += 1
-                        return (nodes, name)
-                    }
-                    nodes.append(try parseStatement(name, opener: token))
+                    if let end = try skipEndTag(endTags) { return (nodes, end) }
+                    nodes.append(try parseStatement())
                 case .end:
                     return (nodes, nil)
                 default:
-                    throw unexpected(expected: "template text or a tag")
+                    nodes.append(try parseTextOrOutput())
                 }
+            }
+        }
+
+        /// At `{%`: the statement's name, consumed with the `{%`, when it is one of `endTags`.
+        private mutating func skipEndTag(_ endTags: Set<String>) throws(JinjaError) -> String? {
+            guard case .name(let name) = tokens[position + 1].kind else {
+                position += 1
+                throw unexpected(expected: "a statement name")
+            }
+            guard endTags.contains(name) else { return nil }
+            position += 2
+            return name
+        }
+
+        private mutating func parseTextOrOutput() throws(JinjaError) -> Node {
+            let token = current
+            switch token.kind {
+            case .text(let text):
+                position += 1
+                return .text(text)
+            case .openExpression:
+                position += 1
+                let expression = try parseTuple()
+                guard current.kind == .closeExpression else { throw unexpected(expected: "the end of the tag ('}}')") }
+                position += 1
+                return .output(expression, tag(of: token) ?? Tag(line: token.line, column: token.column, source: ""))
+            default:
+                throw unexpected(expected: "template text or a tag")
             }
         }
 
         /// A body closed by one of `endTags`; reaching the end of the template first is an error naming the opener.
         private mutating func parseBlock(until endTags: Set<String>, opener: Token) throws(JinjaError) -> ([Node], String) {
             let (nodes, end) = try parseBody(until: endTags)
-            guard let end else {
-                let names = endTags.sorted().map { "'\($0)'" }.joined(separator: " or ")
-                throw error("expected \(names), found the end of the template; the block opened at line \(opener.line)", at: opener)
-            }
+            guard let end else { throw unclosed(endTags, opener) }
             return (nodes, end)
         }
 
-        private mutating func parseStatement(_ name: String, opener: Token) throws(JinjaError) -> Node {
-            let nameToken = current
+        private func unclosed(_ endTags: Set<String>, _ opener: Token) -> JinjaError {
+            let names = endTags.sorted().map { "'\($0)'" }.joined(separator: " or ")
+            return error("expected \(names), found the end of the template; the block opened at line \(opener.line)", at: opener)
+        }
+
+        /// At `{%` and a name: one level of nesting, parsed by the statement's function (see `statement(named:)`).
+        private mutating func parseStatement() throws(JinjaError) -> Node {
+            let opener = current
             position += 1
-            let tag = self.tag(of: opener) ?? Tag(line: opener.line, column: opener.column, source: "")
             let outerDepth = depth
             defer { depth = outerDepth }
             try nest()
-            switch name {
-            case "if":
-                var branches: [(condition: Expr, body: [Node], tag: Tag)] = []
-                var branchTag = tag
-                while true {
-                    let condition = try parseTuple(withConditional: false)
-                    try expectStatementEnd()
-                    let (body, end) = try parseBlock(until: ["elif", "else", "endif"], opener: opener)
-                    branches.append((condition, body, branchTag))
-                    if end == "elif" {
-                        branchTag = self.tag(of: tokens[position - 1]) ?? tag
-                        continue
-                    }
-                    var otherwise: [Node] = []
-                    if end == "else" {
-                        try expectStatementEnd()
-                        (otherwise, _) = try parseBlock(until: ["endif"], opener: opener)
-                    }
-                    try expectStatementEnd()
-                    return .conditional(branches, otherwise: otherwise)
-                }
-            case "for":
-                let target = try parseAssignTarget(allowNamespace: false)
-                guard skip(name: "in") else { throw unexpected(expected: "'in'") }
-                let iterable = try parseTuple(withConditional: false, endNames: ["if", "recursive"])
-                let filter = skip(name: "if") ? try parseExpression() : nil
-                if isName("recursive") { throw error("unsupported 'recursive' loop", at: current) }
-                try expectStatementEnd()
-                loopDepth += 1
-                let (body, end) = try parseBlock(until: ["else", "endfor"], opener: opener)
-                loopDepth -= 1
-                var otherwise: [Node] = []
-                if end == "else" {
-                    try expectStatementEnd()
-                    (otherwise, _) = try parseBlock(until: ["endfor"], opener: opener)
-                }
-                try expectStatementEnd()
-                return .loop(ForLoop(target: target, iterable: iterable, filter: filter, body: body, otherwise: otherwise, tag: tag))
-            case "set":
-                let target = try parseAssignTarget(allowNamespace: true)
-                if skip(symbol: "=") {
-                    let value = try parseTuple()
-                    try expectStatementEnd()
-                    return .assign(target, value, tag)
-                }
-                try expectStatementEnd()
-                let (body, _) = try parseBlock(until: ["endset"], opener: opener)
-                try expectStatementEnd()
-                return .assignBlock(target, body, tag)
-            case "macro":
-                let macroName = try expectName("the macro's name")
-                try expect(symbol: "(")
-                var parameters: [(name: String, defaultValue: Expr?)] = []
-                while !skip(symbol: ")") {
-                    if !parameters.isEmpty { try expect(symbol: ",") }
-                    if skip(symbol: ")") { break }
-                    let parameter = try expectName("a parameter name")
-                    let defaultValue = skip(symbol: "=") ? try parseExpression() : nil
-                    if defaultValue == nil, parameters.last?.defaultValue != nil {
-                        throw error("parameter '\(parameter)' without a default follows one with a default", at: tokens[position - 1])
-                    }
-                    parameters.append((parameter, defaultValue))
-                }
-                try expectStatementEnd()
-                let outerLoops = loopDepth
-                loopDepth = 0
-                let (body, _) = try parseBlock(until: ["endmacro"], opener: opener)
-                loopDepth = outerLoops
-                if case .name = current.kind { position += 1 }  // `{% endmacro name %}` is allowed
-                try expectStatementEnd()
-                return .macro(MacroDefinition(name: macroName, parameters: parameters, body: body, tag: tag))
-            case "break", "continue":
-                guard loopDepth > 0 else { throw error("'\(name)' outside a loop", at: nameToken) }
-                try expectStatementEnd()
-                return .loopControl(isBreak: name == "break")
-            case "generation":
-                try expectStatementEnd()
-                let (body, _) = try parseBlock(until: ["endgeneration"], opener: opener)
-                try expectStatementEnd()
-                return .block(body)
-            default:
-                if Self.unsupportedTags.contains(name) { throw error("unsupported tag '\(name)'", at: nameToken) }
-                if name.hasPrefix("end") || name == "elif" || name == "else" { throw error("unexpected '\(name)'", at: nameToken) }
-                throw error("unknown tag '\(name)'", at: nameToken)
+            return try Self.statement(named: current.kind)(&self, opener)
+        }
+
+        private typealias StatementParser = (inout Parser, Token) throws(JinjaError) -> Node
+
+        /// The function for a statement, picked without binding or calling anything that throws, so
+        /// that `parseStatement`'s frame stays small.
+        private static func statement(named kind: Token.Kind) -> StatementParser {
+            switch kind {
+            case .name("if"): { p, opener throws(JinjaError) in try p.parseIf(opener) }
+            case .name("for"): { p, opener throws(JinjaError) in try p.parseFor(opener) }
+            case .name("set"): { p, opener throws(JinjaError) in try p.parseSet(opener) }
+            case .name("macro"): { p, opener throws(JinjaError) in try p.parseMacro(opener) }
+            case .name("break"), .name("continue"): { p, _ throws(JinjaError) in try p.parseLoopControl() }
+            case .name("generation"): { p, opener throws(JinjaError) in try p.parseGeneration(opener) }
+            default: { p, _ throws(JinjaError) in throw p.unknownStatement() }
             }
+        }
+
+        private mutating func statementTag(_ opener: Token) -> Tag {
+            position += 1  // the statement's name
+            return tag(of: opener) ?? Tag(line: opener.line, column: opener.column, source: "")
+        }
+
+        private mutating func parseIf(_ opener: Token) throws(JinjaError) -> Node {
+            var branches = Branches(tag: statementTag(opener))
+            while try parseBranch(into: &branches, opener) {}
+            return .conditional(branches.branches, otherwise: branches.otherwise)
+        }
+
+        /// An `if` being parsed.
+        private struct Branches {
+            var branches: [(condition: Expr, body: [Node], tag: Tag)] = []
+            var otherwise: [Node] = []
+            /// The tag of the branch being parsed.
+            var tag: Tag
+        }
+
+        /// An `if` or `elif` condition and its body, and the `else` body when it follows; whether an
+        /// `elif` follows.
+        private mutating func parseBranch(into branches: inout Branches, _ opener: Token) throws(JinjaError) -> Bool {
+            let condition = try parseTuple(withConditional: false)
+            try expectStatementEnd()
+            let (body, end) = try parseBlock(until: ["elif", "else", "endif"], opener: opener)
+            branches.branches.append((condition, body, branches.tag))
+            if end == "elif" {
+                branches.tag = self.tag(of: tokens[position - 1]) ?? branches.tag
+                return true
+            }
+            if end == "else" { branches.otherwise = try parseElse(until: "endif", opener) }
+            try expectStatementEnd()
+            return false
+        }
+
+        /// After `{% else`: the body up to `end`.
+        private mutating func parseElse(until end: String, _ opener: Token) throws(JinjaError) -> [Node] {
+            try expectStatementEnd()
+            return try parseBlock(until: [end], opener: opener).0
+        }
+
+        private mutating func parseFor(_ opener: Token) throws(JinjaError) -> Node {
+            var loop = try parseForHeader(opener)
+            loopDepth += 1
+            let (body, end) = try parseBlock(until: ["else", "endfor"], opener: opener)
+            loopDepth -= 1
+            loop.body = body
+            if end == "else" { loop.otherwise = try parseElse(until: "endfor", opener) }
+            try expectStatementEnd()
+            return .loop(loop)
+        }
+
+        /// `for target in iterable if filter %}`, the loop without its body yet.
+        private mutating func parseForHeader(_ opener: Token) throws(JinjaError) -> ForLoop {
+            let tag = statementTag(opener)
+            let target = try parseAssignTarget(allowNamespace: false)
+            guard skip(name: "in") else { throw unexpected(expected: "'in'") }
+            let iterable = try parseTuple(withConditional: false, endNames: ["if", "recursive"])
+            let filter = skip(name: "if") ? try parseExpression() : nil
+            if isName("recursive") { throw error("unsupported 'recursive' loop", at: current) }
+            try expectStatementEnd()
+            return ForLoop(target: target, iterable: iterable, filter: filter, body: [], otherwise: [], tag: tag)
+        }
+
+        private mutating func parseSet(_ opener: Token) throws(JinjaError) -> Node {
+            let tag = statementTag(opener)
+            let target = try parseAssignTarget(allowNamespace: true)
+            if skip(symbol: "=") {
+                let value = try parseTuple()
+                try expectStatementEnd()
+                return .assign(target, value, tag)
+            }
+            try expectStatementEnd()
+            let (body, _) = try parseBlock(until: ["endset"], opener: opener)
+            try expectStatementEnd()
+            return .assignBlock(target, body, tag)
+        }
+
+        private mutating func parseMacro(_ opener: Token) throws(JinjaError) -> Node {
+            var definition = try parseMacroHeader(opener)
+            let outerLoops = loopDepth
+            loopDepth = 0
+            definition.body = try parseBlock(until: ["endmacro"], opener: opener).0
+            loopDepth = outerLoops
+            if case .name = current.kind { position += 1 }  // `{% endmacro name %}` is allowed
+            try expectStatementEnd()
+            return .macro(definition)
+        }
+
+        /// `macro name(parameters) %}`, the macro without its body yet.
+        private mutating func parseMacroHeader(_ opener: Token) throws(JinjaError) -> MacroDefinition {
+            let tag = statementTag(opener)
+            let macroName = try expectName("the macro's name")
+            try expect(symbol: "(")
+            var parameters: [(name: String, defaultValue: Expr?)] = []
+            while !skip(symbol: ")") {
+                if !parameters.isEmpty { try expect(symbol: ",") }
+                if skip(symbol: ")") { break }
+                let parameter = try expectName("a parameter name")
+                let defaultValue = skip(symbol: "=") ? try parseExpression() : nil
+                if defaultValue == nil, parameters.last?.defaultValue != nil {
+                    throw error("parameter '\(parameter)' without a default follows one with a default", at: tokens[position - 1])
+                }
+                parameters.append((parameter, defaultValue))
+            }
+            try expectStatementEnd()
+            return MacroDefinition(name: macroName, parameters: parameters, body: [], tag: tag)
+        }
+
+        private mutating func parseLoopControl() throws(JinjaError) -> Node {
+            guard case .name(let name) = current.kind else { throw unexpected(expected: "'break' or 'continue'") }
+            guard loopDepth > 0 else { throw error("'\(name)' outside a loop", at: current) }
+            position += 1
+            try expectStatementEnd()
+            return .loopControl(isBreak: name == "break")
+        }
+
+        private mutating func parseGeneration(_ opener: Token) throws(JinjaError) -> Node {
+            _ = statementTag(opener)
+            try expectStatementEnd()
+            let (body, _) = try parseBlock(until: ["endgeneration"], opener: opener)
+            try expectStatementEnd()
+            return .block(body)
+        }
+
+        private func unknownStatement() -> JinjaError {
+            guard case .name(let name) = current.kind else { return unexpected(expected: "a statement name") }
+            if Self.unsupportedTags.contains(name) { return error("unsupported tag '\(name)'", at: current) }
+            if name.hasPrefix("end") || name == "elif" || name == "else" { return error("unexpected '\(name)'", at: current) }
+            return error("unknown tag '\(name)'", at: current)
         }
 
         private mutating func parseAssignTarget(allowNamespace: Bool) throws(JinjaError) -> AssignTarget {
@@ -318,25 +401,33 @@ extension Jinja {
         private mutating func parseTuple(withConditional: Bool = true, endNames: Set<String> = [],
                                          parenthesized: Bool = false) throws(JinjaError) -> Expr
         {
-            var items: [Expr] = []
-            var isTuple = false
-            while true {
-                if !items.isEmpty { try expect(symbol: ",") }
-                switch current.kind {
-                case .closeExpression, .closeStatement, .symbol(")"): break
-                case .name(let name) where endNames.contains(name): break
-                default:
-                    items.append(withConditional ? try parseExpression() : try parseOr())
-                    if isSymbol(",") {
-                        isTuple = true
-                        continue
-                    }
-                }
-                break
+            guard !endsTuple(endNames) else { return try emptyTuple(parenthesized) }
+            let first = withConditional ? try parseExpression() : try parseOr()
+            guard isSymbol(",") else { return first }
+            return try parseTupleRest(first, withConditional: withConditional, endNames: endNames)
+        }
+
+        /// Whether the tuple ends here, before an item.
+        private func endsTuple(_ endNames: Set<String>) -> Bool {
+            switch current.kind {
+            case .closeExpression, .closeStatement, .symbol(")"): true
+            case .name(let name): endNames.contains(name)
+            default: false
             }
-            if !isTuple {
-                if let only = items.first { return only }
-                if !parenthesized { throw unexpected(expected: "an expression") }
+        }
+
+        /// `()`, or the error where an expression should be.
+        private func emptyTuple(_ parenthesized: Bool) throws(JinjaError) -> Expr {
+            guard parenthesized else { throw unexpected(expected: "an expression") }
+            return .tuple([])
+        }
+
+        /// At the `,` after a tuple's first item: the other items, a trailing comma allowed.
+        private mutating func parseTupleRest(_ first: Expr, withConditional: Bool, endNames: Set<String>) throws(JinjaError) -> Expr {
+            var items = [first]
+            while skip(symbol: ",") {
+                if endsTuple(endNames) { break }
+                items.append(withConditional ? try parseExpression() : try parseOr())
             }
             return .tuple(items)
         }
@@ -383,6 +474,11 @@ extension Jinja {
 
         private mutating func parseCompare() throws(JinjaError) -> Expr {
             let left = try parseArithmetic()
+            return try parseComparisons(left)
+        }
+
+        /// The comparisons chained after `left`, if any.
+        private mutating func parseComparisons(_ left: Expr) throws(JinjaError) -> Expr {
             var operations: [(op: String, operand: Expr)] = []
             while true {
                 if case .symbol(let s) = current.kind, ["==", "!=", "<", "<=", ">", ">="].contains(s) {
@@ -406,13 +502,16 @@ extension Jinja {
         /// Binary operators from loosest to tightest; each level is left-associative (also `**`, as in jinja2).
         private static let binaryLevels: [Set<String>] = [["+", "-"], ["~"], ["*", "/", "//", "%"], ["**"]]
 
+        /// Binary operators by precedence climbing: operators of `level` or tighter, so that a level
+        /// of parentheses costs one or two frames rather than one per precedence level.
         private mutating func parseArithmetic(level: Int = 0) throws(JinjaError) -> Expr {
-            guard level < Self.binaryLevels.count else { return try parseUnary(withFilters: true) }
-            var left = try parseArithmetic(level: level + 1)
-            while case .symbol(let s) = current.kind, Self.binaryLevels[level].contains(s) {
+            var left = try parseUnary(withFilters: true)
+            while case .symbol(let s) = current.kind,
+                  let operatorLevel = Self.binaryLevels.firstIndex(where: { $0.contains(s) }), operatorLevel >= level
+            {
                 position += 1
                 try nest()
-                left = .binary(s, left, try parseArithmetic(level: level + 1))
+                left = .binary(s, left, try parseArithmetic(level: operatorLevel + 1))
             }
             return left
         }
@@ -434,6 +533,16 @@ extension Jinja {
         }
 
         private mutating func parsePrimary() throws(JinjaError) -> Expr {
+            switch current.kind {
+            case .symbol("("): return try parseParenthesized()
+            case .symbol("["): return try parseList()
+            case .symbol("{"): return try parseDict()
+            default: return try parseAtom()
+            }
+        }
+
+        /// A literal or a name.
+        private mutating func parseAtom() throws(JinjaError) -> Expr {
             let token = current
             if token.kind != .end { position += 1 }
             switch token.kind {
@@ -449,31 +558,40 @@ extension Jinja {
                 return .constant(.string(text))
             case .integer(let i): return .constant(.int(i))
             case .float(let d): return .constant(.double(d))
-            case .symbol("("):
-                let expression = try parseTuple(parenthesized: true)
-                try expect(symbol: ")")
-                return expression
-            case .symbol("["):
-                var items: [Expr] = []
-                while !skip(symbol: "]") {
-                    if !items.isEmpty { try expect(symbol: ",") }
-                    if skip(symbol: "]") { break }
-                    items.append(try parseExpression())
-                }
-                return .list(items)
-            case .symbol("{"):
-                var pairs: [(key: Expr, value: Expr)] = []
-                while !skip(symbol: "}") {
-                    if !pairs.isEmpty { try expect(symbol: ",") }
-                    if skip(symbol: "}") { break }
-                    let key = try parseExpression()
-                    try expect(symbol: ":")
-                    pairs.append((key, try parseExpression()))
-                }
-                return .dict(pairs)
             default:
                 throw error("expected an expression, found \(Self.describe(token.kind))", at: token)
             }
+        }
+
+        private mutating func parseParenthesized() throws(JinjaError) -> Expr {
+            position += 1
+            let expression = try parseTuple(parenthesized: true)
+            try expect(symbol: ")")
+            return expression
+        }
+
+        private mutating func parseList() throws(JinjaError) -> Expr {
+            position += 1
+            var items: [Expr] = []
+            while !skip(symbol: "]") {
+                if !items.isEmpty { try expect(symbol: ",") }
+                if skip(symbol: "]") { break }
+                items.append(try parseExpression())
+            }
+            return .list(items)
+        }
+
+        private mutating func parseDict() throws(JinjaError) -> Expr {
+            position += 1
+            var pairs: [(key: Expr, value: Expr)] = []
+            while !skip(symbol: "}") {
+                if !pairs.isEmpty { try expect(symbol: ",") }
+                if skip(symbol: "}") { break }
+                let key = try parseExpression()
+                try expect(symbol: ":")
+                pairs.append((key, try parseExpression()))
+            }
+            return .dict(pairs)
         }
 
         private mutating func parsePostfix(_ base: Expr) throws(JinjaError) -> Expr {

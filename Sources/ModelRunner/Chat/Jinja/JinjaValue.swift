@@ -46,17 +46,46 @@ public struct JinjaObject: Sendable, Equatable, ExpressibleByDictionaryLiteral {
 /// A parse or render failure. `message` names what was expected and what was found, and quotes the
 /// tag it happened in; for `raise_exception(msg)` it is exactly the template's `msg`.
 public struct JinjaError: Error, CustomStringConvertible, Equatable {
-    public var message: String
-    public var line: Int
-    public var column: Int
+    /// The fields behind one reference: every `try` in the parser's and interpreter's recursion makes room
+    /// for the error it may receive, and a one-word error keeps those frames small (see `Interpreter.maxDepth`).
+    private final class Storage: Sendable {
+        let message: String
+        let line: Int
+        let column: Int
+
+        init(_ message: String, _ line: Int, _ column: Int) {
+            self.message = message
+            self.line = line
+            self.column = column
+        }
+    }
+
+    private var storage: Storage
+
+    public var message: String {
+        get { storage.message }
+        set { storage = Storage(newValue, line, column) }
+    }
+
+    public var line: Int {
+        get { storage.line }
+        set { storage = Storage(message, newValue, column) }
+    }
+
+    public var column: Int {
+        get { storage.column }
+        set { storage = Storage(message, line, newValue) }
+    }
 
     public init(message: String, line: Int, column: Int) {
-        self.message = message
-        self.line = line
-        self.column = column
+        storage = Storage(message, line, column)
     }
 
     public var description: String { "line \(line), column \(column): \(message)" }
+
+    public static func == (a: JinjaError, b: JinjaError) -> Bool {
+        a.message == b.message && a.line == b.line && a.column == b.column
+    }
 }
 
 // MARK: - Runtime values
@@ -93,6 +122,8 @@ extension Jinja {
     }
 
     /// `namespace(...)`: the one mutable object, so `{% set ns.x = ... %}` inside a loop is seen after it.
+    /// It holds data only (see `Value.isData`), as lists and dicts do, so no cycle can form, and its
+    /// attributes nest less deeply than `Interpreter.maxValueDepth`.
     final class Namespace {
         var attributes: OrderedMap<Value>
         init(_ attributes: OrderedMap<Value>) { self.attributes = attributes }
@@ -117,12 +148,53 @@ extension Jinja {
 
     struct Macro {
         let definition: MacroDefinition
-        /// The scope the macro was defined in: its body reads names from there, not from its caller.
-        let closure: Scope
+        /// The scope the macro was defined in: its body reads names from there, not from its caller. Weak,
+        /// as that scope holds the macro: a macro is only reachable from its scope and the scopes inside
+        /// it (lists, dicts and namespaces do not hold macros), so it is never called after the scope ends.
+        weak var closure: Scope?
+    }
+
+    /// A list's items with how deeply they nest, worked out once when the list is built, so that
+    /// building a list around it checks the depth without walking it. The items are data (see
+    /// `Value.isData`); the interpreter's `list(_:)` checks both.
+    struct List: RandomAccessCollection {
+        let items: [Value]
+        /// 1 + the deepest item's `depth`.
+        let depth: Int
+
+        init(_ items: [Value]) {
+            var depth = 0
+            for item in items { depth = Swift.max(depth, item.depth) }
+            self.items = items
+            self.depth = depth + 1
+        }
+
+        var startIndex: Int { 0 }
+        var endIndex: Int { items.count }
+        subscript(position: Int) -> Value { items[position] }
+    }
+
+    /// A dict's pairs with how deeply they nest, as `List` keeps it.
+    struct Dict {
+        let map: OrderedMap<Value>
+        let depth: Int
+
+        init(_ map: OrderedMap<Value>) {
+            var depth = 0
+            for (_, value) in map.pairs { depth = max(depth, value.depth) }
+            self.map = map
+            self.depth = depth + 1
+        }
+
+        var keys: [String] { map.keys }
+        var count: Int { map.keys.count }
+        var pairs: [(key: String, value: Value)] { map.pairs }
+        subscript(key: String) -> Value? { map[key] }
     }
 
     /// What expressions evaluate to while rendering: the data kinds plus the objects only templates make.
-    /// Never leaves a render, so it need not be `Sendable`.
+    /// Never leaves a render, so it need not be `Sendable`. Python's `str()`, `repr()` and `==` are the
+    /// interpreter's (`text`, `repr`, `equals`), which bound the work and the depth they go to.
     indirect enum Value {
         /// Carries the message an operation that cannot take an undefined value reports.
         case undefined(String)
@@ -131,30 +203,41 @@ extension Jinja {
         case int(Int)
         case double(Double)
         case string(String)
-        case array([Value])
-        case object(OrderedMap<Value>)
+        case array(List)
+        case object(Dict)
         case namespace(Namespace)
         case loop(LoopState)
         case callable(Callable)
 
-        init(_ value: JinjaValue) {
-            switch value {
-            case .undefined: self = .undefined("value is undefined")
-            case .none: self = .none
-            case .bool(let b): self = .bool(b)
-            case .int(let i): self = .int(i)
-            case .double(let d): self = .double(d)
-            case .string(let s): self = .string(s)
-            case .array(let items): self = .array(items.map(Value.init))
-            case .object(let object): self = .object(object.map.mapValues(Value.init))
-            }
-        }
+        static func list(_ items: [Value]) -> Value { .array(List(items)) }
 
         // MARK: Python semantics
 
         var isUndefined: Bool {
             if case .undefined = self { return true }
             return false
+        }
+
+        /// How many lists, dicts and other holders of values nest here, counting this one: what bounds
+        /// the recursion of freeing the value (and the work of printing or comparing it).
+        var depth: Int {
+            switch self {
+            case .array(let list): list.depth
+            case .object(let dict): dict.depth
+            case .namespace: 1  // its attributes are bounded when they are set, and no list or dict holds it
+            case .loop(let loop): 1 + max(loop.previous?.depth ?? 0, loop.next?.depth ?? 0)
+            case .callable(.method(let receiver, _)): 1 + receiver.depth
+            default: 0
+            }
+        }
+
+        /// None, booleans, numbers, strings, lists and dicts: what lists, dicts and namespaces hold. Not
+        /// namespaces, macros or loops, so that no cycle can form and every value nests as deep as it says.
+        var isData: Bool {
+            switch self {
+            case .namespace, .loop, .callable: false
+            case .undefined, .none, .bool, .int, .double, .string, .array, .object: true
+            }
         }
 
         /// Python's type name, as errors name it.
@@ -181,23 +264,14 @@ extension Jinja {
             case .int(let i): i != 0
             case .double(let d): d != 0
             case .string(let s): !s.isEmpty
-            case .array(let items): !items.isEmpty
-            case .object(let map): !map.keys.isEmpty
+            case .array(let list): !list.isEmpty
+            case .object(let dict): dict.count > 0
             case .namespace, .loop, .callable: true
             }
         }
 
-        /// Python's `str()`.
-        var text: String {
-            switch self {
-            case .undefined: ""
-            case .string(let s): s
-            default: repr
-            }
-        }
-
-        /// Python's `repr()`, which `str()` of lists and dicts uses for their items.
-        var repr: String {
+        /// Python's `repr()` of a value that holds no others; nil for lists, dicts and namespaces.
+        var scalarRepr: String? {
             switch self {
             case .undefined: "Undefined"
             case .none: "None"
@@ -205,31 +279,44 @@ extension Jinja {
             case .int(let i): String(i)
             case .double(let d): pythonFloat(d)
             case .string(let s): pythonRepr(s)
-            case .array(let items): "[" + items.map(\.repr).joined(separator: ", ") + "]"
-            case .object(let map): "{" + map.pairs.map { pythonRepr($0.key) + ": " + $0.value.repr }.joined(separator: ", ") + "}"
-            case .namespace(let ns): "<Namespace " + Value.object(ns.attributes).repr + ">"
+            case .array, .object, .namespace: nil
             case .loop(let loop): "<LoopContext \(loop.index0 + 1)/\(loop.length)>"
             case .callable(.macro(let macro)): "<Macro '\(macro.definition.name)'>"
             case .callable: "<function>"
             }
         }
 
-        /// Python's `==`: numbers compare by value (True == 1), strings by code points, dicts ignore order.
-        func equals(_ other: Value) -> Bool {
-            switch (self, other) {
-            case (.undefined, .undefined), (.none, .none): return true
-            case (.string(let a), .string(let b)): return a.unicodeScalars.elementsEqual(b.unicodeScalars)
-            case (.array(let a), .array(let b)): return a.count == b.count && zip(a, b).allSatisfy { $0.equals($1) }
-            case (.object(let a), .object(let b)):
-                return a.keys.count == b.keys.count
-                    && a.pairs.allSatisfy { pair in b[pair.key].map { pair.value.equals($0) } ?? false }
-            case (.namespace(let a), .namespace(let b)): return a === b
-            default:
-                if let a = numeric, let b = other.numeric {
-                    if case .int(let x) = a, case .int(let y) = b { return x == y }
-                    return a.asDouble == b.asDouble
+        /// A short `repr()` for error messages: long strings and big or deep lists and dicts are cut
+        /// with `...`, so an error never costs more than a few hundred characters.
+        var brief: String {
+            var out = ""
+            writeBrief(into: &out, level: 0)
+            return out
+        }
+
+        private func writeBrief(into out: inout String, level: Int) {
+            func items(_ values: some Sequence<(String?, Value)>, count: Int, open: String, close: String) {
+                out += open
+                guard level < 2 else { out += count > 0 ? "..." + close : close; return }
+                for (index, (key, value)) in values.prefix(5).enumerated() {
+                    if index > 0 { out += ", " }
+                    if let key { out += Jinja.pythonRepr(key) + ": " }
+                    value.writeBrief(into: &out, level: level + 1)
                 }
-                return false
+                out += (count > 5 ? ", ..." : "") + close
+            }
+            switch self {
+            case .string(let s) where s.unicodeScalars.count > 60:
+                var view = String.UnicodeScalarView()
+                view.append(contentsOf: s.unicodeScalars.prefix(60))
+                out += pythonRepr(String(view)) + "..."
+            case .array(let list): items(list.lazy.map { (nil, $0) }, count: list.count, open: "[", close: "]")
+            case .object(let dict): items(dict.pairs.lazy.map { ($0.key, $0.value) }, count: dict.count, open: "{", close: "}")
+            case .namespace(let ns):
+                out += "<Namespace "
+                Value.object(Dict(ns.attributes)).writeBrief(into: &out, level: level)
+                out += ">"
+            default: out += scalarRepr ?? typeName
             }
         }
 
@@ -332,14 +419,41 @@ extension Jinja {
 
     /// Where `needle` first occurs in `haystack` at or after `start`, comparing code points as Python does.
     static func find(_ needle: [Unicode.Scalar], in haystack: [Unicode.Scalar], from start: Int = 0) -> Int? {
-        guard needle.count <= haystack.count else { return nil }
-        if needle.isEmpty { return min(start, haystack.count) }
-        var i = start
-        while i + needle.count <= haystack.count {
-            if haystack[i] == needle[0], haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
-            i += 1
+        Finder(needle).find(in: haystack, from: start)
+    }
+
+    /// Finds one needle in haystacks in time linear in both (Knuth–Morris–Pratt), so that no string and
+    /// separator can make `in`, `find`, `count`, `split` or `replace` quadratic.
+    struct Finder {
+        let needle: [Unicode.Scalar]
+        /// For each prefix `needle[...k]`, the length of its longest proper prefix that is also its suffix.
+        private let fallback: [Int]
+
+        init(_ needle: [Unicode.Scalar]) {
+            self.needle = needle
+            var fallback = [Int](repeating: 0, count: needle.count)
+            var k = 0
+            for i in needle.indices.dropFirst() {
+                while k > 0, needle[i] != needle[k] { k = fallback[k - 1] }
+                if needle[i] == needle[k] { k += 1 }
+                fallback[i] = k
+            }
+            self.fallback = fallback
         }
-        return nil
+
+        /// The first occurrence at or after `start` (0 or more).
+        func find(in haystack: [Unicode.Scalar], from start: Int = 0) -> Int? {
+            if needle.isEmpty { return start <= haystack.count ? start : nil }
+            var matched = 0
+            var i = max(start, 0)
+            while i < haystack.count {
+                while matched > 0, haystack[i] != needle[matched] { matched = fallback[matched - 1] }
+                if haystack[i] == needle[matched] { matched += 1 }
+                if matched == needle.count { return i + 1 - matched }
+                i += 1
+            }
+            return nil
+        }
     }
 }
 
