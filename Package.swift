@@ -79,7 +79,7 @@ let package = Package(
         .target(
             name: "Engine",
             dependencies: [
-                "Executor", "ExecutorCore", "ModelRunner",
+                "Executor", "ExecutorCore", "ModelRunner", "Launchers",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],

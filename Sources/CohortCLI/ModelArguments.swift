@@ -2,6 +2,8 @@ import ArgumentParser
 import Engine
 import Executor
 import Foundation
+import Launchers
+import WorkerRuntime
 import MetricsExporter
 #if canImport(Glibc)
 import Glibc
@@ -62,6 +64,18 @@ struct ModelArguments: ParsableArguments {
         """)
     var hostIP: String?
 
+    @Option(help: """
+        How worker processes start: local (children of this process) or ssh (on the machines of --hosts, \
+        through --ssh-command; the same binary and model paths on every machine).
+        """)
+    var launcher = "local"
+
+    @Option(help: "Where ranks go with --launcher ssh, as mpirun's --host: HOST:SLOTS,… (the driver takes a slot on its own host).")
+    var hosts: String?
+
+    @Option(help: "The remote shell for --launcher ssh: the command, then its options; the host and the worker's command follow.")
+    var sshCommand = "ssh -o BatchMode=yes"
+
     @Option(help: "Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the command runs.")
     var metricsPort: UInt16?
 
@@ -76,6 +90,19 @@ struct ModelArguments: ParsableArguments {
         }
         if let address = driverAddress, !Self.isNumericAddress(address) {
             throw ValidationError("--host-ip (or COHORT_HOST_IP) must be a numeric IPv4 or IPv6 address, got '\(address)'")
+        }
+        switch launcher {
+        case "local":
+            if hosts != nil { throw ValidationError("--hosts places workers for --launcher ssh; the local launcher starts them on this machine") }
+        case "ssh":
+            guard let hosts else { throw ValidationError("--launcher ssh needs --hosts HOST:SLOTS,… (where the ranks go)") }
+            do { _ = try RemoteShellLauncher.parseHosts(hosts) } catch { throw ValidationError(error.description) }
+            guard driverAddress != nil else {
+                throw ValidationError("--launcher ssh needs --host-ip (or COHORT_HOST_IP): the address workers on other machines reach this one at")
+            }
+            guard !sshCommand.split(separator: " ").isEmpty else { throw ValidationError("--ssh-command is empty") }
+        default:
+            throw ValidationError("--launcher must be local or ssh, got '\(launcher)'")
         }
         guard threads >= 1 && threads <= 256 else {
             throw ValidationError("--threads must be between 1 and 256, got \(threads)")
@@ -112,6 +139,12 @@ struct ModelArguments: ParsableArguments {
     }
 
     var path: String { model ?? ReferenceModel.defaultPath }
+
+    /// The launcher the flags name (nil: the executor's default, children of this process).
+    var workerLauncher: (any Launcher)? {
+        guard launcher == "ssh", let hosts, let list = try? RemoteShellLauncher.parseHosts(hosts) else { return nil }
+        return RemoteShellLauncher(hosts: list, shell: sshCommand.split(separator: " ").map(String.init), driverHost: Machine.hostName())
+    }
 
     /// Names a request's `model` field may use: the file's name without `.gguf`, then the path.
     var servedModelNames: [String] {
@@ -162,7 +195,7 @@ struct ModelArguments: ParsableArguments {
         defer { bar.finish() }
         do {
             return try await Engine.load(
-                modelPath: path, options: options,
+                modelPath: path, options: options, launcher: workerLauncher,
                 configuration: .init(virtualEngines: virtualEngines ?? pipelineParallel, maxSequences: maxSequences, maxWaiting: maxWaiting)
             ) { bar.update($0) }
         } catch {

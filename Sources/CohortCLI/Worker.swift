@@ -9,7 +9,8 @@ import Glibc
 /// actor, a shell), it joins the driver and receives everything else from it.
 struct Worker: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a worker process that joins a driver (the instance secret comes in COHORT_SECRET).", shouldDisplay: false)
+        abstract: "Run a worker process that joins a driver (the instance secret comes in COHORT_SECRET, or on stdin).",
+        shouldDisplay: false)
 
     @Option(help: "The driver's rendezvous, HOST:PORT or [IPv6]:PORT.")
     var driver: String
@@ -20,8 +21,11 @@ struct Worker: ParsableCommand {
     @Option(help: "An inherited pipe whose end-of-file means the driver died (local launcher).")
     var lifelineFd: Int32?
 
-    @Option(help: "The driver's pid, for the parent-death signal (local launcher).")
+    @Option(help: "The driver's pid: a worker whose parent is already gone exits (local launcher).")
     var parentPid: Int32?
+
+    @Flag(help: "Read the instance secret as one line of hex on standard input (a remote shell's launch).")
+    var secretStdin = false
 
     func validate() throws {
         guard join >= 1 else { throw ValidationError("--join must be ≥ 1, got \(join)") }
@@ -29,12 +33,21 @@ struct Worker: ParsableCommand {
     }
 
     func run() throws {
-        guard let hex = getenv(InstanceSecret.environmentName) else {
-            throw ValidationError("a worker needs the instance secret in \(InstanceSecret.environmentName); it is not set")
+        let hex: String, source: String
+        if secretStdin {
+            guard let line = readLine(strippingNewline: true) else {
+                throw ValidationError("--secret-stdin: expected the instance secret as a line of hex on standard input, found end-of-file")
+            }
+            (hex, source) = (line, "the secret on standard input")
+        } else {
+            guard let value = getenv(InstanceSecret.environmentName) else {
+                throw ValidationError("a worker needs the instance secret in \(InstanceSecret.environmentName) (or --secret-stdin); it is not set")
+            }
+            (hex, source) = (String(cString: value), InstanceSecret.environmentName)
         }
         let secret: InstanceSecret
-        do { secret = try InstanceSecret(hex: String(cString: hex)) } catch {
-            throw ValidationError("\(InstanceSecret.environmentName): \(error)")
+        do { secret = try InstanceSecret(hex: hex) } catch {
+            throw ValidationError("\(source): \(error)")
         }
         let address = try WorkerRuntime.JoinArguments.parseAddress(driver)
         let status = WorkerRuntime.run(.init(

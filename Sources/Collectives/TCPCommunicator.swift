@@ -51,27 +51,13 @@ public final class TCPCommunicator: @unchecked Sendable {
     ) throws -> TCPCommunicator {
         guard ranks >= 1, rank >= 0, rank < ranks else { throw TCPError.invalid("rank \(rank) in 0..<\(ranks)") }
         let listener = try TCPListener(host: listenHost)
-        let registration = try TCPConnection.connect(
-            host: rendezvousHost, port: rendezvousPort, rank: rank, secret: secret, timeout: timeout)
-        defer { registration.close() }
-        try Array("\(listenHost):\(listener.port)".utf8).withUnsafeBytes { try registration.send($0, timeout: timeout) }
-        let table = try registration.receive(timeout: timeout) { bytes in
-            String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
-        }
-        guard table.count == ranks else {
-            throw TCPError.invalid("an address table of \(ranks) ranks from the rendezvous, found \(table.count)")
-        }
+        let table = try TCPRendezvous.register(
+            rank: rank, ranks: ranks, listener: listener, host: rendezvousHost, port: rendezvousPort, secret: secret, timeout: timeout)
         guard ranks > 1 else { return TCPCommunicator(rank: rank, ranks: 1, next: nil, previous: nil) }
         let nextRank = (rank + 1) % ranks, previousRank = (rank + ranks - 1) % ranks
-        // HOST:PORT, the host possibly IPv6 (the port follows the last colon).
-        let entry = table[nextRank]
-        guard let colon = entry.lastIndex(of: ":"), let port = UInt16(entry[entry.index(after: colon)...]) else {
-            throw TCPError.invalid("host:port for rank \(nextRank), found '\(entry)'")
-        }
-        let parts = [entry[..<colon]]
+        let (host, port) = table[nextRank]
         // Connect forward on a thread of its own while accepting from behind: every rank
         // does the same, and each handshake needs both ends to take part at once.
-        let host = String(parts[0])
         let forward = Forward()
         let thread = Threads.start {
             forward.result.withLock {
@@ -190,6 +176,29 @@ public final class TCPRendezvous: @unchecked Sendable {
     public init(host: String = "127.0.0.1", secret: InstanceSecret) throws {
         listener = try TCPListener(host: host)
         self.secret = secret
+    }
+
+    /// A rank's side: registers `listener`'s address as `rank` of `ranks` at the rendezvous
+    /// `host:port` and returns every rank's listener address, in rank order.
+    public static func register(
+        rank: Int, ranks: Int, listener: TCPListener, host: String, port: UInt16, secret: InstanceSecret, timeout: Double
+    ) throws -> [(host: String, port: UInt16)] {
+        let registration = try TCPConnection.connect(host: host, port: port, rank: rank, secret: secret, timeout: timeout)
+        defer { registration.close() }
+        try Array("\(listener.host):\(listener.port)".utf8).withUnsafeBytes { try registration.send($0, timeout: timeout) }
+        let table = try registration.receive(timeout: timeout) { bytes in
+            String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+        }
+        guard table.count == ranks else {
+            throw TCPError.invalid("an address table of \(ranks) ranks from the rendezvous, found \(table.count)")
+        }
+        return try table.enumerated().map { r, entry in
+            // HOST:PORT, the host possibly IPv6 (the port follows the last colon).
+            guard let colon = entry.lastIndex(of: ":"), let port = UInt16(entry[entry.index(after: colon)...]) else {
+                throw TCPError.invalid("host:port for rank \(r), found '\(entry)'")
+            }
+            return (String(entry[..<colon]), port)
+        }
     }
 
     /// Serves one group: waits for all `ranks` registrations, then answers each with the

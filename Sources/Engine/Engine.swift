@@ -1,6 +1,7 @@
 public import ExecutorCore
 public import ModelRunner
 public import Executor
+public import Launchers
 public import ServiceLifecycle
 import Synchronization
 import Metrics
@@ -119,14 +120,14 @@ public actor Engine: Service {
 
     /// Loads a model and starts an engine over it.
     public static func load(
-        modelPath: String, options: ExecutorOptions, configuration: Configuration = Configuration(),
+        modelPath: String, options: ExecutorOptions, launcher: (any Launcher)? = nil, configuration: Configuration = Configuration(),
         progress: @escaping @Sendable (Double) -> Void = { _ in }
     ) async throws -> Engine {
         guard configuration.virtualEngines >= 1, configuration.maxSequences >= 1 else {
             throw GenerationError(
                 "expected ≥ 1 virtual engine and ≥ 1 sequence per engine, found \(configuration.virtualEngines) and \(configuration.maxSequences)")
         }
-        let executor = try ModelExecutor(modelPath: modelPath, options: options, progress: progress)
+        let executor = try ModelExecutor(modelPath: modelPath, options: options, launcher: launcher, progress: progress)
         return Engine(executor: executor, configuration: configuration)
     }
 

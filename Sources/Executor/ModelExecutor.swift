@@ -73,6 +73,9 @@ public final class ModelExecutor {
     /// the load gate, TCP rendezvous. Closed once.
     struct GridResources {
         var communicators: [SharedMemoryCommunicator] = []
+        /// The stage channels' addresses, by boundary (stage s to s + 1).
+        var channelAddresses: [WorkerConfiguration.CommunicatorAddress] = []
+        /// The channels the driver holds: the rings it made, and its own end of the first.
         var channels: [StageChannel] = []
         var loadGate: LoadGate?
         var isClosed = false
@@ -90,7 +93,7 @@ public final class ModelExecutor {
             isClosed = true
             closed.set()
             communicators.forEach { $0.close() }
-            channels.forEach { $0.ring.close() }
+            channels.forEach { $0.close() }
             loadGate?.close()
         }
     }
@@ -120,23 +123,34 @@ public final class ModelExecutor {
         let bindHost = options.hostIP ?? "127.0.0.1"
         /// Each stage's group as its ranks find it.
         var groups: [WorkerConfiguration.CommunicatorAddress] = []
+        /// Whether a rank runs on the driver's machine (shared memory reaches only those).
+        var isLocal: (Int) -> Bool = { _ in true }
         /// Shared-memory names and rendezvous: made once every worker joined (a driver
-        /// killed before then leaves no name behind).
-        func prepare() throws {
+        /// killed before then leaves no name behind). A group or stage channel whose ranks
+        /// all run on the driver's machine meets in shared memory, any other over TCP.
+        func prepare(_ plan: Placement.Plan?) throws {
+            if let plan {
+                let machines = plan.assignments.map(\.machineID)
+                isLocal = { machines[$0] == machines[0] }
+            }
+            let closed = resources.closed
+            /// A TCP rendezvous for `ranks`, bound by the driver and served while they load.
+            func rendezvous(ranks: Int) throws -> WorkerConfiguration.CommunicatorAddress {
+                let rendezvous = try TCPRendezvous(host: bindHost, secret: secret)
+                Threads.detach {
+                    try? rendezvous.serve(ranks: ranks, timeout: 600) {
+                        if closed.isSet { throw ExecutorError("the executor closed") }
+                    }
+                }
+                return .tcp(host: rendezvous.host, port: rendezvous.port)
+            }
             do {
                 resources.loadGate = try options.maxParallelLoadingWorkers.map { try LoadGate.create(limit: $0) }
                 if layout.tensorParallel > 1 {
-                    for _ in 0..<layout.pipelineParallel {
-                        if tcp {
-                            // The driver binds each group's rendezvous and serves it while the ranks load.
-                            let rendezvous = try TCPRendezvous(host: bindHost, secret: secret)
-                            groups.append(.tcp(host: rendezvous.host, port: rendezvous.port))
-                            let closed = resources.closed
-                            Threads.detach {
-                                try? rendezvous.serve(ranks: layout.tensorParallel, timeout: 600) {
-                                    if closed.isSet { throw ExecutorError("the executor closed") }
-                                }
-                            }
+                    for stage in 0..<layout.pipelineParallel {
+                        let ranks = (0..<layout.tensorParallel).map { layout.rank(stage: stage, tensorRank: $0) }
+                        if tcp || !ranks.allSatisfy(isLocal) {
+                            groups.append(try rendezvous(ranks: layout.tensorParallel))
                         } else {
                             let communicator = try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18)
                             resources.communicators.append(communicator)
@@ -145,10 +159,18 @@ public final class ModelExecutor {
                     }
                 }
                 let spinPolls = CPUAffinity.ringSpinPolls(processes: layout.worldSize, threadsPerProcess: options.threads)
-                for _ in 0..<(layout.pipelineParallel - 1) {
-                    resources.channels.append(try StageChannel.create(
-                        readers: layout.tensorParallel, maxTokens: options.maxBatchTokens, hiddenSize: configuration.hiddenSize,
-                        spinPolls: spinPolls))
+                for stage in 0..<(layout.pipelineParallel - 1) {
+                    let ranks = [layout.rank(stage: stage, tensorRank: 0)]
+                        + (0..<layout.tensorParallel).map { layout.rank(stage: stage + 1, tensorRank: $0) }
+                    if ranks.allSatisfy(isLocal) {
+                        let channel = try StageChannel.create(
+                            readers: layout.tensorParallel, maxTokens: options.maxBatchTokens, hiddenSize: configuration.hiddenSize,
+                            spinPolls: spinPolls)
+                        resources.channels.append(channel)
+                        resources.channelAddresses.append(.sharedMemory(name: channel.ring!.name))
+                    } else {
+                        resources.channelAddresses.append(try rendezvous(ranks: layout.tensorParallel + 1))
+                    }
                 }
             } catch {
                 resources.close()
@@ -160,7 +182,7 @@ public final class ModelExecutor {
         let identity = try ModelFileIdentity(path: modelPath)
         var workers: WorkerGroup?
         if layout.worldSize == 1 {
-            try prepare()
+            try prepare(nil)
         } else {
             let stageLayers = grid.stages.map(\.layers.count)
             do {
@@ -171,7 +193,7 @@ public final class ModelExecutor {
                         stepDeadline: StepDeadline(fixed: options.stepTimeout)),
                     launcher: launcher, prepare: prepare
                 ) { rank, context in
-                    let channels = resources.channels
+                    let channels = resources.channelAddresses
                     let stage = layout.stage(ofRank: rank), tensorRank = layout.tensorRank(ofRank: rank)
                     let shard = WorkerConfiguration.ModelShard(
                         path: modelPath, fileSize: identity.size, headerDigest: identity.headerDigest, threads: options.threads,
@@ -181,9 +203,10 @@ public final class ModelExecutor {
                     return WorkerConfiguration(
                         context: context, model: shard, commands: .tcp(host: "", port: 0),
                         communicator: groups.isEmpty ? nil : groups[stage],
-                        previousStage: stage > 0 ? channels[stage - 1].ring.name : nil,
-                        nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage].ring.name : nil,
-                        loadGate: resources.loadGate?.name)
+                        previousStage: stage > 0 ? channels[stage - 1] : nil,
+                        nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage] : nil,
+                        // The gate is shared memory: it limits the loads on the driver's machine.
+                        loadGate: isLocal(rank) ? resources.loadGate?.name : nil)
                 }
             } catch {
                 _ = lifecycle.fail(rank: (error as? WorkerFailure)?.rank, reason: "\(error)")
@@ -221,9 +244,19 @@ public final class ModelExecutor {
                 rank0Group = try WorkerRuntime.joinGroup(
                     group, rank: 0, ranks: layout.tensorParallel, secret: secret, listenHost: bindHost, watchdog: watch)
             }
+            // Rank 0 sends to stage 1: through the ring it made, or over TCP (joined here, as the group).
+            var next: StageChannel?
+            switch resources.channelAddresses.first {
+            case .sharedMemory?: next = resources.channels.first
+            case let address?:
+                let end = try StageChannel.join(address, as: .sender, readers: layout.tensorParallel, secret: secret, listenHost: bindHost)
+                resources.channels.append(end)
+                next = end
+            case nil: next = nil
+            }
             let worker = ModelWorker(
                 modelPath: modelPath, options: options.modelOptions(stage: 0), group: rank0Group,
-                links: StageLinks(next: resources.channels.first, check: watch), progress: progress)
+                links: StageLinks(next: next, check: watch), progress: progress)
             try worker.initialize(context)
             do {
                 try resources.loadGate?.enter(check: watch)
@@ -265,7 +298,7 @@ public final class ModelExecutor {
         }
         // Every rank is attached: nothing else may attach.
         resources.communicators.forEach { $0.unlinkName() }
-        resources.channels.forEach { $0.ring.unlinkName() }
+        resources.channels.forEach { $0.ring?.unlinkName() }
         mostConcurrentWorkerLoads = resources.loadGate?.mostInside
         resources.loadGate?.close()
         resources.loadGate = nil

@@ -59,14 +59,16 @@ public final class LocalProcessLauncher: Launcher {
     }
 
     /// Starts `executable` with this process's environment plus `environment`; `lifeline`
-    /// becomes the child's fd 3.
+    /// becomes the child's fd 3 and `standardInput` its fd 0.
     static func spawn(
-        executable: String, index: Int, arguments: [String], environment: [String: String], lifeline: Int32?
+        executable: String, index: Int, arguments: [String], environment: [String: String], lifeline: Int32?,
+        standardInput: Int32? = nil
     ) throws(LaunchError) -> ChildProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         if let lifeline { posix_spawn_file_actions_adddup2(&actions, lifeline, Self.lifelineDescriptor) }
+        if let standardInput { posix_spawn_file_actions_adddup2(&actions, standardInput, 0) }
 
         var env = [String: String]()
         var p = environ

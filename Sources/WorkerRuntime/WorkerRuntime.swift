@@ -277,9 +277,14 @@ public enum WorkerRuntime {
                 try WorkerRuntime.joinGroup(address, rank: tensorRank, ranks: layout.tensorParallel, secret: secret, listenHost: listenHost)
             }
             // Upstream waits need no timeout: if a peer dies the driver sees it and ends this process.
+            let readers = layout.tensorParallel
             let links = StageLinks(
-                previous: try configuration.previousStage.map { try StageChannel.attach(name: $0) },
-                next: try configuration.nextStage.map { try StageChannel.attach(name: $0) })
+                previous: try configuration.previousStage.map {
+                    try StageChannel.join($0, as: .reader(tensorRank), readers: readers, secret: secret, listenHost: listenHost)
+                },
+                next: try configuration.nextStage.map {
+                    try StageChannel.join($0, as: .sender, readers: readers, secret: secret, listenHost: listenHost)
+                })
             let worker = ModelWorker(modelPath: shard.path, options: shard.modelOptions(stage: stage, stages: layout.pipelineParallel), group: group, links: links)
             try worker.initialize(context)
             // At most the driver's limit of workers load at once.

@@ -85,7 +85,7 @@ import Testing
             model: .init(path: "/m.gguf", fileSize: 1 << 33, headerDigest: 0xDEAD_BEEF, threads: 2, precise: true, kvCacheMiB: 64,
                          maxBatchTokens: 256, pipelineLayers: [17, 13], shardBytes: 12345),
             commands: .rings(broadcast: "/b", reply: "/r3", group: ["/b", "/r1", "/r2", "/r3"]),
-            communicator: .tcp(host: "fe80::1", port: 4242), previousStage: "/s0", nextStage: nil, loadGate: "/g",
+            communicator: .tcp(host: "fe80::1", port: 4242), previousStage: .sharedMemory(name: "/s0"), nextStage: .tcp(host: "10.0.0.2", port: 4243), loadGate: "/g",
             heartbeatInterval: 0.25, driverSilenceLimit: 4)
     }
 

@@ -131,12 +131,13 @@ public final class WorkerGroup: @unchecked Sendable {
 
     /// Starts `workers` worker processes through `launcher` (default: children of this
     /// process), lets them join, places them, and sends each its configuration:
-    /// `prepare()` runs once all have joined (create shared-memory names there), then
+    /// `prepare(plan)` runs once all have joined and are placed (create shared-memory names
+    /// there; `plan` tells which ranks share the driver's machine), then
     /// `configure(rank, context)` gives worker `rank`'s (its command channel is filled in
     /// here). Returns once each has attached and answered a health check.
     public init(
         workers: Int, secret: InstanceSecret = .random(), configuration: Configuration = Configuration(), launcher: (any Launcher)? = nil,
-        prepare: () throws -> Void = {},
+        prepare: (Placement.Plan) throws -> Void = { _ in },
         configure: (Int, WorkerContext) throws -> WorkerConfiguration = { _, context in
             WorkerConfiguration(context: context, model: nil, commands: .tcp(host: "", port: 0))
         }
@@ -174,7 +175,12 @@ public final class WorkerGroup: @unchecked Sendable {
         let channel: any CommandChannel
         do {
             placed = try Bootstrap.place(joined, driverAddress: bindHost, instanceID: instanceID)
-            try prepare()
+            try prepare(placed.plan)
+            // Rings reach only workers on the driver's machine.
+            if configuration.transport == .sharedMemory && placed.plan.machineCount > 1 {
+                configuration.transport = .tcp(host: bindHost)
+                self.configuration = configuration
+            }
             channel = switch configuration.transport {
             case .sharedMemory: try RingCommandChannel(
                     workers: workers, slotBytes: configuration.slotBytes, checkInterval: configuration.checkInterval,

@@ -74,9 +74,10 @@ public struct WorkerConfiguration: Sendable, Equatable {
     public var commands: CommandChannelAddress
     /// This rank's tensor-parallel group (TP > 1).
     public var communicator: CommunicatorAddress?
-    /// Hidden-state channels (shared-memory ring names) from the previous stage and to the next.
-    public var previousStage: String?
-    public var nextStage: String?
+    /// Hidden-state channels from the previous stage and to the next: a shared-memory ring
+    /// when both stages run on the driver's machine, else a TCP link met at a rendezvous.
+    public var previousStage: CommunicatorAddress?
+    public var nextStage: CommunicatorAddress?
     /// The gate that limits how many workers load at once (a shared-memory name).
     public var loadGate: String?
     /// How often each side sends a heartbeat, and how long a silent driver is tolerated.
@@ -122,15 +123,40 @@ public struct WorkerConfiguration: Sendable, Equatable {
         case tcp(host: String, port: UInt16)
     }
 
+    /// Where a group of ranks meets: a shared-memory name (ranks on the driver's machine) or
+    /// a TCP rendezvous the driver serves (ranks anywhere).
     public enum CommunicatorAddress: Sendable, Equatable {
         case sharedMemory(name: String)
         /// The group's TCP rendezvous.
         case tcp(host: String, port: UInt16)
+
+        static func encode(_ address: CommunicatorAddress?, into w: inout WireWriter) {
+            switch address {
+            case nil: w.integer(UInt8(0))
+            case let .sharedMemory(name)?:
+                w.integer(UInt8(1))
+                w.string(name)
+            case let .tcp(host, port)?:
+                w.integer(UInt8(2))
+                w.string(host)
+                w.integer(port)
+            }
+        }
+
+        static func decode(_ r: inout WireReader, reading what: String) throws(WireError) -> CommunicatorAddress? {
+            let at = r.offset
+            switch try r.integer(UInt8.self, reading: "\(what) kind") {
+            case 0: return nil
+            case 1: return .sharedMemory(name: try r.string(reading: "\(what) name"))
+            case 2: return .tcp(host: try r.string(reading: "\(what) host"), port: try r.integer(UInt16.self, reading: "\(what) port"))
+            case let kind: throw .invalidValue(offset: at, reading: "\(what) kind", found: "\(kind), expected 0 (none), 1 (shared memory) or 2 (tcp)")
+            }
+        }
     }
 
     public init(
         context: WorkerContext, model: ModelShard?, commands: CommandChannelAddress, communicator: CommunicatorAddress? = nil,
-        previousStage: String? = nil, nextStage: String? = nil, loadGate: String? = nil, heartbeatInterval: Double = 0.1,
+        previousStage: CommunicatorAddress? = nil, nextStage: CommunicatorAddress? = nil, loadGate: String? = nil, heartbeatInterval: Double = 0.1,
         driverSilenceLimit: Double = 5
     ) {
         self.context = context
@@ -148,8 +174,8 @@ public struct WorkerConfiguration: Sendable, Equatable {
     public var sharedMemoryNames: [String] {
         var names: [String] = []
         if case let .rings(broadcast, reply, group) = commands { names += [broadcast, reply] + group }
-        if case let .sharedMemory(name) = communicator { names.append(name) }
-        names += [previousStage, nextStage, loadGate].compactMap { $0 }
+        for case let .sharedMemory(name)? in [communicator, previousStage, nextStage] { names.append(name) }
+        if let loadGate { names.append(loadGate) }
         var seen = Set<String>()
         return names.filter { seen.insert($0).inserted }
     }
@@ -184,17 +210,8 @@ public struct WorkerConfiguration: Sendable, Equatable {
             w.string(host)
             w.integer(port)
         }
-        switch communicator {
-        case nil: w.integer(UInt8(0))
-        case let .sharedMemory(name)?:
-            w.integer(UInt8(1))
-            w.string(name)
-        case let .tcp(host, port)?:
-            w.integer(UInt8(2))
-            w.string(host)
-            w.integer(port)
-        }
-        for name in [previousStage, nextStage, loadGate] { w.string(name ?? "") }
+        for address in [communicator, previousStage, nextStage] { CommunicatorAddress.encode(address, into: &w) }
+        w.string(loadGate ?? "")
         // Microseconds: a float would not give back 0.1.
         w.integer(UInt64(max(0, (heartbeatInterval * 1e6).rounded())))
         w.integer(UInt64(max(0, (driverSilenceLimit * 1e6).rounded())))
@@ -238,20 +255,11 @@ public struct WorkerConfiguration: Sendable, Equatable {
         case let kind:
             throw .invalidValue(offset: at, reading: "command channel kind", found: "\(kind), expected 0 (rings) or 1 (tcp)")
         }
-        let communicatorAt = r.offset
-        switch try r.integer(UInt8.self, reading: "communicator kind") {
-        case 0: communicator = nil
-        case 1: communicator = .sharedMemory(name: try r.string(reading: "communicator name"))
-        case 2:
-            communicator = .tcp(
-                host: try r.string(reading: "communicator host"), port: try r.integer(UInt16.self, reading: "communicator port"))
-        case let kind:
-            throw .invalidValue(offset: communicatorAt, reading: "communicator kind", found: "\(kind), expected 0 to 2")
-        }
-        func optional(_ s: String) -> String? { s.isEmpty ? nil : s }
-        previousStage = optional(try r.string(reading: "previous stage channel"))
-        nextStage = optional(try r.string(reading: "next stage channel"))
-        loadGate = optional(try r.string(reading: "load gate"))
+        communicator = try CommunicatorAddress.decode(&r, reading: "communicator")
+        previousStage = try CommunicatorAddress.decode(&r, reading: "previous stage channel")
+        nextStage = try CommunicatorAddress.decode(&r, reading: "next stage channel")
+        let gate = try r.string(reading: "load gate")
+        loadGate = gate.isEmpty ? nil : gate
         let intervalAt = r.offset
         heartbeatInterval = Double(try r.integer(UInt64.self, reading: "heartbeat interval")) / 1e6
         driverSilenceLimit = Double(try r.integer(UInt64.self, reading: "driver silence limit")) / 1e6
