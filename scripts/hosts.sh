@@ -44,6 +44,7 @@ up() {
         local ns="${NETNS_PREFIX}h$i" veth="cohortv$i"
         ip netns list | awk '{print $1}' | grep -qx "$ns" && continue
         ip netns add "$ns"
+        ip link delete "$veth" 2>/dev/null || true  # a pair left by a namespace still being torn down
         ip link add "$veth" type veth peer name eth0 netns "$ns"
         ip link set "$veth" master "$BRIDGE"
         ip link set "$veth" up
@@ -59,6 +60,8 @@ down() {
         local ns="${NETNS_PREFIX}$h"
         # Everything still running on the host goes with it.
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        # Deleting the bridge's end removes the pair at once (a namespace's devices go later).
+        ip link delete "cohortv${h#h}" 2>/dev/null || true
         ip netns delete "$ns"
     done
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"

@@ -7,6 +7,7 @@ import Kernels
 import Launchers
 import ModelRunner
 import Testing
+import WorkerRuntime
 
 /// TP × PP grids of real worker processes (`cohort worker`) on tiny generated models,
 /// through the executor's batched generation.
@@ -92,7 +93,7 @@ import Testing
         await #expect {
             _ = try await executor.generate(batch: Self.requests)
         } throws: { error in
-            "\(error)".contains("worker rank 2 (pid \(pids[1])) was killed by signal 9")
+            "\(error)".contains("worker rank 2 (pid \(pids[1]) on \(Machine.hostName())) was killed by signal 9")
         }
         #expect(Date().timeIntervalSince(start) < 1.5)
         await executor.shutdown()
@@ -181,7 +182,7 @@ import Testing
         let engine = try await Engine.load(modelPath: path, options: options)
         let pids = await engine.workerPIDs
         let (error, seconds) = try await Self.interrupt(engine, rank: 1, with: SIGKILL)
-        #expect(error.contains("worker rank 1 (pid \(pids[0])) was killed by signal 9"), "\(error)")
+        #expect(error.contains("worker rank 1 (pid \(pids[0]) on \(Machine.hostName())) was killed by signal 9"), "\(error)")
         #expect(seconds < 1)
         let health = await engine.health
         guard case let .dead(reason) = health[1].status, reason.contains("killed by signal 9") else { Issue.record("\(health[1])"); return }

@@ -113,8 +113,8 @@ import Testing
             failure = error
         }
         #expect(Date().timeIntervalSince(start) < 1)
-        #expect(failure == .died(rank: 2, pid: victim.pid, termination: .signaled(signal: SIGKILL)))
-        #expect(failure?.description == "worker rank 2 (pid \(victim.pid)) was killed by signal 9 (SIGKILL)")
+        #expect(failure == .died(rank: 2, pid: victim.pid, machine: victim.machine, termination: .signaled(signal: SIGKILL)))
+        #expect(failure?.description == "worker rank 2 (pid \(victim.pid) on \(victim.machine)) was killed by signal 9 (SIGKILL)")
         #expect(g.members.allSatisfy { !isRunning($0.pid) })
     }
 
@@ -127,7 +127,7 @@ import Testing
         #expect {
             for step in 1..<100_000 { _ = try g.step(Self.request(UInt64(step))) }
         } throws: { error in
-            error as? WorkerFailure == .died(rank: 1, pid: victim.pid, termination: .signaled(signal: SIGTERM))
+            error as? WorkerFailure == .died(rank: 1, pid: victim.pid, machine: victim.machine, termination: .signaled(signal: SIGTERM))
         }
         #expect(g.members.allSatisfy { !isRunning($0.pid) })
     }

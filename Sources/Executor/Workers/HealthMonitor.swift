@@ -68,7 +68,7 @@ final class HealthBoard: Sendable {
         let now = MonotonicClock.now()
         return entries.withLock { entries -> WorkerFailure? in
             for e in entries where e.dead != nil {
-                if let t = e.termination { return .died(rank: e.rank, pid: e.pid, termination: t) }
+                if let t = e.termination { return .died(rank: e.rank, pid: e.pid, machine: e.machine, termination: t) }
                 return .linkLost(rank: e.rank, pid: e.pid, machine: e.machine, reason: e.dead!, during: activity())
             }
             for e in entries where now - e.heard > silenceLimit {

@@ -453,7 +453,7 @@ public final class WorkerGroup: @unchecked Sendable {
 
 /// A worker that failed; the message names the rank, its pid and machine, and what waited.
 public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
-    case died(rank: Int, pid: Int32, termination: ChildProcess.Termination)
+    case died(rank: Int, pid: Int32, machine: String, termination: ChildProcess.Termination)
     /// Its link to the driver closed or failed (a worker the launcher cannot watch).
     case linkLost(rank: Int, pid: Int32, machine: String, reason: String, during: String)
     /// Its heartbeats stopped: a stopped process, or a machine gone quiet.
@@ -471,7 +471,7 @@ public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
     /// The rank to blame, if any.
     public var rank: Int? {
         switch self {
-        case let .died(rank, _, _), let .linkLost(rank, _, _, _, _), let .silent(rank, _, _, _, _), let .stuck(rank, _, _, _, _, _),
+        case let .died(rank, _, _, _), let .linkLost(rank, _, _, _, _), let .silent(rank, _, _, _, _), let .stuck(rank, _, _, _, _, _),
              let .unhealthy(rank, _, _, _), let .badReply(rank, _): rank
         case .transport, .loopStopped, .shutDown: nil
         }
@@ -479,7 +479,7 @@ public enum WorkerFailure: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .died(rank, pid, termination): "worker rank \(rank) (pid \(pid)) \(termination)"
+        case let .died(rank, pid, machine, termination): "worker rank \(rank) (pid \(pid) on \(machine)) \(termination)"
         case let .linkLost(rank, pid, machine, reason, during):
             "worker rank \(rank) (pid \(pid) on \(machine)) is gone during \(during): \(reason)"
         case let .silent(rank, pid, machine, seconds, during):

@@ -1,0 +1,150 @@
+import Collectives
+import ExecutorCore
+import Synchronization
+import ExecutorTestSupport
+import Foundation
+import Launchers
+import Testing
+import Transports
+import WorkerRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs across the simulated hosts of `scripts/hosts.sh` (network namespaces on a bridge,
+/// each command with its host's name): the driver on h1, workers on h1 and h2 started by
+/// the ssh launcher through `scripts/host-agent`, tensors between hosts over TCP.
+@Suite(.serialized, .enabled(if: SimulatedHosts.available, "needs root and iproute2 (network namespaces)"))
+struct SimulatedHostTests {
+    static var cohort: String { WorkerGroupTests.cohort }
+
+    /// A tiny model whose layers and heads split over TP 2 × PP 2, with room for long runs.
+    static func model() throws -> String {
+        var tiny = TinyLlama()
+        tiny.layers = 4
+        tiny.contextLength = 4096
+        return try tiny.write()
+    }
+
+    /// `cohort generate` arguments for greedy token ids.
+    static func generate(_ model: String, tokens: Int, extra: [String] = []) -> [String] {
+        [cohort, "generate", "--model", model, "--tp", "2", "--pp", "2", "--precise", "--threads", "1", "--temperature", "0",
+         "--ignore-eos", "--max-tokens", "\(tokens)", "--kv-cache-mb", "16", "--output", "json", "--prompt-tokens", "5,9,200,31"] + extra
+    }
+
+    /// Two ranks per host: the driver and one worker on h1, two workers on h2.
+    static var acrossHosts: [String] {
+        ["--launcher", "ssh", "--hosts", "h1:2,h2:2", "--ssh-command", SimulatedHosts.agent, "--host-ip", SimulatedHosts.address(1)]
+    }
+
+    @Test("--tp 2 --pp 2 with two ranks on each of two hosts gives one machine's tokens; nothing is left on either host")
+    func tokensMatchOneMachine() throws {
+        let hosts = try SimulatedHosts(2)
+        defer { hosts.down() }
+        let model = try Self.model()
+        defer { TemporaryFiles.remove(model) }
+        let local = try Run(Self.generate(model, tokens: 12))
+        let here = try local.finish(within: 120)
+        #expect(here.status == 0, "\(here.errors)")
+        let remote = try Run(hosts.command(on: "h1", Self.generate(model, tokens: 12, extra: Self.acrossHosts)))
+        let there = try remote.finish(within: 120)
+        #expect(there.status == 0, "\(there.errors)")
+        let expected = try #require(Self.tokens(here.output))
+        #expect(expected.count == 12)
+        #expect(Self.tokens(there.output) == expected)
+        #expect(hosts.cohortProcesses().isEmpty)
+    }
+
+    @Test("killing a host's worker, or taking the host's link down, mid-generation ends the run within 2 s naming host and rank",
+          arguments: ["kill", "link"])
+    func hostFailure(how: String) throws {
+        let hosts = try SimulatedHosts(2)
+        defer { hosts.down() }
+        let model = try Self.model()
+        defer { TemporaryFiles.remove(model) }
+        let run = try Run(hosts.command(on: "h1", Self.generate(model, tokens: 4000, extra: Self.acrossHosts)))
+        // Mid-generation: both of h2's workers are up and answering steps.
+        let workers = try hosts.waitForWorkers(on: "h2", count: 2, within: 60)
+        usleep(500_000)
+        let start = Date()
+        if how == "kill" { kill(workers[0], SIGKILL) } else { hosts.setLink(of: 2, up: false) }
+        let result = try run.finish(within: 10)
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(result.status != 0)
+        #expect(elapsed < 2, "the run ended \(elapsed) s after the failure")
+        let line = result.errors.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(line.contains("on h2") && line.contains("worker rank "), "\(result.errors)")
+        if how == "kill" { #expect(line.contains("(pid \(workers[0]) on h2) was killed by signal 9"), "\(line)") }
+        if how == "link" { hosts.setLink(of: 2, up: true) }
+        // h1's processes at once; h2's once they hear the driver is gone (at most its silence limit, 5 s).
+        #expect(hosts.waitUntilNoCohortProcesses(within: 8).isEmpty)
+    }
+
+    @Test("a driver killed with SIGKILL leaves no process on any host within 2 s")
+    func driverKilled() throws {
+        let hosts = try SimulatedHosts(2)
+        defer { hosts.down() }
+        let model = try Self.model()
+        defer { TemporaryFiles.remove(model) }
+        let run = try Run(hosts.command(on: "h1", Self.generate(model, tokens: 4000, extra: Self.acrossHosts)))
+        _ = try hosts.waitForWorkers(on: "h2", count: 2, within: 60)
+        usleep(500_000)
+        kill(run.process.processIdentifier, SIGKILL)
+        run.process.waitUntilExit()
+        #expect(hosts.waitUntilNoCohortProcesses(within: 2).isEmpty)
+    }
+
+    static func tokens(_ output: String) -> [Int]? {
+        guard let line = output.split(separator: "\n").last,
+              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
+        return object["tokens"] as? [Int]
+    }
+}
+
+/// A stage channel over TCP: the sender reaches every reader; a message for another step
+/// or shape is refused by name.
+@Suite struct TCPStageChannelTests {
+    @Test("a TCP stage channel carries each step's states to every reader and refuses another step's")
+    func carriesSteps() throws {
+        let secret = InstanceSecret.random()
+        let rendezvous = try TCPRendezvous(host: "127.0.0.1", secret: secret)
+        let address = WorkerConfigurationAddress.tcp(host: rendezvous.host, port: rendezvous.port)
+        let served = Threads.start { try? rendezvous.serve(ranks: 3, timeout: 10) }
+        let received = Mutex<[[Float]]>([])
+        let readers = (0..<2).map { index in
+            Threads.start {
+                do {
+                    let channel = try StageChannel.join(address, as: .reader(index), readers: 2, secret: secret, listenHost: "127.0.0.1")
+                    defer { channel.close() }
+                    for step in 0..<3 as Range<UInt64> {
+                        let values = try channel.receive(reader: index, step: step, tokens: 2, hiddenSize: 3, timeout: 10) {
+                            Array(UnsafeBufferPointer(start: $0, count: 6))
+                        }
+                        received.withLock { $0.append(values) }
+                    }
+                    #expect(throws: (any Error).self) {
+                        try channel.receive(reader: index, step: 3, tokens: 2, hiddenSize: 3, timeout: 10) { _ in }
+                    }
+                } catch {
+                    Issue.record("reader \(index): \(error)")
+                }
+            }
+        }
+        let sender = try StageChannel.join(address, as: .sender, readers: 2, secret: secret, listenHost: "127.0.0.1")
+        for step in 0..<3 as Range<UInt64> {
+            let states = (0..<6).map { Float(step) * 10 + Float($0) }
+            try sender.send(step: step, tokens: 2, hiddenSize: 3, states, timeout: 10)
+        }
+        try sender.send(step: 7, tokens: 2, hiddenSize: 3, [Float](repeating: 0, count: 6), timeout: 10)
+        readers.forEach(Threads.join)
+        Threads.join(served)
+        sender.close()
+        let all = received.withLock { $0 }
+        #expect(all.count == 6)
+        for step in 0..<3 {
+            #expect(all.filter { $0 == (0..<6).map { Float(step) * 10 + Float($0) } }.count == 2)
+        }
+    }
+}
+
+typealias WorkerConfigurationAddress = WorkerConfiguration.CommunicatorAddress
