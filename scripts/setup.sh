@@ -11,6 +11,9 @@ fi
 missing=()
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v sha256sum >/dev/null || missing+=(coreutils)
+# The simulated hosts of the multi-host tests (scripts/hosts.sh): network namespaces and UTS namespaces.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v unshare >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"

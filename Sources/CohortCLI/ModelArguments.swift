@@ -96,7 +96,13 @@ struct ModelArguments: ParsableArguments {
             if hosts != nil { throw ValidationError("--hosts places workers for --launcher ssh; the local launcher starts them on this machine") }
         case "ssh":
             guard let hosts else { throw ValidationError("--launcher ssh needs --hosts HOST:SLOTS,… (where the ranks go)") }
-            do { _ = try RemoteShellLauncher.parseHosts(hosts) } catch { throw ValidationError(error.description) }
+            do {
+                // Enough slots for the grid, before anything starts.
+                let launcher = RemoteShellLauncher(hosts: try RemoteShellLauncher.parseHosts(hosts), driverHost: Machine.hostName())
+                _ = try launcher.workerHosts(tensorParallel * pipelineParallel - 1)
+            } catch {
+                throw ValidationError(error.description)
+            }
             guard driverAddress != nil else {
                 throw ValidationError("--launcher ssh needs --host-ip (or COHORT_HOST_IP): the address workers on other machines reach this one at")
             }

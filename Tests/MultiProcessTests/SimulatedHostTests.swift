@@ -43,10 +43,10 @@ struct SimulatedHostTests {
         defer { hosts.down() }
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
-        let local = try Run(Self.generate(model, tokens: 12))
+        let local = try TestProcess(Self.generate(model, tokens: 12))
         let here = try local.finish(within: 120)
         #expect(here.status == 0, "\(here.errors)")
-        let remote = try Run(hosts.command(on: "h1", Self.generate(model, tokens: 12, extra: Self.acrossHosts)))
+        let remote = try TestProcess(hosts.command(on: "h1", Self.generate(model, tokens: 12, extra: Self.acrossHosts)))
         let there = try remote.finish(within: 120)
         #expect(there.status == 0, "\(there.errors)")
         let expected = try #require(Self.tokens(here.output))
@@ -62,7 +62,7 @@ struct SimulatedHostTests {
         defer { hosts.down() }
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
-        let run = try Run(hosts.command(on: "h1", Self.generate(model, tokens: 4000, extra: Self.acrossHosts)))
+        let run = try TestProcess(hosts.command(on: "h1", Self.generate(model, tokens: 4000, extra: Self.acrossHosts)))
         // Mid-generation: both of h2's workers are up and answering steps.
         let workers = try hosts.waitForWorkers(on: "h2", count: 2, within: 60)
         usleep(500_000)
@@ -86,7 +86,7 @@ struct SimulatedHostTests {
         defer { hosts.down() }
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
-        let run = try Run(hosts.command(on: "h1", Self.generate(model, tokens: 4000, extra: Self.acrossHosts)))
+        let run = try TestProcess(hosts.command(on: "h1", Self.generate(model, tokens: 4000, extra: Self.acrossHosts)))
         _ = try hosts.waitForWorkers(on: "h2", count: 2, within: 60)
         usleep(500_000)
         kill(run.process.processIdentifier, SIGKILL)

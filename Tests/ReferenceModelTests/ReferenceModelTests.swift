@@ -103,6 +103,25 @@ struct ReferenceModelTests {
     /// Every TP × PP grid up to 3 × 3 except the single worker.
     static let grids: [(tp: Int, pp: Int)] = [(1, 2), (1, 3), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)]
 
+    @Test("--tp 2 --pp 2 with two ranks on each of two simulated hosts gives one machine's --precise greedy tokens",
+          .enabled(if: SimulatedHosts.available, "needs root and iproute2 (network namespaces)"))
+    func acrossHosts() throws {
+        try requireModel()
+        let c = try #require(try ReferenceFixtures.greedyCases("float_reference.json").first)
+        let one = try ReferenceFixtures.processTokens(Self.modelPath, tp: 2, pp: 2, prompt: c.promptTokens, steps: 16)
+        let hosts = try SimulatedHosts(2)
+        defer { hosts.down() }
+        let arguments = ReferenceFixtures.generateArguments(Self.modelPath, tp: 2, pp: 2, prompt: c.promptTokens, steps: 16) + [
+            "--launcher", "ssh", "--hosts", "h1:2,h2:2", "--ssh-command", SimulatedHosts.agent, "--host-ip", SimulatedHosts.address(1),
+        ]
+        let result = try TestProcess(hosts.command(on: "h1", [ReferenceFixtures.cohort] + arguments)).finish(within: 300)
+        #expect(result.status == 0, "\(result.errors)")
+        let line = try #require(result.output.split(separator: "\n").last, "no output: \(result.errors)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(object["tokens"] as? [Int] == one)
+        #expect(hosts.cohortProcesses().isEmpty)
+    }
+
     @Test("every TP × PP grid up to 3 × 3 across worker processes gives one worker's --precise greedy tokens for 32 tokens")
     func gridTokens() throws {
         try requireModel()
@@ -278,14 +297,22 @@ enum ReferenceFixtures {
         }
     }
 
+    /// The `cohort` binary next to the tests.
+    static var cohort: String {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("cohort").path
+    }
+
+    /// `cohort generate` arguments for greedy `--precise` token ids as JSON.
+    static func generateArguments(_ model: String, tp: Int, pp: Int, prompt: [Int32], steps: Int) -> [String] {
+        ["generate", "--model", model, "--precise", "--tp", "\(tp)", "--pp", "\(pp)", "--threads", "1", "--temperature", "0",
+         "--max-tokens", "\(steps)", "--ignore-eos", "--output", "json", "--prompt-tokens", prompt.map(String.init).joined(separator: ",")]
+    }
+
     /// Greedy `--precise` tokens of `cohort generate` in its own processes (TP × PP workers).
     static func processTokens(_ model: String, tp: Int, pp: Int, prompt: [Int32], steps: Int) throws -> [Int] {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-            .appendingPathComponent("cohort")
-        p.arguments = ["generate", "--model", model, "--precise", "--tp", "\(tp)", "--pp", "\(pp)", "--threads", "1", "--temperature", "0",
-                       "--max-tokens", "\(steps)", "--ignore-eos", "--output", "json", "--prompt-tokens",
-                       prompt.map(String.init).joined(separator: ",")]
+        p.executableURL = URL(fileURLWithPath: cohort)
+        p.arguments = generateArguments(model, tp: tp, pp: pp, prompt: prompt, steps: steps)
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

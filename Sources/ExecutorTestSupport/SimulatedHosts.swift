@@ -1,5 +1,4 @@
-import Foundation
-import Launchers
+public import Foundation
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -7,32 +6,33 @@ import Glibc
 
 /// `scripts/hosts.sh` from a test: hosts h1…hN up for the test's life, commands on them,
 /// and the Cohort processes each one runs.
-struct SimulatedHosts {
+public struct SimulatedHosts: Sendable {
+    /// The package's root (this file is Sources/ExecutorTestSupport/SimulatedHosts.swift).
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    static var script: String { root + "/scripts/hosts.sh" }
-    static var agent: String { root + "/scripts/host-agent" }
-    static var available: Bool { getuid() == 0 && (access("/usr/sbin/ip", X_OK) == 0 || access("/sbin/ip", X_OK) == 0) }
-    static func address(_ i: Int) -> String { "198.18.7.\(i)" }
+    public static var script: String { root + "/scripts/hosts.sh" }
+    public static var agent: String { root + "/scripts/host-agent" }
+    public static var available: Bool { getuid() == 0 && (access("/usr/sbin/ip", X_OK) == 0 || access("/sbin/ip", X_OK) == 0) }
+    public static func address(_ i: Int) -> String { "198.18.7.\(i)" }
 
-    let names: [String]
+    public let names: [String]
 
     /// Brings up `count` fresh hosts (any left by an earlier run go first).
-    init(_ count: Int) throws {
+    public init(_ count: Int) throws {
         names = (1...count).map { "h\($0)" }
         _ = Self.shell([Self.script, "down"])
         let (status, output) = Self.shell([Self.script, "up", "\(count)"])
         guard status == 0 else { throw SimulatedHostError(message: "hosts.sh up \(count) exited with \(status): \(output)") }
     }
 
-    func down() { _ = Self.shell([Self.script, "down"]) }
+    public func down() { _ = Self.shell([Self.script, "down"]) }
 
     /// `arguments` run on `host` (the last process of the chain is the command itself).
-    func command(on host: String, _ arguments: [String]) -> [String] {
+    public func command(on host: String, _ arguments: [String]) -> [String] {
         [Self.script, "run", host, "exec " + arguments.map(shellQuoted).joined(separator: " ")]
     }
 
     /// Live Cohort processes on `host` (its network namespace), by pid.
-    func cohortProcesses(on host: String, role: String? = nil) -> [Int32] {
+    public func cohortProcesses(on host: String, role: String? = nil) -> [Int32] {
         let (_, output) = Self.shell(["ip", "netns", "pids", "cohort-\(host)"])
         return output.split(separator: "\n").compactMap { Int32($0) }.filter { pid in
             guard Self.isRunning(pid), let line = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { return false }
@@ -41,10 +41,10 @@ struct SimulatedHosts {
         }
     }
 
-    func cohortProcesses() -> [Int32] { names.flatMap { cohortProcesses(on: $0) } }
+    public func cohortProcesses() -> [Int32] { names.flatMap { cohortProcesses(on: $0) } }
 
     /// Waits until `host` runs `count` workers; their pids.
-    func waitForWorkers(on host: String, count: Int, within seconds: Double) throws -> [Int32] {
+    public func waitForWorkers(on host: String, count: Int, within seconds: Double) throws -> [Int32] {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             let workers = cohortProcesses(on: host, role: "worker")
@@ -55,45 +55,45 @@ struct SimulatedHosts {
     }
 
     /// Waits until no host runs a Cohort process; what is left.
-    func waitUntilNoCohortProcesses(within seconds: Double) -> [Int32] {
+    public func waitUntilNoCohortProcesses(within seconds: Double) -> [Int32] {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline && !cohortProcesses().isEmpty { usleep(20_000) }
         return cohortProcesses()
     }
 
     /// Takes host `i`'s link to the bridge down or up.
-    func setLink(of i: Int, up: Bool) {
+    public func setLink(of i: Int, up: Bool) {
         _ = Self.shell(["ip", "link", "set", "cohortv\(i)", up ? "up" : "down"])
     }
 
-    static func isRunning(_ pid: Int32) -> Bool {
+    public static func isRunning(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
         let state = stat.split(separator: ")").last?.split(separator: " ").first
         return state != "Z" && state != "X"
     }
 
     /// Runs a command to its end; its status and output (stdout and stderr).
-    static func shell(_ arguments: [String]) -> (Int32, String) {
-        guard let run = try? Run(arguments, mergeErrors: true), let result = try? run.finish(within: 60) else { return (-1, "") }
+    public static func shell(_ arguments: [String]) -> (Int32, String) {
+        guard let run = try? TestProcess(arguments, mergeErrors: true), let result = try? run.finish(within: 60) else { return (-1, "") }
         return (result.status, result.output)
     }
 }
 
-struct SimulatedHostError: Error, CustomStringConvertible {
-    let message: String
-    var description: String { message }
+public struct SimulatedHostError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }
 
 /// `s` in single quotes for a shell.
-func shellQuoted(_ s: String) -> String {
+public func shellQuoted(_ s: String) -> String {
     "'" + s.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
 }
 
 /// A process whose output is read as it comes (its children may hold the pipes open long
 /// after it ended).
-final class Run: @unchecked Sendable {
+public final class TestProcess: @unchecked Sendable {
     // @unchecked: the buffers are behind mutexes; `process` is used by the test's thread.
-    let process = Process()
+    public let process = Process()
     private let output = Buffer()
     private let errors = Buffer()
 
@@ -101,7 +101,7 @@ final class Run: @unchecked Sendable {
         let bytes = Mutex<[UInt8]>([])
     }
 
-    init(_ arguments: [String], mergeErrors: Bool = false) throws {
+    public init(_ arguments: [String], mergeErrors: Bool = false) throws {
         let path = arguments[0].contains("/") ? arguments[0] : "/usr/bin/env"
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = path == "/usr/bin/env" ? arguments : Array(arguments.dropFirst())
@@ -127,14 +127,14 @@ final class Run: @unchecked Sendable {
         }
     }
 
-    struct Result {
-        var status: Int32
-        var output: String
-        var errors: String
+    public struct Result: Sendable {
+        public var status: Int32
+        public var output: String
+        public var errors: String
     }
 
     /// Waits for the process (killing it after `seconds`); its status and the output so far.
-    func finish(within seconds: Double) throws -> Result {
+    public func finish(within seconds: Double) throws -> Result {
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning && Date() < deadline { usleep(5_000) }
         if process.isRunning {
