@@ -11,9 +11,14 @@ fi
 missing=()
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v sha256sum >/dev/null || missing+=(coreutils)
-# The simulated hosts of the multi-host tests (scripts/hosts.sh): network namespaces and UTS namespaces.
-command -v ip >/dev/null || missing+=(iproute2)
-command -v unshare >/dev/null || missing+=(util-linux)
+# For the multi-host tests, which run as root only (network namespaces): iproute2 and
+# util-linux for the simulated hosts (scripts/hosts.sh), Open MPI for --launcher mpi (loaded
+# at run time: the build never needs it). Without root they are skipped, so is this.
+if [ "$(id -u)" = 0 ]; then
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v unshare >/dev/null || missing+=(util-linux)
+    command -v mpirun >/dev/null || missing+=(openmpi-bin)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -65,16 +65,17 @@ struct ModelArguments: ParsableArguments {
     var hostIP: String?
 
     @Option(help: """
-        How worker processes start: local (children of this process) or ssh (on the machines of --hosts, \
-        through --ssh-command; the same binary and model paths on every machine).
+        How worker processes start: local (children of this process), ssh (on the machines of --hosts, \
+        through --ssh-command), or mpi (under mpirun -np N, MPI rank 0 drives; or mpirun started here \
+        on the machines of --hosts). Every machine needs the same binary and model paths.
         """)
     var launcher = "local"
 
-    @Option(help: "Where ranks go with --launcher ssh, as mpirun's --host: HOST:SLOTS,… (the driver takes a slot on its own host).")
+    @Option(help: "Where ranks go with --launcher ssh or mpi, as mpirun's --host: HOST:SLOTS,… (the driver takes a slot on its own host).")
     var hosts: String?
 
-    @Option(help: "The remote shell for --launcher ssh: the command, then its options; the host and the worker's command follow.")
-    var sshCommand = "ssh -o BatchMode=yes"
+    @Option(help: "The remote shell for --launcher ssh (the command, then its options; the host and the worker's command follow), and mpirun's plm_rsh_agent for --launcher mpi --hosts.")
+    var sshCommand = Self.defaultSSHCommand
 
     @Option(help: "Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the command runs.")
     var metricsPort: UInt16?
@@ -94,8 +95,10 @@ struct ModelArguments: ParsableArguments {
         switch launcher {
         case "local":
             if hosts != nil { throw ValidationError("--hosts places workers for --launcher ssh; the local launcher starts them on this machine") }
-        case "ssh":
-            guard let hosts else { throw ValidationError("--launcher ssh needs --hosts HOST:SLOTS,… (where the ranks go)") }
+        case "mpi" where MPIWorld.isUnderMPIRun:
+            if hosts != nil { throw ValidationError("--hosts: under mpirun, mpirun's own --host places the ranks") }
+        case "ssh", "mpi":
+            guard let hosts else { throw ValidationError("--launcher \(launcher) needs --hosts HOST:SLOTS,… (where the ranks go)") }
             do {
                 // Enough slots for the grid, before anything starts.
                 let launcher = RemoteShellLauncher(hosts: try RemoteShellLauncher.parseHosts(hosts), driverHost: Machine.hostName())
@@ -104,11 +107,11 @@ struct ModelArguments: ParsableArguments {
                 throw ValidationError(error.description)
             }
             guard driverAddress != nil else {
-                throw ValidationError("--launcher ssh needs --host-ip (or COHORT_HOST_IP): the address workers on other machines reach this one at")
+                throw ValidationError("--launcher \(launcher) needs --host-ip (or COHORT_HOST_IP): the address workers on other machines reach this one at")
             }
             guard !sshCommand.split(separator: " ").isEmpty else { throw ValidationError("--ssh-command is empty") }
         default:
-            throw ValidationError("--launcher must be local or ssh, got '\(launcher)'")
+            throw ValidationError("--launcher must be local, ssh or mpi, got '\(launcher)'")
         }
         guard threads >= 1 && threads <= 256 else {
             throw ValidationError("--threads must be between 1 and 256, got \(threads)")
@@ -147,9 +150,35 @@ struct ModelArguments: ParsableArguments {
     var path: String { model ?? ReferenceModel.defaultPath }
 
     /// The launcher the flags name (nil: the executor's default, children of this process).
-    var workerLauncher: (any Launcher)? {
-        guard launcher == "ssh", let hosts, let list = try? RemoteShellLauncher.parseHosts(hosts) else { return nil }
-        return RemoteShellLauncher(hosts: list, shell: sshCommand.split(separator: " ").map(String.init), driverHost: Machine.hostName())
+    /// Under `mpirun`, every rank but 0 becomes a worker here and never returns.
+    func workerLauncher() throws -> (any Launcher)? {
+        let list = hosts.flatMap { try? RemoteShellLauncher.parseHosts($0) } ?? []
+        switch launcher {
+        case "ssh":
+            return RemoteShellLauncher(hosts: list, shell: sshCommand.split(separator: " ").map(String.init), driverHost: Machine.hostName())
+        case "mpi" where MPIWorld.isUnderMPIRun:
+            let world = try MPIWorld.initialize()
+            if world.rank != 0 { Glibc.exit(Worker.runMPIRank(world, joinToken: world.rank)) }
+            return MPILauncher(world: world)
+        case "mpi":
+            return MPIRunLauncher(
+                hosts: list, driverHost: Machine.hostName(), agent: sshCommand == Self.defaultSSHCommand ? nil : sshCommand)
+        default:
+            return nil
+        }
+    }
+
+    static let defaultSSHCommand = "ssh -o BatchMode=yes"
+
+    /// `--host-ip`, else, under mpirun with ranks on other machines, this machine's first
+    /// address that is not loopback.
+    var resolvedHostIP: String? {
+        if let driverAddress { return driverAddress }
+        guard launcher == "mpi", MPIWorld.isUnderMPIRun,
+              let local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE").flatMap({ Int(String(cString: $0)) }),
+              let all = getenv("OMPI_COMM_WORLD_SIZE").flatMap({ Int(String(cString: $0)) }), local < all
+        else { return nil }
+        return Machine.firstNonLoopbackAddress()
     }
 
     /// Names a request's `model` field may use: the file's name without `.gguf`, then the path.
@@ -189,22 +218,30 @@ struct ModelArguments: ParsableArguments {
 
     /// Loads the model into an engine, drawing a progress bar on stderr when it is a terminal.
     func load(virtualEngines: Int? = nil, maxSequences: Int = 256, maxWaiting: Int? = nil) async throws -> Engine {
+        // First: under mpirun, the ranks that are not the driver leave here to be workers.
+        let launcher: (any Launcher)?
+        do { launcher = try workerLauncher() } catch { throw CLIError("\(error)") }
         if let metricsPort {
             do {
                 let exporter = try PrometheusExporter.bootstrap(port: metricsPort)
                 Output.standardError("metrics at http://\(exporter.host):\(exporter.port)/metrics\n")
             } catch {
+                (launcher as? MPILauncher)?.refuseIfWaiting("the driver (MPI rank 0) failed: \(error)")
                 throw CLIError("\(error)")
             }
         }
+        var options = options
+        options.hostIP = resolvedHostIP
         let bar = ProgressBar(title: "Loading model")
         defer { bar.finish() }
         do {
             return try await Engine.load(
-                modelPath: path, options: options, launcher: workerLauncher,
+                modelPath: path, options: options, launcher: launcher,
                 configuration: .init(virtualEngines: virtualEngines ?? pipelineParallel, maxSequences: maxSequences, maxWaiting: maxWaiting)
             ) { bar.update($0) }
         } catch {
+            // MPI ranks that never heard from the driver would wait for it forever.
+            (launcher as? MPILauncher)?.refuseIfWaiting("the driver (MPI rank 0) failed: \(error)")
             throw CLIError("\(error)")
         }
     }

@@ -13,6 +13,10 @@ public struct SimulatedHosts: Sendable {
     public static var agent: String { root + "/scripts/host-agent" }
     public static var available: Bool { getuid() == 0 && (access("/usr/sbin/ip", X_OK) == 0 || access("/sbin/ip", X_OK) == 0) }
     public static func address(_ i: Int) -> String { "198.18.7.\(i)" }
+    /// Whether Open MPI's mpirun and library are here (`make setup` installs them).
+    public static var hasOpenMPI: Bool {
+        access("/usr/bin/mpirun", X_OK) == 0 && access("/usr/lib/x86_64-linux-gnu/libmpi.so.40", R_OK) == 0
+    }
 
     public let names: [String]
 

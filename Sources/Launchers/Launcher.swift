@@ -14,6 +14,24 @@ public protocol Launcher: Sendable {
     /// Ends whatever extra tie the launcher keeps to its workers (a lifeline): workers that
     /// are still running exit by themselves.
     func releaseLifeline()
+
+    /// Whether the workers' own runtime ends them with the driver (MPI ranks wait in
+    /// MPI_Finalize for the driver's): after an orderly stop the driver neither waits for
+    /// them to exit nor kills them.
+    var stopsWorkersItself: Bool { get }
+
+    /// The group is shut down: `orderly` when no worker failed.
+    func finished(orderly: Bool)
+
+    /// Called while the driver waits for workers to join: throws when they never will
+    /// (what started them has ended).
+    func checkStarting() throws(LaunchError)
+}
+
+extension Launcher {
+    public var stopsWorkersItself: Bool { false }
+    public func finished(orderly: Bool) {}
+    public func checkStarting() throws(LaunchError) {}
 }
 
 /// How a worker reaches its driver: the whole of what a launcher passes on.

@@ -11,6 +11,25 @@ public enum Machine {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The first IPv4 address of an interface that is up and not loopback (nil: none).
+    public static func firstNonLoopbackAddress() -> String? {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return nil }
+        defer { freeifaddrs(list) }
+        var entry = list
+        while let e = entry {
+            defer { entry = e.pointee.ifa_next }
+            let flags = Int32(e.pointee.ifa_flags)
+            guard let address = e.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+                  flags & Int32(IFF_UP) != 0, flags & Int32(IFF_LOOPBACK) == 0 else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            var v4 = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
+            guard inet_ntop(AF_INET, &v4, &text, socklen_t(text.count)) != nil else { continue }
+            return String(cString: text)
+        }
+        return nil
+    }
+
     /// `MemAvailable` from /proc/meminfo, in bytes (0 when unknown).
     public static func availableMemory() -> Int64 {
         guard let text = try? readText("/proc/meminfo") else { return 0 }

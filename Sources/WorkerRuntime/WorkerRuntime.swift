@@ -359,6 +359,7 @@ enum DriverLink {
                         stepNanoseconds: WorkerRuntime.stepNanoseconds.load(ordering: .relaxed)
                     ).encode(into: &writer)
                     do { try writer.withBytes { try link.send($0, timeout: silenceLimit) } } catch {
+                        if WorkerRuntime.stopping.load(ordering: .relaxed) { return }  // the main thread is ending the process
                         WorkerRuntime.driverGone("the link to the driver failed (\(error))")
                     }
                     nextBeat = now + interval
@@ -368,6 +369,9 @@ enum DriverLink {
                         try link.receive(timeout: silenceLimit) { _ in }
                         heard = MonotonicClock.now()
                     } catch {
+                        // After the driver's stop its link closes: the main thread ends the
+                        // process in order (an MPI rank must call MPI_Finalize on the way out).
+                        if WorkerRuntime.stopping.load(ordering: .relaxed) { return }
                         WorkerRuntime.driverGone("the driver closed its link (\(error))")
                     }
                 }

@@ -268,8 +268,17 @@ struct HTTP {
         let server = try ServeProcess(["--model", longModel])
         let fd = try HTTP.connect(port: server.port)
         HTTP.send(fd, method: "POST", path: "/v1/completions", body: long, headers: [:])
+        // Until the first event: the request runs (the head alone comes before it is scheduled).
+        var received: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
-        _ = read(fd, &chunk, chunk.count)  // the head and the first events: the request runs
+        let deadline = Date().addingTimeInterval(30)
+        while !String(decoding: received, as: UTF8.self).contains("data:") && Date() < deadline {
+            var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 100) > 0 else { continue }
+            let n = read(fd, &chunk, chunk.count)
+            guard n > 0 else { break }
+            received += chunk[..<n]
+        }
         let running = try HTTP.request(port: server.port, "/metrics", method: "GET").body
         close(fd)
         #expect(running.contains("cohort_num_requests_running 1"), "\(running.prefix(300))")

@@ -119,7 +119,7 @@ struct ReferenceModelTests {
         let line = try #require(result.output.split(separator: "\n").last, "no output: \(result.errors)")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         #expect(object["tokens"] as? [Int] == one)
-        #expect(hosts.cohortProcesses().isEmpty)
+        #expect(hosts.waitUntilNoCohortProcesses(within: 5).isEmpty)
     }
 
     @Test("every TP × PP grid up to 3 × 3 across worker processes gives one worker's --precise greedy tokens for 32 tokens")

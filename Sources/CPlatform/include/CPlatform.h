@@ -54,6 +54,24 @@ int cohort_forward_signals(const int *signals, int count);
 /// A CPU pause hint for short spins.
 void cohort_cpu_relax(void);
 
+// MARK: - Open MPI, loaded at run time (MPI.c)
+
+/// dlopens Open MPI's `library` (e.g. libmpi.so.40); 0, or -1 with the reason in `error`.
+int cohort_mpi_load(const char *library, char *error, int capacity);
+/// MPI_Init_thread (serialized) unless already initialized; this process's rank and the
+/// world's size. 0, or an MPI error code with its text in `error`.
+int cohort_mpi_init(int *rank, int *size, char *error, int capacity);
+/// MPI_Bcast of `bytes` bytes from `root` over MPI_COMM_WORLD.
+int cohort_mpi_bcast(void *buffer, int bytes, int root, char *error, int capacity);
+/// MPI_Allgather of `bytes` bytes from every rank into `receive` (size × bytes).
+int cohort_mpi_allgather(const void *send, int bytes, void *receive, char *error, int capacity);
+/// MPI_Get_processor_name; 0 on success.
+int cohort_mpi_processor_name(char *name, int capacity);
+/// MPI_Finalize if initialized and not yet finalized.
+void cohort_mpi_finalize(void);
+/// MPI_Abort on MPI_COMM_WORLD.
+void cohort_mpi_abort(int code);
+
 #ifdef __cplusplus
 }
 #endif

@@ -32,7 +32,7 @@ enum Bootstrap {
     /// before joining fails the join at once, naming its token and exit.
     static func join(
         workers: Int, listener: TCPListener, secret: InstanceSecret, handles: [(any WorkerProcessHandle)?], build: String,
-        timeout: Double
+        timeout: Double, check: () throws -> Void = {}
     ) throws -> Joined {
         var hellos = [WorkerHello?](repeating: nil, count: workers)
         var links = [TCPConnection?](repeating: nil, count: workers)
@@ -50,6 +50,7 @@ enum Bootstrap {
                     throw ExecutorError("workers with join tokens \(missing) did not join \(listener.host):\(listener.port) within \(Int(timeout)) s")
                 }
                 let link = try listener.accept(rank: 0, secret: secret, timeout: left) {
+                    try check()
                     for (i, handle) in handles.enumerated() where links[i] == nil {
                         if let t = handle?.termination() {
                             throw ExecutorError("worker with join token \(i + 1) (pid \(handle!.pid)) \(t) before joining the driver")

@@ -163,7 +163,7 @@ public final class WorkerGroup: @unchecked Sendable {
             let handles = try launcher.launch(workers: workers, join: join)
             joined = try Bootstrap.join(
                 workers: workers, listener: rendezvous, secret: secret, handles: handles, build: Build.of(executable: executable),
-                timeout: configuration.startupTimeout)
+                timeout: configuration.startupTimeout, check: { try launcher.checkStarting() })
         } catch {
             launcher.releaseLifeline()
             throw error
@@ -436,7 +436,7 @@ public final class WorkerGroup: @unchecked Sendable {
         if failure == nil {
             // An orderly stop: workers leave their loop and exit before their links close.
             WorkerCommand.stop.encode(into: &writer)
-            if (try? writer.withBytes({ try channel.publish($0, timeout: 0.2, check: {}) })) != nil {
+            if (try? writer.withBytes({ try channel.publish($0, timeout: 0.2, check: {}) })) != nil, !launcher.stopsWorkersItself {
                 Bootstrap.waitForExit(members, seconds: grace)
             }
         }
@@ -444,8 +444,11 @@ public final class WorkerGroup: @unchecked Sendable {
         launcher.releaseLifeline()
         // After a failure the healthy workers exit at once (their links closed); the failed
         // one may be stopped and never will: do not wait long for it.
-        Bootstrap.stop(members, grace: failure == nil ? grace : min(grace, 0.2))
+        if failure != nil || !launcher.stopsWorkersItself {
+            Bootstrap.stop(members, grace: failure == nil ? grace : min(grace, 0.2))
+        }
         channel.close()
+        launcher.finished(orderly: failure == nil)
     }
 
     deinit { shutdown() }
