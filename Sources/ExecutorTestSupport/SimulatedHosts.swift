@@ -138,17 +138,21 @@ public final class TestProcess: @unchecked Sendable {
     }
 
     /// Waits for the process (killing it after `seconds`); its status and the output so far.
+    /// Never waits unbounded: a process that ended but was not yet reaped counts as ended.
     public func finish(within seconds: Double) throws -> Result {
+        let pid = process.processIdentifier
         let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+        while process.isRunning && SimulatedHosts.isRunning(pid) && Date() < deadline { usleep(5_000) }
+        if process.isRunning && SimulatedHosts.isRunning(pid) {
+            kill(pid, SIGKILL)
             throw SimulatedHostError(message: "\(process.arguments ?? []) did not end within \(seconds) s")
         }
+        // Foundation reaps it on a thread of its own: give it a moment to record the status.
+        let reaped = Date().addingTimeInterval(2)
+        while process.isRunning && Date() < reaped { usleep(5_000) }
         usleep(100_000)  // the last of its output
         return Result(
-            status: process.terminationStatus,
+            status: process.isRunning ? -1 : process.terminationStatus,
             output: String(decoding: output.bytes.withLock { $0 }, as: UTF8.self),
             errors: String(decoding: errors.bytes.withLock { $0 }, as: UTF8.self))
     }
