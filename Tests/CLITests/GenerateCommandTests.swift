@@ -161,7 +161,7 @@ struct CLI {
         (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens must be between 1 and 65536, got 0"),
         (["--prompt-tokens", "1,x"], "'x'"),
         (["--output", "yaml"], "yaml"),
-        (["--launcher", "slurm"], "--launcher must be local or ssh, got 'slurm'"),
+        (["--launcher", "slurm"], "--launcher must be local, ssh or mpi, got 'slurm'"),
         (["--launcher", "ssh"], "--launcher ssh needs --hosts HOST:SLOTS"),
         (["--launcher", "ssh", "--hosts", "a:2,b:0", "--host-ip", "10.0.0.1"], "the slot count of 'b:0' must be a whole number ≥ 1, found '0'"),
         (["--launcher", "ssh", "--hosts", "a:2"], "--launcher ssh needs --host-ip"),
