@@ -157,3 +157,12 @@ public final class TestProcess: @unchecked Sendable {
             errors: String(decoding: errors.bytes.withLock { $0 }, as: UTF8.self))
     }
 }
+
+/// The /dev/shm names a process maps and that still exist ("/cohort-…"; a removed one shows
+/// as "… (deleted)" and is left out).
+public func sharedMemoryNames(mappedBy pid: Int32) -> [String] {
+    let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
+    return Array(Set(maps.split(separator: "\n").compactMap { line in
+        line.split(separator: " ").last.flatMap { $0.hasPrefix("/dev/shm/") ? String($0.dropFirst("/dev/shm".count)) : nil }
+    }))
+}

@@ -316,7 +316,7 @@ import Testing
         // Later attempts kill later: before, while and after the driver makes its names.
         usleep(UInt32(attempt) * 150_000)
         // The names the driver has mapped so far (it creates them once every worker joined).
-        let names = Self.sharedMemoryNames(mappedBy: driver.processIdentifier)
+        let names = sharedMemoryNames(mappedBy: driver.processIdentifier)
         kill(driver.processIdentifier, SIGKILL)
         driver.waitUntilExit()
         let start = Date()
@@ -324,14 +324,6 @@ import Testing
         while !leftover().isEmpty && Date().timeIntervalSince(start) < 3 { usleep(10_000) }
         #expect(leftover() == [], "attempt \(attempt)")
         for name in leftover() { unlink("/dev/shm" + name) }
-    }
-
-    /// The /dev/shm names a process maps ("/cohort-…").
-    static func sharedMemoryNames(mappedBy pid: Int32) -> [String] {
-        let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
-        return Array(Set(maps.split(separator: "\n").compactMap { line in
-            line.split(separator: " ").last.flatMap { $0.hasPrefix("/dev/shm/") ? String($0.dropFirst("/dev/shm".count)) : nil }
-        }))
     }
 
     @Test("a worker that is not the driver's child joins by address and secret, serves steps, and exits within 2 s of the driver's death")
