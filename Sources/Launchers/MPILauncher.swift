@@ -75,12 +75,6 @@ public final class MPIWorld: Sendable {
         }
         return buffer
     }
-
-    /// Ends the whole MPI job (every rank) with `code`.
-    public func abort(_ code: Int32) -> Never {
-        cohort_mpi_abort(code)
-        exit(code)
-    }
 }
 
 /// What rank 0 of an MPI world tells the others: where the driver listens and the instance
