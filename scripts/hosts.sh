@@ -6,6 +6,9 @@
 #   scripts/hosts.sh down      kills every process in them and removes them and the bridge
 #   scripts/hosts.sh list      the hosts that are up, with their addresses
 #   scripts/hosts.sh run H CMD…  runs CMD on host H (as ssh H CMD would)
+#   scripts/hosts.sh ray-up [CPUS]  a Ray cluster over the hosts that are up: the head on h1
+#                              (GCS at 198.18.7.1:6379), every other host a node; CPUS each
+#                              (default 2); token auth off. `down` ends it with the hosts.
 #
 # 198.18.0.0/15 is the range RFC 2544 sets aside for network benchmarks: it is routed nowhere,
 # so nothing here can reach or shadow a real network. Traffic stays between the hosts and the
@@ -65,7 +68,29 @@ down() {
         ip netns delete "$ns"
     done
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
+    rm -rf /tmp/cohort-ray-h*
     return 0
+}
+
+ray_up() {
+    local cpus=${1:-2}
+    [[ $cpus =~ ^[0-9]+$ ]] && (( cpus >= 1 )) || die "ray-up: expected a CPU count ≥ 1, found '$cpus'"
+    command -v ray >/dev/null || die "ray-up: the ray command is missing (pip install 'ray[cpp]')"
+    local all; all=$(hosts_up)
+    [ -n "$all" ] || die "ray-up: no hosts are up (scripts/hosts.sh up N)"
+    local common="--num-cpus=$cpus --disable-usage-stats"
+    for h in $all; do
+        local address; address=$(address_of "$h")
+        # A temp dir per host: the hosts share one filesystem.
+        if [ "$h" = h1 ]; then
+            (run h1 "RAY_AUTH_MODE=disabled ray start --head --node-ip-address=$address --port=6379 --temp-dir=/tmp/cohort-ray-h1 --include-dashboard=false $common") >/tmp/cohort-ray-h1.log 2>&1 \
+                || die "ray-up: the head on h1 did not start: $(tail -5 /tmp/cohort-ray-h1.log)"
+        else
+            (run "$h" "RAY_AUTH_MODE=disabled ray start --address=${PREFIX}.1:6379 --node-ip-address=$address --temp-dir=/tmp/cohort-ray-$h $common") >"/tmp/cohort-ray-$h.log" 2>&1 \
+                || die "ray-up: the node on $h did not join: $(tail -5 "/tmp/cohort-ray-$h.log")"
+        fi
+    done
+    echo "ray ${PREFIX}.1:6379"
 }
 
 list() {
@@ -88,5 +113,6 @@ case "${1:-}" in
     down) down ;;
     list) list ;;
     run) shift; run "$@" ;;
-    *) die "expected up N, down, list or run HOST CMD…, found '${1:-}'" ;;
+    ray-up) ray_up "${2:-}" ;;
+    *) die "expected up N, down, list, run HOST CMD… or ray-up [CPUS], found '${1:-}'" ;;
 esac

@@ -30,6 +30,18 @@ if ! python3 -c "import openai, httpx, prometheus_client" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check openai httpx prometheus_client
 fi
 
+# Ray's C++ API for --launcher ray, and Cohort's bridge to it (.build/ray/libcohort_ray.so,
+# loaded at run time: the build never needs Ray). For the simulated-host tests, so root only
+# like them; elsewhere `pip install 'ray[cpp]==2.60.0' && scripts/build-ray.sh` does the same.
+if [ "$(id -u)" = 0 ]; then
+    if ! python3 -c "import ray" 2>/dev/null || ! command -v ray >/dev/null; then
+        echo "installing ray[cpp] 2.60.0 (for --launcher ray)"
+        python3 -m pip install --quiet --disable-pip-version-check "ray[cpp]==2.60.0"
+    fi
+    command -v g++ >/dev/null || { apt-get update -qq && apt-get install -y -qq g++; }
+    scripts/build-ray.sh
+fi
+
 scripts/fetch-model.sh
 scripts/fetch-qwen.sh
 swift build -c release --product cohort

@@ -66,10 +66,20 @@ struct ModelArguments: ParsableArguments {
 
     @Option(help: """
         How worker processes start: local (children of this process), ssh (on the machines of --hosts, \
-        through --ssh-command), or mpi (under mpirun -np N, MPI rank 0 drives; or mpirun started here \
-        on the machines of --hosts). Every machine needs the same binary and model paths.
+        through --ssh-command), mpi (under mpirun -np N, MPI rank 0 drives; or mpirun started here \
+        on the machines of --hosts), or ray (actors in a placement group of the Ray cluster at \
+        --ray-address). Every machine needs the same binary and model paths.
         """)
     var launcher = "local"
+
+    @Option(help: "The Ray cluster for --launcher ray: its GCS address HOST:PORT, as `ray start --head` prints it (default: $RAY_ADDRESS).")
+    var rayAddress: String?
+
+    @Option(help: "Cohort's Ray bridge, built by scripts/build-ray.sh (default: $COHORT_RAY_LIBRARY, else .build/ray/libcohort_ray.so beside the binary's build).")
+    var rayLibrary: String?
+
+    @Option(help: "How long Ray may take to place the workers' placement group, in seconds.")
+    var rayPlacementTimeout: Double = 120
 
     @Option(help: "Where ranks go with --launcher ssh or mpi, as mpirun's --host: HOST:SLOTS,… (the driver takes a slot on its own host).")
     var hosts: String?
@@ -110,8 +120,19 @@ struct ModelArguments: ParsableArguments {
                 throw ValidationError("--launcher \(launcher) needs --host-ip (or COHORT_HOST_IP): the address workers on other machines reach this one at")
             }
             guard !sshCommand.split(separator: " ").isEmpty else { throw ValidationError("--ssh-command is empty") }
+        case "ray":
+            if hosts != nil { throw ValidationError("--hosts places workers for --launcher ssh or mpi; with ray the cluster places them") }
+            guard resolvedRayAddress != nil else {
+                throw ValidationError("--launcher ray needs --ray-address HOST:PORT (or RAY_ADDRESS): the Ray cluster's GCS, as `ray start --head` prints it")
+            }
+            guard driverAddress != nil else {
+                throw ValidationError("--launcher ray needs --host-ip (or COHORT_HOST_IP): this node's address in the Ray cluster, where workers reach the driver")
+            }
+            guard rayPlacementTimeout > 0 && rayPlacementTimeout <= 86_400 else {
+                throw ValidationError("--ray-placement-timeout must be between 0 and 86400 seconds, got \(rayPlacementTimeout)")
+            }
         default:
-            throw ValidationError("--launcher must be local, ssh or mpi, got '\(launcher)'")
+            throw ValidationError("--launcher must be local, ssh, mpi or ray, got '\(launcher)'")
         }
         guard threads >= 1 && threads <= 256 else {
             throw ValidationError("--threads must be between 1 and 256, got \(threads)")
@@ -163,12 +184,24 @@ struct ModelArguments: ParsableArguments {
         case "mpi":
             return MPIRunLauncher(
                 hosts: list, driverHost: Machine.hostName(), agent: sshCommand == Self.defaultSSHCommand ? nil : sshCommand)
+        case "ray":
+            guard let library = rayLibrary ?? RayLauncher.findLibrary(executable: Build.ownExecutable()) else {
+                throw LaunchError("--launcher ray needs Cohort's Ray bridge: build it with scripts/build-ray.sh (it needs pip's ray[cpp]) or name it with --ray-library")
+            }
+            return try RayLauncher(
+                clusterAddress: resolvedRayAddress ?? "", nodeAddress: driverAddress ?? "", library: library,
+                cpusPerWorker: threads, placementTimeout: rayPlacementTimeout)
         default:
             return nil
         }
     }
 
     static let defaultSSHCommand = "ssh -o BatchMode=yes"
+
+    /// `--ray-address`, else `RAY_ADDRESS`.
+    var resolvedRayAddress: String? {
+        rayAddress ?? getenv("RAY_ADDRESS").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+    }
 
     /// `--host-ip`, else, under mpirun with ranks on other machines, this machine's first
     /// address that is not loopback.

@@ -18,6 +18,17 @@ public struct SimulatedHosts: Sendable {
         access("/usr/bin/mpirun", X_OK) == 0 && access("/usr/lib/x86_64-linux-gnu/libmpi.so.40", R_OK) == 0
     }
 
+    /// Cohort's Ray bridge, when `scripts/build-ray.sh` built it and the `ray` command is
+    /// here (`make setup` installs ray[cpp] and builds it, as root).
+    public static var rayLibrary: String? {
+        let library = root + "/.build/ray/libcohort_ray.so"
+        guard access(library, R_OK) == 0, shell(["/bin/sh", "-c", "command -v ray"]).0 == 0 else { return nil }
+        return library
+    }
+
+    /// The Ray cluster `hosts.sh ray-up` starts: its GCS on h1.
+    public static var rayAddress: String { address(1) + ":6379" }
+
     public let names: [String]
 
     /// Brings up `count` fresh hosts (any left by an earlier run go first).
@@ -63,6 +74,48 @@ public struct SimulatedHosts: Sendable {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline && !cohortProcesses().isEmpty { usleep(20_000) }
         return cohortProcesses()
+    }
+
+    /// Starts a Ray cluster over the hosts: the head on h1, a node on each other host.
+    public func startRay(cpus: Int = 2) throws {
+        let (status, output) = Self.shell([Self.script, "ray-up", "\(cpus)"])
+        guard status == 0 else { throw SimulatedHostError(message: "hosts.sh ray-up exited with \(status): \(output)") }
+    }
+
+    /// Ray's C++ worker processes on any host (each runs one actor: Cohort's supervisors).
+    public func rayActorProcesses() -> [Int32] {
+        names.flatMap { host in
+            Self.shell(["ip", "netns", "pids", "cohort-\(host)"]).1.split(separator: "\n").compactMap { Int32($0) }.filter { pid in
+                guard Self.isRunning(pid), let line = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { return false }
+                return line.split(separator: "\0").first?.hasSuffix("cpp/default_worker") == true
+            }
+        }
+    }
+
+    /// The CPUs Ray has reserved or in use across the cluster (placement groups, actors), from
+    /// `ray status`; nil when it does not answer.
+    public func rayCPUsInUse() -> Double? {
+        let (status, output) = Self.shell(["env", "RAY_AUTH_MODE=disabled", "ray", "status", "--address", Self.rayAddress])
+        guard status == 0 else { return nil }
+        // "Total Usage:" is followed by " 3.0/4.0 CPU (…)".
+        let lines = output.split(separator: "\n")
+        guard let i = lines.firstIndex(where: { $0.hasPrefix("Total Usage") }), i + 1 < lines.count,
+              let used = lines[i + 1].split(separator: "/").first.flatMap({ Double($0.trimmingCharacters(in: .whitespaces)) })
+        else { return nil }
+        return used
+    }
+
+    /// Waits until Ray runs no actor and holds no CPU on any host; what is left, described.
+    public func waitUntilRayIsIdle(within seconds: Double) -> String? {
+        let deadline = Date().addingTimeInterval(seconds)
+        var left: String?
+        repeat {
+            let actors = rayActorProcesses(), cpus = rayCPUsInUse()
+            left = actors.isEmpty && cpus == 0 ? nil : "actor processes \(actors), CPUs in use \(cpus.map { "\($0)" } ?? "unknown")"
+            if left == nil { return nil }
+            usleep(200_000)
+        } while Date() < deadline
+        return left
     }
 
     /// Takes host `i`'s link to the bridge down or up.

@@ -40,8 +40,15 @@ struct SimulatedHostTests {
     }
 
     /// The command on h1 that runs the grid with `launcher`: ssh or mpi (mpirun started by
-    /// the driver), or `mpirun` (the driver started by mpirun with its workers, as rank 0).
+    /// the driver), `mpirun` (the driver started by mpirun with its workers, as rank 0), or
+    /// ray (a placement group of the cluster `startRay` made: two 1-CPU bundles per host).
     static func command(_ hosts: SimulatedHosts, _ model: String, tokens: Int, launcher: String) -> [String] {
+        if launcher == "ray" {
+            return hosts.command(on: "h1", ["env", "RAY_AUTH_MODE=disabled"] + generate(model, tokens: tokens, extra: [
+                "--launcher", "ray", "--ray-address", SimulatedHosts.rayAddress, "--ray-library", SimulatedHosts.rayLibrary ?? "",
+                "--host-ip", SimulatedHosts.address(1),
+            ]))
+        }
         guard launcher == "mpirun" else { return hosts.command(on: "h1", generate(model, tokens: tokens, extra: across(launcher))) }
         return hosts.command(on: "h1", [
             "mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "4", "--host", "h1:2,h2:2",
@@ -51,12 +58,34 @@ struct SimulatedHostTests {
 
     /// Failures under MPI are not yet all within 2 s: a killed worker ends the job through
     /// mpirun, whose abort races the driver's report (see the README's "Across machines").
-    static let launchers = ["ssh"] + (SimulatedHosts.hasOpenMPI ? ["mpi", "mpirun"] : [])
+    static let launchers = ["ssh"] + (SimulatedHosts.hasOpenMPI ? ["mpi", "mpirun"] : []) + ray
+
+    /// Ray where `make setup` installed it and built the bridge.
+    static let ray = SimulatedHosts.rayLibrary == nil ? [String]() : ["ray"]
+
+    /// Hosts for a test under `launcher` (with a Ray cluster for ray).
+    static func hosts(for launcher: String) throws -> SimulatedHosts {
+        let hosts = try SimulatedHosts(2)
+        if launcher == "ray" {
+            do { try hosts.startRay() } catch {
+                hosts.down()
+                throw error
+            }
+        }
+        return hosts
+    }
+
+    /// Nothing of the run is left in Ray: no actor process, no CPU reserved.
+    static func expectRayIdle(_ hosts: SimulatedHosts, _ launcher: String) {
+        guard launcher == "ray" else { return }
+        let left = hosts.waitUntilRayIsIdle(within: 10)
+        #expect(left == nil, "Ray still holds \(left ?? "")")
+    }
 
     @Test("--tp 2 --pp 2 with two ranks on each of two hosts gives one machine's tokens under every launcher; nothing is left",
           arguments: launchers)
     func tokensMatchOneMachine(launcher: String) throws {
-        let hosts = try SimulatedHosts(2)
+        let hosts = try Self.hosts(for: launcher)
         defer { hosts.down() }
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
@@ -71,12 +100,13 @@ struct SimulatedHostTests {
         #expect(Self.tokens(there.output) == expected)
         // Workers on other hosts exit on the driver's stop, not waited for by it.
         #expect(hosts.waitUntilNoCohortProcesses(within: 5).isEmpty)
+        Self.expectRayIdle(hosts, launcher)
     }
 
     @Test("killing a host's worker, or taking the host's link down, mid-generation ends the run within 2 s naming host and rank",
-          arguments: ["kill", "link"], ["ssh"])
+          arguments: ["kill", "link"], ["ssh"] + ray)
     func hostFailure(how: String, launcher: String) throws {
-        let hosts = try SimulatedHosts(2)
+        let hosts = try Self.hosts(for: launcher)
         defer { hosts.down() }
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
@@ -92,15 +122,16 @@ struct SimulatedHostTests {
         #expect(elapsed < 2, "the run ended \(elapsed) s after the failure")
         let line = result.errors.split(separator: "\n").last.map(String.init) ?? ""
         #expect(line.contains("on h2") && line.contains("worker rank "), "\(result.errors)")
-        if how == "kill" { #expect(line.contains("(pid \(workers[0]) on h2) was killed by signal 9"), "\(line)") }
+        if how == "kill" && launcher == "ssh" { #expect(line.contains("(pid \(workers[0]) on h2) was killed by signal 9"), "\(line)") }
         if how == "link" { hosts.setLink(of: 2, up: true) }
         // h1's processes at once; h2's once they hear the driver is gone (at most its silence limit, 5 s).
         #expect(hosts.waitUntilNoCohortProcesses(within: 8).isEmpty)
+        Self.expectRayIdle(hosts, launcher)
     }
 
     @Test("a driver killed with SIGKILL leaves no process on any host within 2 s", arguments: launchers.filter { $0 != "mpirun" })
     func driverKilled(launcher: String) throws {
-        let hosts = try SimulatedHosts(2)
+        let hosts = try Self.hosts(for: launcher)
         defer { hosts.down() }
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
@@ -112,6 +143,8 @@ struct SimulatedHostTests {
         kill(driver, SIGKILL)
         _ = try? run.finish(within: 10)
         #expect(hosts.waitUntilNoCohortProcesses(within: 2).isEmpty)
+        // Ray ends a dead driver's actors and placement group by itself.
+        Self.expectRayIdle(hosts, launcher)
     }
 
     static func tokens(_ output: String) -> [Int]? {
