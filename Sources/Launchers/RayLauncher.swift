@@ -136,9 +136,8 @@ public final class RayLauncher: Launcher {
         var picked: [String] = [], section = ""
         for line in lines {
             if line.hasSuffix(":") { section = line; continue }
-            if (section == "Total Usage:" || section == "Pending Demands:") && !line.isEmpty && !line.hasPrefix("(no") {
-                picked.append((section == "Total Usage:" ? "in use " : "pending ") + line)
-            }
+            if section == "Total Usage:" && (line.contains("CPU") || line.contains("GPU")) { picked.append("in use " + line) }
+            if section == "Pending Demands:" && !line.isEmpty && !line.hasPrefix("(no") { picked.append("pending " + line) }
         }
         return picked.isEmpty ? "(`ray status --address \(address)` shows what it has)" : "Ray says: " + picked.joined(separator: "; ")
     }

@@ -147,6 +147,28 @@ struct SimulatedHostTests {
         Self.expectRayIdle(hosts, launcher)
     }
 
+    @Test("a Ray placement group the cluster cannot hold ends the start-up at its deadline, naming what is missing; nothing is left",
+          .enabled(if: !ray.isEmpty, "needs ray[cpp] and scripts/build-ray.sh"))
+    func rayPlacementTimeout() throws {
+        let hosts = try Self.hosts(for: "ray")
+        defer { hosts.down() }
+        let model = try Self.model()
+        defer { TemporaryFiles.remove(model) }
+        // Two threads a rank: four 2-CPU bundles on a cluster of two 2-CPU nodes.
+        var command = Self.command(hosts, model, tokens: 4, launcher: "ray")
+        command[command.count - 1] = command[command.count - 1].replacingOccurrences(of: "'--threads' '1'", with: "'--threads' '2'")
+            + " --ray-placement-timeout 6"
+        let run = try TestProcess(command)
+        let result = try run.finish(within: 60)
+        #expect(result.status != 0)
+        #expect(result.errors.contains("waiting for Ray to place 4 bundles of {CPU: 2}"), "\(result.errors)")
+        let line = result.errors.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(line.contains("Ray did not place 4 bundles of {CPU: 2} (bundle 0 on this node, \(SimulatedHosts.address(1))) within 6 s"), "\(line)")
+        #expect(line.contains("/4.0 CPU") && line.contains("pending"), "\(line)")
+        #expect(hosts.waitUntilNoCohortProcesses(within: 2).isEmpty)
+        Self.expectRayIdle(hosts, "ray")
+    }
+
     static func tokens(_ output: String) -> [Int]? {
         guard let line = output.split(separator: "\n").last,
               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
