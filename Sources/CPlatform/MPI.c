@@ -19,7 +19,6 @@ static struct {
     int (*initialized)(int *);
     int (*finalized)(int *);
     int (*finalize)(void);
-    int (*abort)(mpi_handle, int);
     int (*comm_rank)(mpi_handle, int *);
     int (*comm_size)(mpi_handle, int *);
     int (*bcast)(void *, int, mpi_handle, int, mpi_handle);
@@ -50,7 +49,6 @@ int cohort_mpi_load(const char *library, char *error, int capacity) {
     SYMBOL(initialized, "MPI_Initialized");
     SYMBOL(finalized, "MPI_Finalized");
     SYMBOL(finalize, "MPI_Finalize");
-    SYMBOL(abort, "MPI_Abort");
     SYMBOL(comm_rank, "MPI_Comm_rank");
     SYMBOL(comm_size, "MPI_Comm_size");
     SYMBOL(bcast, "MPI_Bcast");
@@ -114,6 +112,3 @@ void cohort_mpi_finalize(void) {
     if (initialized && !finalized) mpi.finalize();
 }
 
-void cohort_mpi_abort(int code) {
-    if (mpi.loaded) mpi.abort(mpi.world, code);
-}

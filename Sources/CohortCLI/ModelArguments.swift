@@ -3,6 +3,7 @@ import Engine
 import Executor
 import Foundation
 import Launchers
+import Transports
 import WorkerRuntime
 import MetricsExporter
 #if canImport(Glibc)
@@ -180,6 +181,7 @@ struct ModelArguments: ParsableArguments {
         case "mpi" where MPIWorld.isUnderMPIRun:
             let world = try MPIWorld.initialize()
             if world.rank != 0 { Glibc.exit(Worker.runMPIRank(world, joinToken: world.rank)) }
+            Self.holdMPIRunTermination()
             return MPILauncher(world: world)
         case "mpi":
             return MPIRunLauncher(
@@ -197,6 +199,19 @@ struct ModelArguments: ParsableArguments {
     }
 
     static let defaultSSHCommand = "ssh -o BatchMode=yes"
+
+    /// When a rank dies, mpirun sends SIGTERM to every other rank at once (SIGKILL a second
+    /// later): the driver would die before reporting which rank failed and where. It holds
+    /// SIGTERM for 0.8 s, long enough for its report (a dead rank's link closes at once);
+    /// when nothing ends the run by then (mpirun itself was interrupted), it exits saying why.
+    static func holdMPIRunTermination() {
+        try? SignalPipe.forward([SIGTERM]) { _ in
+            usleep(800_000)
+            let line = Array("Error: mpirun ended the job (SIGTERM to MPI rank 0, the driver)\n".utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            _exit(128 + SIGTERM)
+        }
+    }
 
     /// `--ray-address`, else `RAY_ADDRESS`.
     var resolvedRayAddress: String? {

@@ -59,10 +59,10 @@ public struct SimulatedHosts: Sendable {
     public func cohortProcesses() -> [Int32] { names.flatMap { cohortProcesses(on: $0) } }
 
     /// Waits until `host` runs `count` workers; their pids.
-    public func waitForWorkers(on host: String, count: Int, within seconds: Double) throws -> [Int32] {
+    public func waitForWorkers(on host: String, count: Int, within seconds: Double, role: String = "worker") throws -> [Int32] {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            let workers = cohortProcesses(on: host, role: "worker")
+            let workers = cohortProcesses(on: host, role: role)
             if workers.count >= count { return workers }
             usleep(20_000)
         }
@@ -121,6 +121,14 @@ public struct SimulatedHosts: Sendable {
     /// Takes host `i`'s link to the bridge down or up.
     public func setLink(of i: Int, up: Bool) {
         _ = Self.shell(["ip", "link", "set", "cohortv\(i)", up ? "up" : "down"])
+    }
+
+    /// The MPI rank of a process mpirun started (from its environment), or nil.
+    public static func mpiRank(of pid: Int32) -> Int? {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return nil }
+        let prefix = "OMPI_COMM_WORLD_RANK="
+        return data.split(separator: 0).lazy.map { String(decoding: $0, as: UTF8.self) }
+            .first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) }
     }
 
     public static func isRunning(_ pid: Int32) -> Bool {

@@ -20,7 +20,8 @@ public protocol Launcher: Sendable {
     /// them to exit nor kills them.
     var stopsWorkersItself: Bool { get }
 
-    /// The group is shut down: `orderly` when no worker failed.
+    /// The group is shut down, or its start-up failed: `orderly` when no worker failed.
+    /// Called once the workers' links are closed; may be called more than once.
     func finished(orderly: Bool)
 
     /// Called while the driver waits for workers to join: throws when they never will

@@ -23,15 +23,17 @@ public final class MPIWorld: Sendable {
 
     private static let shared = Mutex<MPIWorld?>(nil)
     /// Whether this process's part ended in order: at exit it then calls MPI_Finalize (a
-    /// fence with every rank); otherwise MPI_Abort, so mpirun ends every rank of the job,
-    /// a stuck one included, and nothing waits for a rank that will never finalize.
+    /// fence with every rank). Otherwise it exits without finalizing, with its failure
+    /// status: mpirun ends every rank of a job one of whose processes exits non-zero, a
+    /// stuck one included, and nothing waits for a rank that will never finalize. (MPI_Abort
+    /// would do the same, a second later: Open MPI waits a second after its own SIGTERM.)
     private static let orderly = Atomic<Bool>(false)
 
     /// Marks this process's part as ended in order (or not).
     public static func setOrderly(_ value: Bool) { orderly.store(value, ordering: .relaxed) }
 
     static func atExit() {
-        if orderly.load(ordering: .relaxed) { cohort_mpi_finalize() } else { cohort_mpi_abort(1) }
+        if orderly.load(ordering: .relaxed) { cohort_mpi_finalize() }
     }
 
     private init(rank: Int, size: Int, processorName: String) {
@@ -40,7 +42,7 @@ public final class MPIWorld: Sendable {
         self.processorName = processorName
     }
 
-    /// Loads and initializes MPI once per process; finalized (or aborted) when it exits.
+    /// Loads and initializes MPI once per process; finalized at exit when it ended in order.
     public static func initialize() throws(LaunchError) -> MPIWorld {
         try shared.withLock { (world: inout MPIWorld?) throws(LaunchError) -> MPIWorld in
             if let world { return world }
@@ -221,29 +223,17 @@ public final class MPIRunLauncher: Launcher {
         }
     }
 
-    /// Reaps `mpirun` once its workers are gone, on a thread of its own (ending it after 10 s).
-    public func releaseLifeline() {
-        guard let child = process.withLock({ let child = $0; $0 = nil; return child }) else { return }
-        detachThread {
-            if child.wait(timeout: 10) == nil {
-                kill(child.pid, SIGTERM)
-                if child.wait(timeout: 2) == nil { child.kill(timeout: 5) }
-            }
-        }
-    }
-}
+    public func releaseLifeline() {}
 
-/// Runs `body` on a detached thread.
-func detachThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box: @unchecked Sendable {
-        // @unchecked: handed to the new thread, then used there only.
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    /// Ends `mpirun` before the driver reports: after an orderly stop it has up to 10 s to
+    /// see its workers finalize; after a failure it gets SIGTERM at once (it ends its job on
+    /// every machine) and half a second, then SIGKILL (a machine it cannot reach must not
+    /// hold the driver up; that machine's workers exit when their driver link goes quiet).
+    /// Its own messages about the job come before the driver's error this way.
+    public func finished(orderly: Bool) {
+        guard let child = process.withLock({ let child = $0; $0 = nil; return child }) else { return }
+        if orderly && child.wait(timeout: 10) != nil { return }
+        kill(child.pid, SIGTERM)
+        if child.wait(timeout: 0.5) == nil { child.kill(timeout: 5) }
     }
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { raw in
-        Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-        return nil
-    }, Unmanaged.passRetained(Box(body)).toOpaque())
-    if rc == 0 { pthread_detach(thread) } else { body() }
 }

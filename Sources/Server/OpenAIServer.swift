@@ -5,6 +5,7 @@ import Foundation
 import Hummingbird
 public import Logging
 import ModelRunner
+import Transports
 import NIOCore
 public import Prometheus
 public import ServiceLifecycle

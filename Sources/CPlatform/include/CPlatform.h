@@ -69,8 +69,6 @@ int cohort_mpi_allgather(const void *send, int bytes, void *receive, char *error
 int cohort_mpi_processor_name(char *name, int capacity);
 /// MPI_Finalize if initialized and not yet finalized.
 void cohort_mpi_finalize(void);
-/// MPI_Abort on MPI_COMM_WORLD.
-void cohort_mpi_abort(int code);
 
 #ifdef __cplusplus
 }

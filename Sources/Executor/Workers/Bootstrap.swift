@@ -121,6 +121,7 @@ enum Bootstrap {
         joined.links.forEach { $0.close() }
         launcher.releaseLifeline()
         for handle in joined.handles { handle?.kill(timeout: 5) }
+        launcher.finished(orderly: false)
     }
 
     /// Waits up to `grace` for every worker to exit (their links are closed by now), then

@@ -166,6 +166,7 @@ public final class WorkerGroup: @unchecked Sendable {
                 timeout: configuration.startupTimeout, check: { try launcher.checkStarting() })
         } catch {
             launcher.releaseLifeline()
+            launcher.finished(orderly: false)
             throw error
         }
         // The seed's placement on the addresses the workers reported; then the shared-memory

@@ -1,5 +1,4 @@
-import CPlatform
-import Transports
+internal import CPlatform
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,13 +6,13 @@ import Glibc
 /// Signals as plain events: a handler that only writes the signal's number to a pipe, and a
 /// thread of our own that reads it and calls `handle` (the self-pipe trick), so delivery
 /// depends on no runtime's signal machinery.
-enum SignalPipe {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+public enum SignalPipe {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
     }
 
     /// Starts forwarding `signals` to `handle`, once per process.
-    static func forward(_ signals: [Int32], to handle: @escaping @Sendable (Int32) -> Void) throws {
+    public static func forward(_ signals: [Int32], to handle: @escaping @Sendable (Int32) -> Void) throws {
         let fd = signals.withUnsafeBufferPointer { cohort_forward_signals($0.baseAddress, Int32($0.count)) }
         guard fd >= 0 else { throw Failure(description: "cannot handle signals \(signals): a handler is installed already, or no pipe") }
         Threads.detach {
