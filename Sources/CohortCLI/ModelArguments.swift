@@ -2,6 +2,7 @@ import ArgumentParser
 import Engine
 import Executor
 import Foundation
+import ExecutorCore
 import Launchers
 import Transports
 import WorkerRuntime
@@ -248,6 +249,20 @@ struct ModelArguments: ParsableArguments {
         return options
     }
 
+    /// One line per rank: `rank 1 on h3 (198.18.7.3): local rank 0, COHORT_CPUS=0,1` (rank 0
+    /// shares the driver's process and is not pinned).
+    static func describe(_ placement: [Placement.Assignment]) -> String {
+        var text = ""
+        for a in placement {
+            text += "cohort: rank \(a.rank) on \(a.machineID) (\(a.address)): local rank \(a.localRank)"
+            for key in [Placement.Environment.cpuSet, Placement.Environment.visibleDevices] {
+                if let value = a.environment[key], !value.isEmpty { text += ", \(key)=\(value)" }
+            }
+            text += "\n"
+        }
+        return text
+    }
+
     static func isNumericAddress(_ text: String) -> Bool {
         var v4 = in_addr(), v6 = in6_addr()
         return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
@@ -283,10 +298,17 @@ struct ModelArguments: ParsableArguments {
         let bar = ProgressBar(title: "Loading model")
         defer { bar.finish() }
         do {
-            return try await Engine.load(
+            let engine = try await Engine.load(
                 modelPath: path, options: options, launcher: launcher,
                 configuration: .init(virtualEngines: virtualEngines ?? pipelineParallel, maxSequences: maxSequences, maxWaiting: maxWaiting)
             ) { bar.update($0) }
+            // Across machines, say where each rank went.
+            let placement = await engine.placement
+            if Set(placement.map(\.machineID)).count > 1 {
+                bar.finish()
+                Output.standardError(Self.describe(placement))
+            }
+            return engine
         } catch {
             // MPI ranks that never heard from the driver would wait for it forever.
             (launcher as? MPILauncher)?.refuseIfWaiting("the driver (MPI rank 0) failed: \(error)")

@@ -153,6 +153,8 @@ public actor Engine: Service {
     public nonisolated var tokenizer: Tokenizer { encoder.tokenizer }
     private nonisolated let encoder: PromptEncoder
     public var loadSeconds: Double { executor.loadSeconds }
+    /// Where each rank runs, by rank (empty for one rank).
+    public var placement: [Placement.Assignment] { executor.placement }
     /// Where the driver's time went, when the model runs over a grid of processes.
     public var gridStatistics: GridStatistics? { executor.layout.worldSize > 1 ? executor.statistics : nil }
     /// The most worker processes that loaded at once, when a limit was set.

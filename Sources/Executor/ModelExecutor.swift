@@ -38,6 +38,9 @@ public final class ModelExecutor {
     private let rank0: ModelWorker
     /// Ranks 1…N−1 (nil at world size 1).
     private let workers: WorkerGroup?
+
+    /// Where each rank runs, by rank, as the seed orders them (empty for one rank).
+    public var placement: [Placement.Assignment] { workers?.assignments ?? [] }
     private var lifecycle = ExecutorLifecycle()
     private var resources: GridResources
     /// Rank 0's tensor-parallel group (nil at TP 1).

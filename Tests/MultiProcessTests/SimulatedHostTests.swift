@@ -101,8 +101,38 @@ struct SimulatedHostTests {
         Self.expectRayIdle(hosts, launcher)
     }
 
+    @Test("""
+        on three hosts, ranks follow the seed's order on the real addresses (the driver's host, then hosts \
+        with fewer ranks, then by address) with local ranks and CPU sets per host, and give one machine's tokens
+        """)
+    func threeHosts() throws {
+        let hosts = try SimulatedHosts(3)
+        defer { hosts.down() }
+        let model = try Self.model()
+        defer { TemporaryFiles.remove(model) }
+        let here = try TestProcess(Self.generate(model, tokens: 12)).finish(within: 120)
+        #expect(here.status == 0, "\(here.errors)")
+        // Slots: the driver's on h1, two on h2, one on h3; workers start in that order.
+        let there = try TestProcess(hosts.command(on: "h1", Self.generate(model, tokens: 12, extra: [
+            "--launcher", "ssh", "--hosts", "h1:1,h2:2,h3:1", "--ssh-command", SimulatedHosts.agent, "--host-ip", SimulatedHosts.address(1),
+        ]))).finish(within: 120)
+        #expect(there.status == 0, "\(there.errors)")
+        #expect(Self.tokens(there.output) == Self.tokens(here.output))
+        let lines = there.errors.split(separator: "\n").filter { $0.hasPrefix("cohort: rank ") }.map(String.init)
+        try #require(lines.count == 4, "\(there.errors)")
+        // h3 has fewer ranks than h2, so it comes first; h2's two ranks split its CPUs.
+        #expect(lines[0] == "cohort: rank 0 on h1 (198.18.7.1): local rank 0")
+        #expect(lines[1].hasPrefix("cohort: rank 1 on h3 (198.18.7.3): local rank 0, COHORT_CPUS="))
+        #expect(lines[2].hasPrefix("cohort: rank 2 on h2 (198.18.7.2): local rank 0, COHORT_CPUS="))
+        #expect(lines[3].hasPrefix("cohort: rank 3 on h2 (198.18.7.2): local rank 1, COHORT_CPUS="))
+        let cpus = lines.dropFirst().map { Set(($0.split(separator: "=").last ?? "").split(separator: ",").compactMap { Int($0) }) }
+        #expect(!cpus[1].isEmpty && !cpus[2].isEmpty && cpus[1].isDisjoint(with: cpus[2]), "\(lines)")
+        #expect(cpus[1].union(cpus[2]) == cpus[0], "h2's ranks split the CPUs h3's one rank has alone: \(lines)")
+        #expect(hosts.waitUntilNoCohortProcesses(within: 5).isEmpty)
+    }
+
     @Test("killing a host's worker, or taking the host's link down, mid-generation ends the run within 2 s naming host and rank",
-          arguments: ["kill", "link"], ["ssh"] + ray + (SimulatedHosts.hasOpenMPI ? ["mpi", "mpirun"] : []))
+          arguments: ["kill", "link"], launchers)
     func hostFailure(how: String, launcher: String) throws {
         let hosts = try Self.hosts(for: launcher)
         defer { hosts.down() }
