@@ -25,8 +25,14 @@ static struct {
     int (*allgather)(const void *, int, mpi_handle, void *, int, mpi_handle, mpi_handle);
     int (*processor_name)(char *, int *);
     int (*error_string)(int, char *, int *);
+    int (*comm_split)(mpi_handle, int, int, mpi_handle *);
+    int (*iallreduce)(const void *, void *, int, mpi_handle, mpi_handle, mpi_handle, mpi_handle *);
+    int (*iallgather)(const void *, int, mpi_handle, void *, int, mpi_handle, mpi_handle, mpi_handle *);
+    int (*test)(mpi_handle *, int *, void *);
     mpi_handle world;
     mpi_handle byte;
+    mpi_handle float32;
+    mpi_handle sum;
 } mpi;
 
 int cohort_mpi_load(const char *library, char *error, int capacity) {
@@ -55,8 +61,14 @@ int cohort_mpi_load(const char *library, char *error, int capacity) {
     SYMBOL(allgather, "MPI_Allgather");
     SYMBOL(processor_name, "MPI_Get_processor_name");
     SYMBOL(error_string, "MPI_Error_string");
+    SYMBOL(comm_split, "MPI_Comm_split");
+    SYMBOL(iallreduce, "MPI_Iallreduce");
+    SYMBOL(iallgather, "MPI_Iallgather");
+    SYMBOL(test, "MPI_Test");
     SYMBOL(world, "ompi_mpi_comm_world");
     SYMBOL(byte, "ompi_mpi_byte");
+    SYMBOL(float32, "ompi_mpi_float");
+    SYMBOL(sum, "ompi_mpi_op_sum");
 #undef SYMBOL
     mpi.loaded = 1;
     return 0;
@@ -94,6 +106,43 @@ int cohort_mpi_bcast(void *buffer, int bytes, int root, char *error, int capacit
 
 int cohort_mpi_allgather(const void *send, int bytes, void *receive, char *error, int capacity) {
     return describe(mpi.allgather(send, bytes, mpi.byte, receive, bytes, mpi.byte, mpi.world), error, capacity);
+}
+
+/// Whether MPI is loaded and initialized in this process (and not finalized).
+static int ready(char *error, int capacity) {
+    int initialized = 0, finalized = 0;
+    if (mpi.loaded) {
+        mpi.initialized(&initialized);
+        mpi.finalized(&finalized);
+    }
+    if (mpi.loaded && initialized && !finalized) return 0;
+    snprintf(error, capacity, "MPI is not running in this process (it was not started by mpirun with --launcher mpi)");
+    return -1;
+}
+
+int cohort_mpi_comm_split(int color, int key, void **communicator, int *rank, int *size, char *error, int capacity) {
+    if (ready(error, capacity) != 0) return -1;
+    mpi_handle comm = NULL;
+    int rc = mpi.comm_split(mpi.world, color, key, &comm);
+    if (rc == 0) rc = mpi.comm_rank(comm, rank);
+    if (rc == 0) rc = mpi.comm_size(comm, size);
+    *communicator = comm;
+    return describe(rc, error, capacity);
+}
+
+// Open MPI's MPI_IN_PLACE is ((void *) 1); MPI_STATUS_IGNORE is NULL.
+int cohort_mpi_iallreduce_sum(float *buffer, int count, void *communicator, void **request, char *error, int capacity) {
+    return describe(mpi.iallreduce((void *)1, buffer, count, mpi.float32, mpi.sum, communicator, request), error, capacity);
+}
+
+int cohort_mpi_iallgather(const float *input, int count, float *output, void *communicator, void **request, char *error,
+                          int capacity) {
+    return describe(mpi.iallgather(input, count, mpi.float32, output, count, mpi.float32, communicator, request), error,
+                    capacity);
+}
+
+int cohort_mpi_test(void **request, int *done, char *error, int capacity) {
+    return describe(mpi.test(request, done, NULL), error, capacity);
 }
 
 int cohort_mpi_processor_name(char *name, int capacity) {

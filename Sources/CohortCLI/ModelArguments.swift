@@ -22,7 +22,11 @@ struct ModelArguments: ParsableArguments {
     @Flag(help: "Float32 activations on dequantized weights (slower; matches a float reference).")
     var precise = false
 
-    @Option(help: "How tensor-parallel ranks exchange activations: shm (shared memory, one machine) or tcp (a ring of TCP sockets).")
+    @Option(help: """
+        How tensor-parallel ranks exchange activations: shm (shared memory, one machine), tcp (a ring of \
+        TCP sockets), or mpi (MPI's own all-reduce; under mpirun with --launcher mpi). Groups with ranks \
+        on other machines use tcp when shm is asked for.
+        """)
     var collectives = ExecutorOptions.CollectiveTransport.sharedMemory.rawValue
 
     @Option(help: "Most worker processes loading the model at once (default: all).")
@@ -151,8 +155,13 @@ struct ModelArguments: ParsableArguments {
                 throw ValidationError("--pp-layers lists \(layers.count) stages (\(pipelineLayers)); --pp is \(pipelineParallel): give one count per stage")
             }
         }
-        guard ExecutorOptions.CollectiveTransport(rawValue: collectives) != nil else {
-            throw ValidationError("--collectives must be shm or tcp, got '\(collectives)'")
+        guard let transport = ExecutorOptions.CollectiveTransport(rawValue: collectives) else {
+            throw ValidationError("--collectives must be shm, tcp or mpi, got '\(collectives)'")
+        }
+        if transport == .mpi && !(launcher == "mpi" && MPIWorld.isUnderMPIRun) {
+            throw ValidationError(
+                "--collectives mpi needs every rank in one MPI world: run `mpirun -np N cohort generate --launcher mpi --collectives mpi …` "
+                    + "(with --launcher \(launcher)\(MPIWorld.isUnderMPIRun ? "" : ", not under mpirun"), the driver is outside any MPI world)")
         }
         if let maxParallelLoadingWorkers, maxParallelLoadingWorkers < 1 {
             throw ValidationError("--max-parallel-loading-workers must be ≥ 1, got \(maxParallelLoadingWorkers)")

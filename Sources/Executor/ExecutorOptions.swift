@@ -36,6 +36,8 @@ public struct ExecutorOptions: Sendable, Equatable {
         case sharedMemory = "shm"
         /// A TCP ring per group, authenticated by the instance secret: ranks on any machines.
         case tcp
+        /// MPI's own collectives: every rank a process of one MPI world (under mpirun).
+        case mpi
     }
 
     /// The binary whose `worker` subcommand runs the worker processes (default: this

@@ -152,7 +152,10 @@ public final class ModelExecutor {
                 if layout.tensorParallel > 1 {
                     for stage in 0..<layout.pipelineParallel {
                         let ranks = (0..<layout.tensorParallel).map { layout.rank(stage: stage, tensorRank: $0) }
-                        if tcp || !ranks.allSatisfy(isLocal) {
+                        if options.collectives == .mpi {
+                            // Every rank splits MPI_COMM_WORLD by its stage.
+                            groups.append(.mpi(color: stage))
+                        } else if tcp || !ranks.allSatisfy(isLocal) {
                             groups.append(try rendezvous(ranks: layout.tensorParallel))
                         } else {
                             let communicator = try SharedMemoryCommunicator.create(ranks: layout.tensorParallel, capacity: 1 << 18)

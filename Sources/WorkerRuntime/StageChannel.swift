@@ -66,6 +66,8 @@ public struct StageChannel: @unchecked Sendable {
             return StageChannel(backend: .tcp(try TCPStageLink.join(
                 end: end, readers: readers, rendezvousHost: host, rendezvousPort: port, secret: secret, listenHost: listenHost,
                 timeout: timeout)))
+        case .mpi:
+            throw ExecutorError("a pipeline stage channel meets in shared memory or over TCP; the driver sent an MPI group address")
         }
     }
 

@@ -141,6 +141,10 @@ public enum WorkerRuntime {
                 rank: rank, ranks: ranks, rendezvousHost: host, rendezvousPort: port, secret: secret, listenHost: listenHost, timeout: 60)
             communicator.watchdog = watchdog
             return communicator
+        case let .mpi(color):
+            let communicator = try MPICommunicator.split(color: color, key: rank, ranks: ranks)
+            communicator.watchdog = watchdog
+            return communicator
         }
     }
 

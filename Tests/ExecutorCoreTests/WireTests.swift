@@ -93,7 +93,8 @@ import Testing
     func joinMessages() throws {
         var w = WireWriter()
         for configuration in [try Self.configuration(), WorkerConfiguration(
-            context: try Self.configuration().context, model: nil, commands: .tcp(host: "127.0.0.1", port: 9), communicator: .sharedMemory(name: "/c"))]
+            context: try Self.configuration().context, model: nil, commands: .tcp(host: "127.0.0.1", port: 9), communicator: .sharedMemory(name: "/c")),
+            WorkerConfiguration(context: try Self.configuration().context, model: nil, commands: .tcp(host: "10.0.0.1", port: 9), communicator: .mpi(color: 1))]
         {
             configuration.encode(into: &w)
             #expect(try w.withBytes { try WorkerConfiguration(decoding: $0) } == configuration)

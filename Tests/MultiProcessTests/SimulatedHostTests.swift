@@ -49,14 +49,17 @@ struct SimulatedHostTests {
                 "--host-ip", SimulatedHosts.address(1),
             ]))
         }
-        guard launcher == "mpirun" else { return hosts.command(on: "h1", generate(model, tokens: tokens, extra: across(launcher))) }
+        guard launcher.hasPrefix("mpirun") else { return hosts.command(on: "h1", generate(model, tokens: tokens, extra: across(launcher))) }
         return hosts.command(on: "h1", [
             "mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "4", "--host", "h1:2,h2:2",
             "--mca", "plm_rsh_agent", SimulatedHosts.agent,
-        ] + generate(model, tokens: tokens, extra: ["--launcher", "mpi"]))
+        ] + generate(model, tokens: tokens, extra: ["--launcher", "mpi"] + (launcher == mpiCollectives ? ["--collectives", "mpi"] : [])))
     }
 
-    static let launchers = ["ssh"] + (SimulatedHosts.hasOpenMPI ? ["mpi", "mpirun"] : []) + ray
+    static let launchers = ["ssh"] + (SimulatedHosts.hasOpenMPI ? ["mpi", "mpirun", mpiCollectives] : []) + ray
+
+    /// Under mpirun, with MPI's all-reduce for the tensor-parallel groups.
+    static let mpiCollectives = "mpirun --collectives mpi"
 
     /// Ray where `make setup` installed it and built the bridge.
     static let ray = SimulatedHosts.rayLibrary == nil ? [String]() : ["ray"]
@@ -141,12 +144,12 @@ struct SimulatedHostTests {
         let run = try TestProcess(Self.command(hosts, model, tokens: 4000, launcher: launcher))
         // Mid-generation: both of h2's workers are up and answering steps.
         // Under mpirun the workers are `cohort generate` ranks too.
-        let workers = try hosts.waitForWorkers(on: "h2", count: 2, within: 60, role: launcher == "mpirun" ? "generate" : "worker")
+        let workers = try hosts.waitForWorkers(on: "h2", count: 2, within: 60, role: launcher.hasPrefix("mpirun") ? "generate" : "worker")
         usleep(500_000)
         // Under the user's mpirun the run is its rank 0, the driver: mpirun's own teardown
         // follows (it waits a second per signal, and cannot reach a host cut off).
-        let driver = launcher == "mpirun" ? hosts.cohortProcesses(on: "h1", role: "generate").first { SimulatedHosts.mpiRank(of: $0) == 0 } : nil
-        if launcher == "mpirun" { try #require(driver != nil) }
+        let driver = launcher.hasPrefix("mpirun") ? hosts.cohortProcesses(on: "h1", role: "generate").first { SimulatedHosts.mpiRank(of: $0) == 0 } : nil
+        if launcher.hasPrefix("mpirun") { try #require(driver != nil) }
         let start = Date()
         if how == "kill" { kill(workers[0], SIGKILL) } else { hosts.setLink(of: 2, up: false) }
         var elapsed: Double
@@ -179,11 +182,11 @@ struct SimulatedHostTests {
         let model = try Self.model()
         defer { TemporaryFiles.remove(model) }
         let run = try TestProcess(Self.command(hosts, model, tokens: 4000, launcher: launcher))
-        _ = try hosts.waitForWorkers(on: "h2", count: 2, within: 60, role: launcher == "mpirun" ? "generate" : "worker")
+        _ = try hosts.waitForWorkers(on: "h2", count: 2, within: 60, role: launcher.hasPrefix("mpirun") ? "generate" : "worker")
         usleep(500_000)
         // The driver itself (under mpirun, MPI rank 0 of the `cohort generate` ranks).
         let driver = try #require(hosts.cohortProcesses(on: "h1", role: "generate").first {
-            launcher != "mpirun" || SimulatedHosts.mpiRank(of: $0) == 0
+            !launcher.hasPrefix("mpirun") || SimulatedHosts.mpiRank(of: $0) == 0
         })
         kill(driver, SIGKILL)
         _ = try? run.finish(within: 10)

@@ -69,6 +69,15 @@ int cohort_mpi_allgather(const void *send, int bytes, void *receive, char *error
 int cohort_mpi_processor_name(char *name, int capacity);
 /// MPI_Finalize if initialized and not yet finalized.
 void cohort_mpi_finalize(void);
+/// MPI_Comm_split of MPI_COMM_WORLD (collective over every rank): the new communicator and
+/// this process's rank and size in it.
+int cohort_mpi_comm_split(int color, int key, void **communicator, int *rank, int *size, char *error, int capacity);
+/// Non-blocking float sums in place and gathers on `communicator`; finish with cohort_mpi_test.
+int cohort_mpi_iallreduce_sum(float *buffer, int count, void *communicator, void **request, char *error, int capacity);
+int cohort_mpi_iallgather(const float *input, int count, float *output, void *communicator, void **request, char *error,
+                          int capacity);
+/// MPI_Test: `done` becomes 1 once the request finished.
+int cohort_mpi_test(void **request, int *done, char *error, int capacity);
 
 #ifdef __cplusplus
 }

@@ -7,7 +7,7 @@
 /// that fail with an error, never a crash.
 public enum Wire {
     /// The encoding version this build speaks. Bump on any change to a message layout.
-    public static let version: UInt16 = 6
+    public static let version: UInt16 = 7
 }
 
 /// Why a control-plane message could not be read.

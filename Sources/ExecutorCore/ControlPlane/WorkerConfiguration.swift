@@ -129,6 +129,8 @@ public struct WorkerConfiguration: Sendable, Equatable {
         case sharedMemory(name: String)
         /// The group's TCP rendezvous.
         case tcp(host: String, port: UInt16)
+        /// MPI_COMM_WORLD split by `color` (every rank is a process of one MPI world).
+        case mpi(color: Int)
 
         static func encode(_ address: CommunicatorAddress?, into w: inout WireWriter) {
             switch address {
@@ -140,6 +142,9 @@ public struct WorkerConfiguration: Sendable, Equatable {
                 w.integer(UInt8(2))
                 w.string(host)
                 w.integer(port)
+            case let .mpi(color)?:
+                w.integer(UInt8(3))
+                w.integer(UInt32(color))
             }
         }
 
@@ -149,7 +154,8 @@ public struct WorkerConfiguration: Sendable, Equatable {
             case 0: return nil
             case 1: return .sharedMemory(name: try r.string(reading: "\(what) name"))
             case 2: return .tcp(host: try r.string(reading: "\(what) host"), port: try r.integer(UInt16.self, reading: "\(what) port"))
-            case let kind: throw .invalidValue(offset: at, reading: "\(what) kind", found: "\(kind), expected 0 (none), 1 (shared memory) or 2 (tcp)")
+            case 3: return .mpi(color: Int(try r.integer(UInt32.self, reading: "\(what) MPI color")))
+            case let kind: throw .invalidValue(offset: at, reading: "\(what) kind", found: "\(kind), expected 0 (none), 1 (shared memory), 2 (tcp) or 3 (mpi)")
             }
         }
     }
