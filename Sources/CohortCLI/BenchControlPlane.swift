@@ -2,6 +2,7 @@ import ArgumentParser
 import Executor
 import ExecutorCore
 import Launchers
+import WorkerRuntime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,8 +24,20 @@ struct BenchControlPlane: ParsableCommand {
     @Option(help: "shm (shared-memory rings) or tcp (a connection per worker over loopback).")
     var transport = "shm"
 
-    @Option(help: "local (children of this process) or detached (own sessions, not children: they join by address and secret).")
+    @Option(help: """
+        local (children of this process), detached (own sessions, not children: they join by address and \
+        secret) or ssh (on the machines of --hosts, through --ssh-command; TCP between machines).
+        """)
     var launcher = "local"
+
+    @Option(help: "With --launcher ssh: HOST:SLOTS,… where the workers go (the driver takes a slot on its own host).")
+    var hosts: String?
+
+    @Option(help: "With --launcher ssh: the remote shell command and its options.")
+    var sshCommand = ModelArguments.defaultSSHCommand
+
+    @Option(help: "With --launcher ssh: the address workers reach this driver at.")
+    var hostIP: String?
 
     @Option(help: "text or json.")
     var output: Generate.OutputFormat = .json
@@ -36,11 +49,19 @@ struct BenchControlPlane: ParsableCommand {
         }
         guard steps >= 10 else { throw ValidationError("--steps must be ≥ 10, got \(steps)") }
         guard ["shm", "tcp"].contains(transport) else { throw ValidationError("--transport must be shm or tcp, got '\(transport)'") }
-        guard ["local", "detached"].contains(launcher) else { throw ValidationError("--launcher must be local or detached, got '\(launcher)'") }
+        guard ["local", "detached", "ssh"].contains(launcher) else { throw ValidationError("--launcher must be local, detached or ssh, got '\(launcher)'") }
+        if launcher == "ssh" {
+            guard let hosts else { throw ValidationError("--launcher ssh needs --hosts HOST:SLOTS,…") }
+            guard hostIP != nil else { throw ValidationError("--launcher ssh needs --host-ip: the address workers on other machines reach this one at") }
+            do { _ = try RemoteShellLauncher(hosts: RemoteShellLauncher.parseHosts(hosts), driverHost: Machine.hostName()).workerHosts(workers) } catch {
+                throw ValidationError(error.description)
+            }
+        }
     }
 
     struct Report: Encodable {
         let transport: String
+        let machines: Int
         let workers: Int
         let payload_bytes: Int
         let steps: Int
@@ -50,9 +71,18 @@ struct BenchControlPlane: ParsableCommand {
     }
 
     func run() throws {
+        let chosen: (any Launcher)? = switch launcher {
+        case "detached": DetachedLauncher()
+        case "ssh": RemoteShellLauncher(
+                hosts: try RemoteShellLauncher.parseHosts(hosts ?? ""), shell: sshCommand.split(separator: " ").map(String.init),
+                driverHost: Machine.hostName())
+        default: nil
+        }
+        // Workers on other machines are reached over TCP whatever --transport says.
         let group = try WorkerGroup(
-            workers: workers, configuration: .init(transport: transport == "tcp" ? .tcp(host: "127.0.0.1") : .sharedMemory),
-            launcher: launcher == "detached" ? DetachedLauncher() : nil)
+            workers: workers,
+            configuration: .init(transport: transport == "tcp" ? .tcp(host: hostIP ?? "127.0.0.1") : .sharedMemory, hostIP: hostIP),
+            launcher: chosen)
         defer { group.shutdown() }
         // A decode-like step: sequences of one token with block tables, padded to the size asked.
         var sequences: [StepRequest.Sequence] = []
@@ -75,7 +105,8 @@ struct BenchControlPlane: ParsableCommand {
         }
         func percentile(_ p: Double) -> Double { Percentile.of(latencies, p) }
         let report = Report(
-            transport: transport, workers: workers, payload_bytes: writer.bytes.count, steps: steps,
+            transport: group.configuration.transport == .sharedMemory ? "shm" : "tcp",
+            machines: Set(group.assignments.map(\.machineID)).count, workers: workers, payload_bytes: writer.bytes.count, steps: steps,
             median_us: percentile(0.5), p90_us: percentile(0.9), p99_us: percentile(0.99))
         if output == .text {
             Output.standardOutput("\(workers) workers, \(writer.bytes.count)-byte steps: median \(Int(report.median_us)) µs, p90 \(Int(report.p90_us)) µs, p99 \(Int(report.p99_us)) µs\n")

@@ -95,6 +95,19 @@ public final class TCPCommunicator: @unchecked Sendable {
         func chunk(_ c: Int) -> Range<Int> { (c * count / n)..<((c + 1) * count / n) }
         if scratch.count < (count + n - 1) / n { scratch = [Float](repeating: 0, count: (count + n - 1) / n) }
         let base = buffer.baseAddress!
+        if n == 2 {
+            // Two ranks: one exchange of the whole buffer, then a local sum, is half the round
+            // trips of the ring's reduce-scatter + all-gather (a decode step's buffers are a few
+            // KB: latency, not bytes, bounds them across machines). a + b == b + a in IEEE
+            // arithmetic, so both ranks hold the same bits, as the ring gives.
+            if scratch.count < count { scratch = [Float](repeating: 0, count: count) }
+            try scratch.withUnsafeMutableBufferPointer { scratch throws(CollectiveError) in
+                try step("all-reduce", send: UnsafeRawBufferPointer(start: base, count: count * 4),
+                         receive: UnsafeMutableRawBufferPointer(start: scratch.baseAddress!, count: count * 4), next, previous)
+                SharedMemoryCommunicator.add(scratch.baseAddress!, into: base, count: count)
+            }
+            return
+        }
         try scratch.withUnsafeMutableBufferPointer { scratch throws(CollectiveError) in
             // Reduce-scatter: after n − 1 steps this rank holds the sum of chunk rank + 1.
             for s in 0..<(n - 1) {
