@@ -8,7 +8,7 @@ import Glibc
 /// and the Cohort processes each one runs.
 public struct SimulatedHosts: Sendable {
     /// The package's root (this file is Sources/ExecutorTestSupport/SimulatedHosts.swift).
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    public static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     public static var script: String { root + "/scripts/hosts.sh" }
     public static var agent: String { root + "/scripts/host-agent" }
     public static var available: Bool { getuid() == 0 && (access("/usr/sbin/ip", X_OK) == 0 || access("/sbin/ip", X_OK) == 0) }

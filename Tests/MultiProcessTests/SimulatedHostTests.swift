@@ -134,6 +134,58 @@ struct SimulatedHostTests {
         #expect(hosts.waitUntilNoCohortProcesses(within: 5).isEmpty)
     }
 
+    @Test("""
+        strangers on another host (100 idle connections, a wrong secret, a replayed handshake, another \
+        protocol) are refused and logged with their address while the run starts on time and gives its tokens
+        """)
+    func strangersRefused() throws {
+        let hosts = try SimulatedHosts(3)
+        defer { hosts.down() }
+        let model = try Self.model()
+        defer { TemporaryFiles.remove(model) }
+        // A remote shell that notes each worker's command, then waits 1.5 s: the stranger on
+        // h3 reads the driver's address there and connects before the workers do.
+        let record = TemporaryFiles.path("commands.txt"), wrapper = TemporaryFiles.path("ssh.sh")
+        defer { TemporaryFiles.remove(record); TemporaryFiles.remove(wrapper) }
+        try "#!/bin/sh\necho \"$*\" >> \(record)\nsleep 1.5\nexec \(SimulatedHosts.agent) \"$@\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
+        chmod(wrapper, 0o755)
+        let command = hosts.command(on: "h1", Self.generate(model, tokens: 12, extra: [
+            "--launcher", "ssh", "--hosts", "h1:2,h2:2", "--ssh-command", wrapper, "--host-ip", SimulatedHosts.address(1),
+        ]))
+        let quietStart = Date()
+        let quiet = try TestProcess(command).finish(within: 120)
+        let quietSeconds = Date().timeIntervalSince(quietStart)
+        #expect(quiet.status == 0, "\(quiet.errors)")
+        try? FileManager.default.removeItem(atPath: record)
+
+        let start = Date()
+        let run = try TestProcess(command)
+        var port: String?
+        while port == nil && Date().timeIntervalSince(start) < 30 {
+            let text = (try? String(contentsOfFile: record, encoding: .utf8)) ?? ""
+            port = text.firstMatch(of: /--driver'? '?198\.18\.7\.1:([0-9]+)/).map { String($0.1) }
+            if port == nil { usleep(10_000) }
+        }
+        let driverPort = try #require(port, "no worker command was started")
+        let attacker = try TestProcess(hosts.command(on: "h3", [
+            "python3", SimulatedHosts.root + "/scripts/fixtures/handshake_attacker.py", SimulatedHosts.address(1), driverPort, "100", "4",
+        ]))
+        let attacked = try run.finish(within: 120)
+        let seconds = Date().timeIntervalSince(start)
+        let stranger = try attacker.finish(within: 30)
+        #expect(attacked.status == 0, "\(attacked.errors)")
+        #expect(Self.tokens(attacked.output) == Self.tokens(quiet.output))
+        #expect(seconds < quietSeconds + 2, "with strangers the run took \(seconds) s, without \(quietSeconds) s")
+        let verdict = try JSONSerialization.jsonObject(with: Data(stranger.output.utf8)) as? [String: Any] ?? [:]
+        #expect(verdict["idle_open"] as? Int == 100, "\(stranger.output) \(stranger.errors)")
+        for key in ["wrong_secret_refused", "replay_refused", "other_protocol_refused"] {
+            #expect(verdict[key] as? Bool == true, "\(key): \(stranger.output)")
+        }
+        let refusals = attacked.errors.split(separator: "\n").filter { $0.contains("refused a connection from \(SimulatedHosts.address(3))") }
+        #expect(refusals.count >= 3, "\(attacked.errors)")
+        #expect(hosts.waitUntilNoCohortProcesses(within: 5).isEmpty)
+    }
+
     @Test("killing a host's worker, or taking the host's link down, mid-generation ends the run within 2 s naming host and rank",
           arguments: ["kill", "link"], launchers)
     func hostFailure(how: String, launcher: String) throws {
