@@ -316,6 +316,9 @@ struct ModelArguments: ParsableArguments {
             if Set(placement.map(\.machineID)).count > 1 {
                 bar.finish()
                 Output.standardError(Self.describe(placement))
+                if let limit = maxParallelLoadingWorkers, let most = await engine.mostConcurrentWorkerLoads {
+                    Output.standardError("cohort: at most \(most) of \(placement.count) ranks loaded at once (--max-parallel-loading-workers \(limit))\n")
+                }
             }
             return engine
         } catch {

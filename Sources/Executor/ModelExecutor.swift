@@ -80,7 +80,14 @@ public final class ModelExecutor {
         var channelAddresses: [WorkerConfiguration.CommunicatorAddress] = []
         /// The channels the driver holds: the rings it made, and its own end of the first.
         var channels: [StageChannel] = []
+        /// The load limit's gate: in shared memory when every rank runs on the driver's
+        /// machine, else served over TCP.
         var loadGate: LoadGate?
+        var tcpLoadGate: TCPLoadGate?
+        var loadGateAddress: WorkerConfiguration.CommunicatorAddress? {
+            if let loadGate { return .sharedMemory(name: loadGate.name) }
+            return tcpLoadGate.map { .tcp(host: $0.host, port: $0.port) }
+        }
         var isClosed = false
         /// Set on close: a rendezvous still serving (start-up failed) stops.
         let closed = Flag()
@@ -98,6 +105,7 @@ public final class ModelExecutor {
             communicators.forEach { $0.close() }
             channels.forEach { $0.close() }
             loadGate?.close()
+            tcpLoadGate?.close()
         }
     }
 
@@ -148,7 +156,13 @@ public final class ModelExecutor {
                 return .tcp(host: rendezvous.host, port: rendezvous.port)
             }
             do {
-                resources.loadGate = try options.maxParallelLoadingWorkers.map { try LoadGate.create(limit: $0) }
+                if let limit = options.maxParallelLoadingWorkers {
+                    if (0..<layout.worldSize).allSatisfy(isLocal) {
+                        resources.loadGate = try LoadGate.create(limit: limit)
+                    } else {
+                        resources.tcpLoadGate = try TCPLoadGate(limit: limit, host: bindHost, secret: secret)
+                    }
+                }
                 if layout.tensorParallel > 1 {
                     for stage in 0..<layout.pipelineParallel {
                         let ranks = (0..<layout.tensorParallel).map { layout.rank(stage: stage, tensorRank: $0) }
@@ -211,8 +225,7 @@ public final class ModelExecutor {
                         communicator: groups.isEmpty ? nil : groups[stage],
                         previousStage: stage > 0 ? channels[stage - 1] : nil,
                         nextStage: stage < layout.pipelineParallel - 1 && tensorRank == 0 ? channels[stage] : nil,
-                        // The gate is shared memory: it limits the loads on the driver's machine.
-                        loadGate: isLocal(rank) ? resources.loadGate?.name : nil)
+                        loadGate: resources.loadGateAddress)
                 }
             } catch {
                 _ = lifecycle.fail(rank: (error as? WorkerFailure)?.rank, reason: "\(error)")
@@ -267,6 +280,10 @@ public final class ModelExecutor {
             do {
                 try resources.loadGate?.enter(check: watch)
                 defer { resources.loadGate?.leave() }
+                let ticket = try resources.tcpLoadGate.map {
+                    try TCPLoadGate.enter(host: $0.host, port: $0.port, rank: 0, secret: secret, check: watch)
+                }
+                defer { ticket?.close() }
                 try worker.loadNow()
             }
             rank0 = worker
@@ -305,9 +322,11 @@ public final class ModelExecutor {
         // Every rank is attached: nothing else may attach.
         resources.communicators.forEach { $0.unlinkName() }
         resources.channels.forEach { $0.ring?.unlinkName() }
-        mostConcurrentWorkerLoads = resources.loadGate?.mostInside
+        mostConcurrentWorkerLoads = resources.loadGate?.mostInside ?? resources.tcpLoadGate?.mostInside
         resources.loadGate?.close()
         resources.loadGate = nil
+        resources.tcpLoadGate?.close()
+        resources.tcpLoadGate = nil
         self.resources = resources
         self.rank0 = rank0!
         self.rank0Group = rank0Group

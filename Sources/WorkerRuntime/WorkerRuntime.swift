@@ -291,11 +291,22 @@ public enum WorkerRuntime {
                 })
             let worker = ModelWorker(modelPath: shard.path, options: shard.modelOptions(stage: stage, stages: layout.pipelineParallel), group: group, links: links)
             try worker.initialize(context)
-            // At most the driver's limit of workers load at once.
-            let gate = try configuration.loadGate.map { try LoadGate.attach(name: $0) }
-            try gate?.enter {}
-            defer { gate?.leave() }
-            try worker.loadNow()
+            // At most the driver's limit of ranks load at once.
+            switch configuration.loadGate {
+            case let .sharedMemory(name)?:
+                let gate = try LoadGate.attach(name: name)
+                try gate.enter {}
+                defer { gate.leave() }
+                try worker.loadNow()
+            case let .tcp(host, port)?:
+                let ticket = try TCPLoadGate.enter(host: host, port: port, rank: context.rank, secret: secret)
+                defer { ticket.close() }
+                try worker.loadNow()
+            case .mpi?:
+                throw ExecutorError("the load gate is shared memory or TCP; the driver sent an MPI group address")
+            case nil:
+                try worker.loadNow()
+            }
             return worker
         }
     }

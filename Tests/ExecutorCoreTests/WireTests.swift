@@ -85,7 +85,7 @@ import Testing
             model: .init(path: "/m.gguf", fileSize: 1 << 33, headerDigest: 0xDEAD_BEEF, threads: 2, precise: true, kvCacheMiB: 64,
                          maxBatchTokens: 256, pipelineLayers: [17, 13], shardBytes: 12345),
             commands: .rings(broadcast: "/b", reply: "/r3", group: ["/b", "/r1", "/r2", "/r3"]),
-            communicator: .tcp(host: "fe80::1", port: 4242), previousStage: .sharedMemory(name: "/s0"), nextStage: .tcp(host: "10.0.0.2", port: 4243), loadGate: "/g",
+            communicator: .tcp(host: "fe80::1", port: 4242), previousStage: .sharedMemory(name: "/s0"), nextStage: .tcp(host: "10.0.0.2", port: 4243), loadGate: .sharedMemory(name: "/g"),
             heartbeatInterval: 0.25, driverSilenceLimit: 4)
     }
 
@@ -94,7 +94,7 @@ import Testing
         var w = WireWriter()
         for configuration in [try Self.configuration(), WorkerConfiguration(
             context: try Self.configuration().context, model: nil, commands: .tcp(host: "127.0.0.1", port: 9), communicator: .sharedMemory(name: "/c")),
-            WorkerConfiguration(context: try Self.configuration().context, model: nil, commands: .tcp(host: "10.0.0.1", port: 9), communicator: .mpi(color: 1))]
+            WorkerConfiguration(context: try Self.configuration().context, model: nil, commands: .tcp(host: "10.0.0.1", port: 9), communicator: .mpi(color: 1), loadGate: .tcp(host: "10.0.0.1", port: 7))]
         {
             configuration.encode(into: &w)
             #expect(try w.withBytes { try WorkerConfiguration(decoding: $0) } == configuration)

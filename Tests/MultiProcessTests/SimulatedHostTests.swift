@@ -106,7 +106,8 @@ struct SimulatedHostTests {
 
     @Test("""
         on three hosts, ranks follow the seed's order on the real addresses (the driver's host, then hosts \
-        with fewer ranks, then by address) with local ranks and CPU sets per host, and give one machine's tokens
+        with fewer ranks, then by address) with local ranks and CPU sets per host, load one at a time \
+        through the driver's gate, and give one machine's tokens
         """)
     func threeHosts() throws {
         let hosts = try SimulatedHosts(3)
@@ -115,9 +116,11 @@ struct SimulatedHostTests {
         defer { TemporaryFiles.remove(model) }
         let here = try TestProcess(Self.generate(model, tokens: 12)).finish(within: 120)
         #expect(here.status == 0, "\(here.errors)")
-        // Slots: the driver's on h1, two on h2, one on h3; workers start in that order.
+        // Slots: the driver's on h1, two on h2, one on h3; workers start in that order. One
+        // rank loads at a time, through the driver's gate over TCP.
         let there = try TestProcess(hosts.command(on: "h1", Self.generate(model, tokens: 12, extra: [
             "--launcher", "ssh", "--hosts", "h1:1,h2:2,h3:1", "--ssh-command", SimulatedHosts.agent, "--host-ip", SimulatedHosts.address(1),
+            "--max-parallel-loading-workers", "1",
         ]))).finish(within: 120)
         #expect(there.status == 0, "\(there.errors)")
         #expect(Self.tokens(there.output) == Self.tokens(here.output))
@@ -131,6 +134,7 @@ struct SimulatedHostTests {
         let cpus = lines.dropFirst().map { Set(($0.split(separator: "=").last ?? "").split(separator: ",").compactMap { Int($0) }) }
         #expect(!cpus[1].isEmpty && !cpus[2].isEmpty && cpus[1].isDisjoint(with: cpus[2]), "\(lines)")
         #expect(cpus[1].union(cpus[2]) == cpus[0], "h2's ranks split the CPUs h3's one rank has alone: \(lines)")
+        #expect(there.errors.contains("cohort: at most 1 of 4 ranks loaded at once (--max-parallel-loading-workers 1)"), "\(there.errors)")
         #expect(hosts.waitUntilNoCohortProcesses(within: 5).isEmpty)
     }
 

@@ -78,8 +78,9 @@ public struct WorkerConfiguration: Sendable, Equatable {
     /// when both stages run on the driver's machine, else a TCP link met at a rendezvous.
     public var previousStage: CommunicatorAddress?
     public var nextStage: CommunicatorAddress?
-    /// The gate that limits how many workers load at once (a shared-memory name).
-    public var loadGate: String?
+    /// The gate that limits how many ranks load at once: shared memory when every rank runs
+    /// on the driver's machine, else a TCP gate the driver serves.
+    public var loadGate: CommunicatorAddress?
     /// How often each side sends a heartbeat, and how long a silent driver is tolerated.
     public var heartbeatInterval: Double
     public var driverSilenceLimit: Double
@@ -162,7 +163,7 @@ public struct WorkerConfiguration: Sendable, Equatable {
 
     public init(
         context: WorkerContext, model: ModelShard?, commands: CommandChannelAddress, communicator: CommunicatorAddress? = nil,
-        previousStage: CommunicatorAddress? = nil, nextStage: CommunicatorAddress? = nil, loadGate: String? = nil, heartbeatInterval: Double = 0.1,
+        previousStage: CommunicatorAddress? = nil, nextStage: CommunicatorAddress? = nil, loadGate: CommunicatorAddress? = nil, heartbeatInterval: Double = 0.1,
         driverSilenceLimit: Double = 5
     ) {
         self.context = context
@@ -180,8 +181,7 @@ public struct WorkerConfiguration: Sendable, Equatable {
     public var sharedMemoryNames: [String] {
         var names: [String] = []
         if case let .rings(broadcast, reply, group) = commands { names += [broadcast, reply] + group }
-        for case let .sharedMemory(name)? in [communicator, previousStage, nextStage] { names.append(name) }
-        if let loadGate { names.append(loadGate) }
+        for case let .sharedMemory(name)? in [communicator, previousStage, nextStage, loadGate] { names.append(name) }
         var seen = Set<String>()
         return names.filter { seen.insert($0).inserted }
     }
@@ -216,8 +216,7 @@ public struct WorkerConfiguration: Sendable, Equatable {
             w.string(host)
             w.integer(port)
         }
-        for address in [communicator, previousStage, nextStage] { CommunicatorAddress.encode(address, into: &w) }
-        w.string(loadGate ?? "")
+        for address in [communicator, previousStage, nextStage, loadGate] { CommunicatorAddress.encode(address, into: &w) }
         // Microseconds: a float would not give back 0.1.
         w.integer(UInt64(max(0, (heartbeatInterval * 1e6).rounded())))
         w.integer(UInt64(max(0, (driverSilenceLimit * 1e6).rounded())))
@@ -264,8 +263,7 @@ public struct WorkerConfiguration: Sendable, Equatable {
         communicator = try CommunicatorAddress.decode(&r, reading: "communicator")
         previousStage = try CommunicatorAddress.decode(&r, reading: "previous stage channel")
         nextStage = try CommunicatorAddress.decode(&r, reading: "next stage channel")
-        let gate = try r.string(reading: "load gate")
-        loadGate = gate.isEmpty ? nil : gate
+        loadGate = try CommunicatorAddress.decode(&r, reading: "load gate")
         let intervalAt = r.offset
         heartbeatInterval = Double(try r.integer(UInt64.self, reading: "heartbeat interval")) / 1e6
         driverSilenceLimit = Double(try r.integer(UInt64.self, reading: "driver silence limit")) / 1e6
