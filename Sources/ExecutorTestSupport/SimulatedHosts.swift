@@ -39,7 +39,49 @@ public struct SimulatedHosts: Sendable {
         guard status == 0 else { throw SimulatedHostError(message: "hosts.sh up \(count) exited with \(status): \(output)") }
     }
 
+    /// `count` hosts for a run under `launcher`, with a Ray cluster over them for ray.
+    public init(_ count: Int, for launcher: String) throws {
+        try self.init(count)
+        if launcher == "ray" {
+            do { try startRay() } catch {
+                down()
+                throw error
+            }
+        }
+    }
+
     public func down() { _ = Self.shell([Self.script, "down"]) }
+
+    /// Every launcher this machine can run a grid under: ssh; with Open MPI, mpi (mpirun
+    /// started by the driver), mpirun (the driver is MPI rank 0 of the user's mpirun) and
+    /// `mpiCollectives`; with Ray's bridge built, ray.
+    public static var launchers: [String] {
+        ["ssh"] + (hasOpenMPI ? ["mpi", "mpirun", mpiCollectives] : []) + (rayLibrary == nil ? [] : ["ray"])
+    }
+
+    /// Under the user's mpirun, with MPI's all-reduce for the tensor-parallel groups.
+    public static let mpiCollectives = "mpirun --collectives mpi"
+
+    /// The command on h1 that runs `cohortCommand` (the binary, then `generate` or `bench
+    /// generate` and its flags; a --tp × --pp of 4 ranks) with two ranks on each of h1 and h2
+    /// under `launcher` (one of `launchers`; ray needs the cluster of `init(_:for:)`).
+    public func twoRanksEach(launcher: String, _ cohortCommand: [String]) -> [String] {
+        let hostIP = ["--host-ip", Self.address(1)]
+        switch launcher {
+        case "ray":
+            return command(on: "h1", ["env", "RAY_AUTH_MODE=disabled"] + cohortCommand + [
+                "--launcher", "ray", "--ray-address", Self.rayAddress, "--ray-library", Self.rayLibrary ?? "",
+            ] + hostIP)
+        case "mpirun", Self.mpiCollectives:
+            return command(on: "h1", [
+                "mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "4", "--host", "h1:2,h2:2", "--mca", "plm_rsh_agent", Self.agent,
+            ] + cohortCommand + ["--launcher", "mpi"] + (launcher == Self.mpiCollectives ? ["--collectives", "mpi"] : []))
+        default:
+            return command(on: "h1", cohortCommand + [
+                "--launcher", launcher, "--hosts", "h1:2,h2:2", "--ssh-command", Self.agent,
+            ] + hostIP)
+        }
+    }
 
     /// `arguments` run on `host` (the last process of the chain is the command itself).
     public func command(on host: String, _ arguments: [String]) -> [String] {

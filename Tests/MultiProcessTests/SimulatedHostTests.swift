@@ -33,48 +33,17 @@ struct SimulatedHostTests {
     }
 
     /// Two ranks per host: the driver and one worker on h1, two workers on h2.
-    static var acrossHosts: [String] { across("ssh") }
-
-    static func across(_ launcher: String) -> [String] {
-        ["--launcher", launcher, "--hosts", "h1:2,h2:2", "--ssh-command", SimulatedHosts.agent, "--host-ip", SimulatedHosts.address(1)]
-    }
-
-    /// The command on h1 that runs the grid with `launcher`: ssh or mpi (mpirun started by
-    /// the driver), `mpirun` (the driver started by mpirun with its workers, as rank 0), or
-    /// ray (a placement group of the cluster `startRay` made: two 1-CPU bundles per host).
+    /// The command on h1 that runs the grid with two ranks a host under `launcher`.
     static func command(_ hosts: SimulatedHosts, _ model: String, tokens: Int, launcher: String) -> [String] {
-        if launcher == "ray" {
-            return hosts.command(on: "h1", ["env", "RAY_AUTH_MODE=disabled"] + generate(model, tokens: tokens, extra: [
-                "--launcher", "ray", "--ray-address", SimulatedHosts.rayAddress, "--ray-library", SimulatedHosts.rayLibrary ?? "",
-                "--host-ip", SimulatedHosts.address(1),
-            ]))
-        }
-        guard launcher.hasPrefix("mpirun") else { return hosts.command(on: "h1", generate(model, tokens: tokens, extra: across(launcher))) }
-        return hosts.command(on: "h1", [
-            "mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "4", "--host", "h1:2,h2:2",
-            "--mca", "plm_rsh_agent", SimulatedHosts.agent,
-        ] + generate(model, tokens: tokens, extra: ["--launcher", "mpi"] + (launcher == mpiCollectives ? ["--collectives", "mpi"] : [])))
+        hosts.twoRanksEach(launcher: launcher, generate(model, tokens: tokens))
     }
 
-    static let launchers = ["ssh"] + (SimulatedHosts.hasOpenMPI ? ["mpi", "mpirun", mpiCollectives] : []) + ray
-
-    /// Under mpirun, with MPI's all-reduce for the tensor-parallel groups.
-    static let mpiCollectives = "mpirun --collectives mpi"
-
-    /// Ray where `make setup` installed it and built the bridge.
+    static let launchers = SimulatedHosts.launchers
+    static let mpiCollectives = SimulatedHosts.mpiCollectives
     static let ray = SimulatedHosts.rayLibrary == nil ? [String]() : ["ray"]
 
     /// Hosts for a test under `launcher` (with a Ray cluster for ray).
-    static func hosts(for launcher: String) throws -> SimulatedHosts {
-        let hosts = try SimulatedHosts(2)
-        if launcher == "ray" {
-            do { try hosts.startRay() } catch {
-                hosts.down()
-                throw error
-            }
-        }
-        return hosts
-    }
+    static func hosts(for launcher: String) throws -> SimulatedHosts { try SimulatedHosts(2, for: launcher) }
 
     /// Nothing of the run is left in Ray: no actor process, no CPU reserved.
     static func expectRayIdle(_ hosts: SimulatedHosts, _ launcher: String) {

@@ -103,18 +103,16 @@ struct ReferenceModelTests {
     /// Every TP × PP grid up to 3 × 3 except the single worker.
     static let grids: [(tp: Int, pp: Int)] = [(1, 2), (1, 3), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)]
 
-    @Test("--tp 2 --pp 2 with two ranks on each of two simulated hosts gives one machine's --precise greedy tokens",
-          .enabled(if: SimulatedHosts.available, "needs root and iproute2 (network namespaces)"))
-    func acrossHosts() throws {
+    @Test("--tp 2 --pp 2 with two ranks on each of two simulated hosts gives one machine's --precise greedy tokens under every launcher",
+          .enabled(if: SimulatedHosts.available, "needs root and iproute2 (network namespaces)"), arguments: SimulatedHosts.launchers)
+    func acrossHosts(launcher: String) throws {
         try requireModel()
         let c = try #require(try ReferenceFixtures.greedyCases("float_reference.json").first)
         let one = try ReferenceFixtures.processTokens(Self.modelPath, tp: 2, pp: 2, prompt: c.promptTokens, steps: 16)
-        let hosts = try SimulatedHosts(2)
+        let hosts = try SimulatedHosts(2, for: launcher)
         defer { hosts.down() }
-        let arguments = ReferenceFixtures.generateArguments(Self.modelPath, tp: 2, pp: 2, prompt: c.promptTokens, steps: 16) + [
-            "--launcher", "ssh", "--hosts", "h1:2,h2:2", "--ssh-command", SimulatedHosts.agent, "--host-ip", SimulatedHosts.address(1),
-        ]
-        let result = try TestProcess(hosts.command(on: "h1", [ReferenceFixtures.cohort] + arguments)).finish(within: 300)
+        let command = [ReferenceFixtures.cohort] + ReferenceFixtures.generateArguments(Self.modelPath, tp: 2, pp: 2, prompt: c.promptTokens, steps: 16)
+        let result = try TestProcess(hosts.twoRanksEach(launcher: launcher, command)).finish(within: 300)
         #expect(result.status == 0, "\(result.errors)")
         let line = try #require(result.output.split(separator: "\n").last, "no output: \(result.errors)")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
