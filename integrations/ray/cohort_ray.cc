@@ -17,6 +17,7 @@
 #include <ray/api.h>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <unistd.h>
 
@@ -139,7 +140,14 @@ int cohort_ray_connect(const char *address, const char *node_address, const char
     config.code_search_path = {code_directory};
     std::string program = "cohort", node = std::string("--ray_node_ip_address=") + node_address;
     char *argv[] = {program.data(), node.data(), nullptr};
+    // Ray installs failure handlers that print a stack trace for SIGTERM and SIGINT too:
+    // those two keep the driver's own handling (a clean end).
+    struct sigaction term, interrupt;
+    sigaction(SIGTERM, nullptr, &term);
+    sigaction(SIGINT, nullptr, &interrupt);
     ray::Init(config, 2, argv);
+    sigaction(SIGTERM, &term, nullptr);
+    sigaction(SIGINT, &interrupt, nullptr);
     return 0;
   } catch (const std::exception &e) {
     return Fail(error, length, e.what());
