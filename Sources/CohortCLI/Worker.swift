@@ -55,7 +55,7 @@ struct Worker: ParsableCommand {
             } catch {
                 throw ValidationError("MPI rank \(world.rank): \(error)")
             }
-            let status = Self.run(message, rank: world.rank, joinToken: world.rank + 1)
+            let status = Self.run(message, world: world, joinToken: world.rank + 1)
             MPIWorld.setOrderly(status == 0)
             if status != 0 { throw ExitCode(status) }
             return
@@ -87,7 +87,7 @@ struct Worker: ParsableCommand {
     /// word, then serves as the worker with join token `joinToken`. Its exit status.
     static func runMPIRank(_ world: MPIWorld, joinToken: Int) -> Int32 {
         do {
-            let status = run(try MPIJoin.receive(in: world), rank: world.rank, joinToken: joinToken)
+            let status = run(try MPIJoin.receive(in: world), world: world, joinToken: joinToken)
             MPIWorld.setOrderly(status == 0)
             return status
         } catch {
@@ -96,8 +96,9 @@ struct Worker: ParsableCommand {
         }
     }
 
-    /// Joins the driver rank 0 named, or reports why not.
-    static func run(_ message: MPIJoin, rank: Int, joinToken: Int) -> Int32 {
+    /// Joins the driver rank 0 named, or reports why not. The machine is the one MPI names.
+    static func run(_ message: MPIJoin, world: MPIWorld, joinToken: Int) -> Int32 {
+        let rank = world.rank
         switch message {
         case let .refused(reason):
             Output.standardError("cohort (MPI rank \(rank)): \(reason)\n")
@@ -107,7 +108,8 @@ struct Worker: ParsableCommand {
                 let secret = try InstanceSecret(hex: hex)
                 let (host, port) = try WorkerRuntime.JoinArguments.parseAddress(address)
                 return WorkerRuntime.run(WorkerRuntime.JoinArguments(
-                    driverHost: host, driverPort: port, joinToken: joinToken, secret: secret, build: Build.current))
+                    driverHost: host, driverPort: port, joinToken: joinToken, secret: secret, build: Build.current,
+                    machineID: world.processorName))
             } catch {
                 Output.standardError("cohort (MPI rank \(rank)): \(error)\n")
                 return 1

@@ -37,11 +37,15 @@ public enum WorkerRuntime {
         public var parentPID: Int32?
         /// This worker's build (`Build.current`), checked by the driver.
         public var build: String
+        /// The name of this worker's machine, which placement groups ranks by: the host name,
+        /// or MPI's processor name for a rank mpirun started.
+        public var machineID: String
 
         public init(
             driverHost: String, driverPort: UInt16, joinToken: Int, secret: InstanceSecret, lifelineDescriptor: Int32? = nil,
-            parentPID: Int32? = nil, build: String
+            parentPID: Int32? = nil, build: String, machineID: String = Machine.hostName()
         ) {
+            self.machineID = machineID
             self.driverHost = driverHost
             self.driverPort = driverPort
             self.joinToken = joinToken
@@ -79,7 +83,7 @@ public enum WorkerRuntime {
                 host: arguments.driverHost, port: arguments.driverPort, rank: arguments.joinToken, secret: arguments.secret, timeout: 30)
             var writer = WireWriter()
             WorkerHello(
-                joinToken: arguments.joinToken, processID: getpid(), build: arguments.build, machineID: Machine.hostName(),
+                joinToken: arguments.joinToken, processID: getpid(), build: arguments.build, machineID: arguments.machineID,
                 address: link.localAddress, deviceIDs: CPUAffinity.allowedCPUs()
             ).encode(into: &writer)
             try writer.withBytes { try link.send($0, timeout: 10) }
