@@ -36,7 +36,7 @@ public final class MPICommunicator {
         var handle: UnsafeMutableRawPointer?
         var rank: Int32 = -1, size: Int32 = 0
         guard cohort_mpi_comm_split(Int32(color), Int32(key), &handle, &rank, &size, &error, Int32(error.count)) == 0, let handle else {
-            throw .watchdog(operation: "joining the MPI group of stage \(color)", reason: text(error))
+            throw .watchdog(operation: "joining the MPI group of stage \(color)", reason: String(filled: error))
         }
         guard Int(size) == ranks, Int(rank) == key else {
             throw .watchdog(
@@ -72,12 +72,12 @@ public final class MPICommunicator {
         defer { collectiveNanoseconds += MonotonicClock.nanoseconds() - began }
         var error = [CChar](repeating: 0, count: 512)
         var request: UnsafeMutableRawPointer?
-        guard start(&request, &error) == 0 else { throw .watchdog(operation: operation, reason: "MPI: \(Self.text(error))") }
+        guard start(&request, &error) == 0 else { throw .watchdog(operation: operation, reason: "MPI: \(String(filled: error))") }
         var done: Int32 = 0, polls = 0
         var nextCheck = began + 50_000_000
         while true {
             guard cohort_mpi_test(&request, &done, &error, Int32(error.count)) == 0 else {
-                throw .watchdog(operation: operation, reason: "MPI: \(Self.text(error))")
+                throw .watchdog(operation: operation, reason: "MPI: \(String(filled: error))")
             }
             if done != 0 { return }
             polls += 1
@@ -95,10 +95,6 @@ public final class MPICommunicator {
                 }
             }
         }
-    }
-
-    static func text(_ buffer: [CChar]) -> String {
-        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

@@ -1,4 +1,4 @@
-public import ExecutorCore
+import ExecutorCore
 
 /// Starts worker processes wherever it puts them and, where it can, hands back a handle to
 /// watch and stop each. It is used for placement and process lifecycle only: every worker

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 internal import CPlatform
-public import ExecutorCore
+import ExecutorCore
 import Synchronization
 
 /// This process's place in an Open MPI world. Open MPI is loaded when a run asks for it
@@ -48,16 +48,16 @@ public final class MPIWorld: Sendable {
             if let world { return world }
             var error = [CChar](repeating: 0, count: 512)
             guard cohort_mpi_load(library, &error, Int32(error.count)) == 0 else {
-                throw LaunchError("--launcher mpi needs Open MPI (\(library), Debian's openmpi-bin): \(String(cString: error))")
+                throw LaunchError("--launcher mpi needs Open MPI (\(library), Debian's openmpi-bin): \(String(filled: error))")
             }
             var rank: Int32 = 0, size: Int32 = 0
             guard cohort_mpi_init(&rank, &size, &error, Int32(error.count)) == 0 else {
-                throw LaunchError("MPI_Init failed: \(String(cString: error))")
+                throw LaunchError("MPI_Init failed: \(String(filled: error))")
             }
             var name = [CChar](repeating: 0, count: 257)
             _ = cohort_mpi_processor_name(&name, Int32(name.count))
             atexit { MPIWorld.atExit() }
-            let made = MPIWorld(rank: Int(rank), size: Int(size), processorName: String(cString: name))
+            let made = MPIWorld(rank: Int(rank), size: Int(size), processorName: String(filled: name))
             world = made
             return made
         }
@@ -68,12 +68,12 @@ public final class MPIWorld: Sendable {
         var error = [CChar](repeating: 0, count: 512)
         var count = UInt64(bytes.count)
         guard cohort_mpi_bcast(&count, 8, Int32(root), &error, Int32(error.count)) == 0 else {
-            throw LaunchError("MPI_Bcast failed: \(String(cString: error))")
+            throw LaunchError("MPI_Bcast failed: \(String(filled: error))")
         }
         guard count <= 1 << 20 else { throw LaunchError("MPI_Bcast: expected at most 1 MiB from rank \(root), found \(count) bytes") }
         var buffer = rank == root ? bytes : [UInt8](repeating: 0, count: Int(count))
         guard cohort_mpi_bcast(&buffer, Int32(count), Int32(root), &error, Int32(error.count)) == 0 else {
-            throw LaunchError("MPI_Bcast failed: \(String(cString: error))")
+            throw LaunchError("MPI_Bcast failed: \(String(filled: error))")
         }
         return buffer
     }

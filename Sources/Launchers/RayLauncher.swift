@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-public import ExecutorCore
+import ExecutorCore
 import Synchronization
 
 /// Workers placed by a Ray cluster, as the seed places its GPU workers: `cohort generate
@@ -64,7 +64,7 @@ public final class RayLauncher: Launcher {
         var error = [CChar](repeating: 0, count: 2048)
         let directory = String(library[..<(library.lastIndex(of: "/") ?? library.startIndex)])
         guard api.connect(clusterAddress, nodeAddress, directory.isEmpty ? "." : directory, &error, Int32(error.count)) == 0 else {
-            throw LaunchError("cannot join the Ray cluster at \(clusterAddress): \(Self.text(error))")
+            throw LaunchError("cannot join the Ray cluster at \(clusterAddress): \(String(filled: error))")
         }
         holding.withLock { $0 = true }
         do throws(LaunchError) {
@@ -76,7 +76,7 @@ public final class RayLauncher: Launcher {
                     api.startWorker(Int32(token), Double(cpusPerWorker), pointers, Int32(argv.count), join.secretHex, 120_000, &info, Int32(info.count), &error, Int32(error.count))
                 }
                 guard status == 0 else {
-                    throw LaunchError("Ray could not start worker \(token) (bundle \(token) of the placement group): \(Self.text(error))")
+                    throw LaunchError("Ray could not start worker \(token) (bundle \(token) of the placement group): \(String(filled: error))")
                 }
             }
         } catch {
@@ -92,7 +92,7 @@ public final class RayLauncher: Launcher {
         var error = [CChar](repeating: 0, count: 2048)
         let name = "cohort-\(getpid())-\(MonotonicClock.now())"
         guard api.createGroup(Int32(bundles), Double(cpusPerWorker), nodeAddress, name, &error, Int32(error.count)) == 0 else {
-            throw LaunchError("Ray refused the placement group of \(bundles) bundles: \(Self.text(error))")
+            throw LaunchError("Ray refused the placement group of \(bundles) bundles: \(String(filled: error))")
         }
         let started = MonotonicClock.now()
         var nextReport = started + 5
@@ -100,7 +100,7 @@ public final class RayLauncher: Launcher {
             switch api.waitGroup(1, &error, Int32(error.count)) {
             case 1: return
             case 0: break
-            default: throw LaunchError("waiting for Ray's placement group: \(Self.text(error))")
+            default: throw LaunchError("waiting for Ray's placement group: \(String(filled: error))")
             }
             let now = MonotonicClock.now()
             let wanted = "\(bundles) bundles of {CPU: \(cpusPerWorker)} (bundle 0 on this node, \(nodeAddress))"
@@ -186,10 +186,6 @@ public final class RayLauncher: Launcher {
         guard holding.withLock({ (held: inout Bool) -> Bool in defer { held = false }; return held }) else { return }
         api.release()
         api.disconnect()
-    }
-
-    static func text(_ buffer: [CChar]) -> String {
-        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 internal import CPlatform
-public import ExecutorCore
+import ExecutorCore
 
 /// Starts workers on the machines of a host list through a remote shell, as `mpirun` starts
 /// its daemons: `ssh HOST 'exec cohort worker --driver … --join N --secret-stdin'`, one per
