@@ -216,7 +216,12 @@ struct SimulatedHostTests {
         kill(driver, SIGKILL)
         _ = try? run.finish(within: 10)
         #expect(hosts.waitUntilNoCohortProcesses(within: 2).isEmpty)
-        // Ray ends a dead driver's actors and placement group by itself.
+        // Ray ends a dead driver's actors (their processes within the same 2 s) and placement group by itself.
+        if launcher == "ray" {
+            let deadline = Date().addingTimeInterval(0.5)
+            while !hosts.rayActorProcesses().isEmpty && Date() < deadline { usleep(20_000) }
+            #expect(hosts.rayActorProcesses().isEmpty, "Ray actor processes left after the driver's death")
+        }
         Self.expectRayIdle(hosts, launcher)
     }
 
