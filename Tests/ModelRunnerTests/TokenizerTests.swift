@@ -21,6 +21,32 @@ import Testing
         #expect(t.endOfGenerationIDs.contains(end) && t.endOfGenerationIDs.contains(256 + 5))
     }
 
+    @Test("special tokens are cut out longest first over the whole text, as llama.cpp partitions them")
+    func specialTokensLongestFirst() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("tokenizer.ggml.model", .string("gpt2"))
+        w.set("tokenizer.ggml.pre", .string("smollm"))
+        let bytes = (0..<256).map { String(Character(ByteLevelTable.scalar(UInt8($0)))) }
+        // Control tokens: a short one, and a longer one that starts inside the short one's text.
+        let tokens = bytes + ["<|a", "a|>bc", "<e>", "<e><e>"]
+        w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }))
+        w.set("tokenizer.ggml.token_type", .array(tokens.indices.map { .int32($0 < 256 ? 1 : 3) }))
+        w.set("tokenizer.ggml.merges", .array([]))
+        w.set("tokenizer.ggml.add_bos_token", .bool(false))
+        let path = try w.write(named: "tokenizer")
+        defer { TemporaryFiles.remove(path) }
+        let t = try Tokenizer(file: GGUFFile(path: path))
+        let short = Int32(256), long = Int32(257), e = Int32(258), ee = Int32(259)
+        let lt = Int32(UInt8(ascii: "<")), bar = Int32(UInt8(ascii: "|")), x = Int32(UInt8(ascii: "x"))
+        // "<|a|>bc": the longer "a|>bc" wins although "<|a" starts first.
+        #expect(t.encode("<|a|>bc", parseSpecial: true) == [lt, bar, long])
+        #expect(t.encode("x<|a", parseSpecial: true) == [x, short])
+        // Three "<e>": the pair takes the first two, the single one the rest.
+        #expect(t.encode("<e><e><e>", parseSpecial: true) == [ee, e])
+        #expect(t.encode("<e>x<e><e>", parseSpecial: true) == [e, x, ee])
+    }
+
     /// A tokenizer over the letters a, b, c with `count` random merges of existing tokens.
     static func randomMerges(_ count: Int, seed: UInt64) throws -> (Tokenizer, merges: [(String, String)]) {
         var random = RandomStream(seed: seed)

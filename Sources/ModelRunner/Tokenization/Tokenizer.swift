@@ -175,36 +175,47 @@ public final class Tokenizer: Sendable {
         if addBOS ?? self.addBOS, let bosID { out.append(bosID) }
         let scalars = Array(text.unicodeScalars)
         var start = 0
-        var i = 0
         // SentencePiece prefixes a space to text at the start and after a special token.
         var afterSpecial = true
-        // User-defined tokens are always cut out; control tokens only with `parseSpecial`
-        // (llama.cpp's `tokenizer_st_partition`).
+        // User-defined tokens are always cut out; control tokens only with `parseSpecial`.
         if parseSpecial || hasUserDefinedTokens {
-            while i < scalars.count {
-                if let match = specialToken(at: i, in: scalars, control: parseSpecial) {
-                    encodeOrdinary(scalars[start..<i], afterSpecial: afterSpecial, into: &out)
-                    out.append(match.id)
-                    afterSpecial = true
-                    i += match.length
-                    start = i
-                } else {
-                    i += 1
-                }
+            for match in specialMatches(in: scalars, control: parseSpecial) {
+                encodeOrdinary(scalars[start..<match.start], afterSpecial: afterSpecial, into: &out)
+                out.append(match.id)
+                afterSpecial = true
+                start = match.start + match.length
             }
         }
         encodeOrdinary(scalars[start..<scalars.count], afterSpecial: afterSpecial, into: &out)
         return out
     }
 
-    private func specialToken(at i: Int, in scalars: [Unicode.Scalar], control: Bool) -> (id: Int32, length: Int)? {
-        guard let candidates = specialTokens[scalars[i]] else { return nil }
-        for (text, id) in candidates where text.count <= scalars.count - i {
-            if (control || types[Int(id)] == .userDefined) && scalars[i..<(i + text.count)].elementsEqual(text) {
-                return (id, text.count)
+    /// The special tokens cut out of `scalars`, in text order, chosen as llama.cpp's
+    /// `tokenizer_st_partition` does: longer special tokens first over the whole text, each
+    /// taking its occurrences left to right in what no longer one took. (Scanning left to
+    /// right for the longest match at each place differs when a short token starts inside a
+    /// longer one's text.) Every occurrence is found through the first-scalar index, so the
+    /// cost is linear in the text times the few candidates per scalar.
+    private func specialMatches(in scalars: [Unicode.Scalar], control: Bool) -> [(start: Int, length: Int, id: Int32)] {
+        var found: [(start: Int, length: Int, id: Int32)] = []
+        for i in scalars.indices {
+            guard let candidates = specialTokens[scalars[i]] else { continue }
+            for (text, id) in candidates where text.count <= scalars.count - i {
+                if (control || types[Int(id)] == .userDefined) && scalars[i..<(i + text.count)].elementsEqual(text) {
+                    found.append((i, text.count, id))
+                }
             }
         }
-        return nil
+        guard !found.isEmpty else { return [] }
+        // Longest first (the lower id on equal lengths, for a stable order), then left to right.
+        found.sort { ($0.length, -$0.id, -$0.start) > ($1.length, -$1.id, -$1.start) }
+        var taken = [Bool](repeating: false, count: scalars.count)
+        var chosen: [(start: Int, length: Int, id: Int32)] = []
+        for match in found where !taken[match.start..<(match.start + match.length)].contains(true) {
+            for k in match.start..<(match.start + match.length) { taken[k] = true }
+            chosen.append(match)
+        }
+        return chosen.sorted { $0.start < $1.start }
     }
 
     private var hasUserDefinedTokens: Bool { userDefinedCount > 0 }
