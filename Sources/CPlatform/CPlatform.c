@@ -123,7 +123,7 @@ void cohort_install_orphan_cleanup(const char *const *names, int count) {
     sigaction(SIGTERM, &action, NULL);
 }
 
-static int signal_pipe_write = -1;
+static int signal_pipe_write = -1, signal_pipe_read = -1;
 
 static void forward_signal(int signal) {
     int saved = errno;
@@ -133,10 +133,13 @@ static void forward_signal(int signal) {
 }
 
 int cohort_forward_signals(const int *signals, int count) {
-    int fds[2];
-    // A full pipe (signals faster than they are read) drops a byte rather than block the handler.
-    if (signal_pipe_write >= 0 || pipe2(fds, O_CLOEXEC) != 0 || fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) return -1;
-    signal_pipe_write = fds[1];
+    if (signal_pipe_write < 0) {
+        int fds[2];
+        // A full pipe (signals faster than they are read) drops a byte rather than block the handler.
+        if (pipe2(fds, O_CLOEXEC) != 0 || fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) return -1;
+        signal_pipe_read = fds[0];
+        signal_pipe_write = fds[1];
+    }
     struct sigaction action;
     memset(&action, 0, sizeof(action));
     action.sa_handler = forward_signal;
@@ -150,5 +153,5 @@ int cohort_forward_signals(const int *signals, int count) {
     }
     // This thread takes them too (threads started from the runtime's pools may block them all).
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    return fds[0];
+    return signal_pipe_read;
 }

@@ -216,10 +216,13 @@ struct ModelArguments: ParsableArguments {
     /// when nothing ends the run by then (mpirun itself was interrupted), it exits saying why.
     static func holdMPIRunTermination() {
         try? SignalPipe.forward([SIGTERM]) { _ in
-            usleep(800_000)
-            let line = Array("Error: mpirun ended the job (SIGTERM to MPI rank 0, the driver)\n".utf8)
-            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-            _exit(128 + SIGTERM)
+            // A thread of its own: other SIGTERM handlers (a server's drain) run meanwhile.
+            Threads.detach {
+                usleep(800_000)
+                let line = Array("Error: mpirun ended the job (SIGTERM to MPI rank 0, the driver)\n".utf8)
+                _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                _exit(128 + SIGTERM)
+            }
         }
     }
 

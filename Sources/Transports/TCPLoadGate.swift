@@ -14,7 +14,7 @@ public final class TCPLoadGate: Sendable {
     public let host: String
     public let port: UInt16
     private let shared = Shared()
-    private let thread: Threads.Handle?
+    private let thread: Threads.Handle
 
     final class Shared: Sendable {
         let state = Mutex<State>(State())
@@ -39,10 +39,13 @@ public final class TCPLoadGate: Sendable {
     /// The most ranks that were ever loading at once.
     public var mostInside: Int { shared.state.withLock { $0.most } }
 
-    /// Stops serving (the ranks still connected are let go).
+    /// Stops serving (the ranks still connected are let go). Safe to call more than once.
     public func close() {
-        shared.state.withLock { $0.closed = true }
-        if let thread { Threads.join(thread) }
+        let first = shared.state.withLock { (state: inout State) -> Bool in
+            defer { state.closed = true }
+            return !state.closed
+        }
+        if first { Threads.join(thread) }
     }
 
     private static func serve(_ listener: TCPListener, secret: InstanceSecret, limit: Int, shared: Shared) {

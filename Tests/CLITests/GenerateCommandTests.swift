@@ -161,12 +161,16 @@ struct CLI {
         (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens must be between 1 and 65536, got 0"),
         (["--prompt-tokens", "1,x"], "'x'"),
         (["--output", "yaml"], "yaml"),
-        (["--launcher", "slurm"], "--launcher must be local, ssh or mpi, got 'slurm'"),
+        (["--launcher", "slurm"], "--launcher must be local, ssh, mpi or ray, got 'slurm'"),
         (["--launcher", "ssh"], "--launcher ssh needs --hosts HOST:SLOTS"),
         (["--launcher", "ssh", "--hosts", "a:2,b:0", "--host-ip", "10.0.0.1"], "the slot count of 'b:0' must be a whole number ≥ 1, found '0'"),
         (["--launcher", "ssh", "--hosts", "a:2"], "--launcher ssh needs --host-ip"),
         (["--hosts", "a:2"], "--hosts places workers for --launcher ssh"),
         (["--launcher", "ssh", "--hosts", "a:2", "--host-ip", "10.0.0.1", "--tp", "2", "--pp", "2"], "--hosts a:2 has 2 worker slots; this grid needs 3 workers"),
+        (["--launcher", "ray", "--host-ip", "10.0.0.1"], "--launcher ray needs --ray-address HOST:PORT (or RAY_ADDRESS)"),
+        (["--launcher", "ray", "--ray-address", "10.0.0.1:6379"], "--launcher ray needs --host-ip (or COHORT_HOST_IP)"),
+        (["--collectives", "mpi", "--tp", "2"], "--collectives mpi needs every rank in one MPI world"),
+        (["--collectives", "nccl"], "--collectives must be shm, tcp or mpi, got 'nccl'"),
     ])
     func badFlags(flags: [String], message: String) throws {
         var args = ["generate", "--model", model]

@@ -47,8 +47,8 @@ int cohort_set_affinity(const int *ids, int count);
 void cohort_install_orphan_cleanup(const char *const *names, int count);
 
 /// Handles `signals` by writing each one's number, as a byte, to a pipe (the self-pipe
-/// trick: nothing but write(2) in the handler); returns the pipe's read end, or -1 (already
-/// installed, or no pipe). Once per process.
+/// trick: nothing but write(2) in the handler); returns the pipe's read end (the same one on
+/// every call: later calls add signals), or -1 when there is no pipe.
 int cohort_forward_signals(const int *signals, int count);
 
 /// A CPU pause hint for short spins.
