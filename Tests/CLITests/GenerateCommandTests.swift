@@ -67,8 +67,11 @@ struct CLI {
         try process.run()
         defer { if process.isRunning { process.terminate() } }
         // Keep the last scrape that answered: the run may end between a check and a scrape.
+        // Bounded by time, not by scrapes: under the other suites' load, start-up alone took
+        // longer than 600 scrapes once.
         var scraped = ""
-        for _ in 0..<600 where process.isRunning && !(scraped.contains("cohort_rank_step_seconds_count{rank=\"1\"}")) {
+        let deadline = Date().addingTimeInterval(120)
+        while process.isRunning && Date() < deadline && !(scraped.contains("cohort_rank_step_seconds_count{rank=\"1\"}")) {
             usleep(20_000)
             if let answer = Self.get(port: port, path: "/metrics"), !answer.isEmpty { scraped = answer }
         }
