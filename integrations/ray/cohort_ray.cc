@@ -46,8 +46,14 @@ class CohortSupervisor {
       return;
     }
     int input[2], lifeline[2];
-    if (pipe2(input, O_CLOEXEC) != 0 || pipe2(lifeline, O_CLOEXEC) != 0) {
+    if (pipe2(input, O_CLOEXEC) != 0) {
       error_ = std::string("pipe: ") + strerror(errno);
+      return;
+    }
+    if (pipe2(lifeline, O_CLOEXEC) != 0) {
+      error_ = std::string("pipe: ") + strerror(errno);
+      close(input[0]);
+      close(input[1]);
       return;
     }
     posix_spawn_file_actions_t actions;
