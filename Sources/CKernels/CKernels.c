@@ -239,8 +239,16 @@ static inline float hsum_ps(__m256 v) {
     return _mm_cvtss_f32(r);
 }
 
+/// IEEE half to float, through a general register and a zero-extending move (vmovd).
+/// `_cvtsh_ss` (and any plain 16-bit load into a vector) is lowered by clang to `vpinsrw` into whatever register is free, often
+/// the accumulator of the loop calling it: that false dependency chained every block's
+/// scale to the previous block's FMA and halved the speed of every row kernel.
 __attribute__((target("avx2,fma,f16c")))
-static inline float half(uint16_t h) { return _cvtsh_ss(h); }
+static inline float half(uint16_t h) {
+    int bits = h;
+    __asm__("" : "+r"(bits));  // keeps the value in a general register: clang must then use vmovd
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+}
 
 /// 32 nibbles of a 16-byte block as bytes 0..15: low nibbles first, then high.
 __attribute__((target("avx2,fma,f16c")))
