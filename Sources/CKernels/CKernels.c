@@ -386,6 +386,127 @@ static void dot2_q8_0_avx2(int nb, const block_q8_0 *x, const cohort_q8_block *y
     *out0 = hsum_ps(acc0);
     *out1 = hsum_ps(acc1);
 }
+
+// MARK: - AVX2 tiles for batches (prefill)
+//
+// A tile is 2 weight rows × 4 tokens: each block of the two rows is unpacked once for the
+// four tokens, each token's activations loaded once for the two rows, and the 8 products
+// kept in registers. Per row-token pair and block that leaves 5-6 vector operations
+// (sign, multiply-add twice, convert, scale, FMA), against 8 plus half an unpacking for
+// `dot2`. Tokens are taken in chunks whose activations stay in L2 while rows stream.
+
+#define TILE_TOKENS 4
+
+static inline int block_bytes(int type) {
+    switch (type) {
+    case COHORT_TYPE_Q4_0: return 18;
+    case COHORT_TYPE_Q4_1: return 20;
+    case COHORT_TYPE_Q5_0: return 22;
+    default: return 34;
+    }
+}
+
+/// One block of weights unpacked for the tile: signed values with their magnitudes (for
+/// the sign trick), or for Q4_1 unsigned codes with the block minimum, which meets the
+/// activations' block sums (`s`) once per block. (Q5_0 as unsigned codes with a minimum of
+/// −16d measured slower: the sums' gather costs more than the sign it saves.)
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void tile_unpack(const int type, const char *block, __m256i *q, __m256i *magnitude, __m256 *d, __m256 *m) {
+    switch (type) {
+    case COHORT_TYPE_Q4_0:
+        *q = _mm256_sub_epi8(unpack_nibbles(((const block_q4_0 *)block)->qs), _mm256_set1_epi8(8));
+        *d = _mm256_set1_ps(half(((const block_q4_0 *)block)->d));
+        break;
+    case COHORT_TYPE_Q4_1:
+        *q = unpack_nibbles(((const block_q4_1 *)block)->qs);
+        *d = _mm256_set1_ps(half(((const block_q4_1 *)block)->d));
+        *m = _mm256_set1_ps(half(((const block_q4_1 *)block)->m));
+        return;
+    case COHORT_TYPE_Q5_0:
+        *q = unpack_q5_0((const block_q5_0 *)block);
+        *d = _mm256_set1_ps(half(((const block_q5_0 *)block)->d));
+        break;
+    default:
+        *q = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)block)->qs);
+        *d = _mm256_set1_ps(half(((const block_q8_0 *)block)->d));
+        break;
+    }
+    *magnitude = _mm256_sign_epi8(*q, *q);
+}
+
+/// Y for rows [r, r + R) and tokens [t, t + 4), R ∈ {1, 2}: `a` is token t's first block.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void tile_avx2(const int type, const int R, int nb, const char *w, size_t rowBytes,
+                             const cohort_q8_block *a, float *y, int ldy) {
+    const int bytes = block_bytes(type);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[2][TILE_TOKENS];
+    __m128 mins[2];  // Q4_1: Σ m · s per row, one lane per token
+    for (int r = 0; r < R; r++) {
+        mins[r] = _mm_setzero_ps();
+        for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (int b = 0; b < nb; b++) {
+        __m256i q[2], magnitude[2];
+        __m256 d[2], m[2];
+        for (int r = 0; r < R; r++) tile_unpack(type, w + (size_t)r * rowBytes + (size_t)b * bytes, &q[r], &magnitude[r], &d[r], &m[r]);
+        if (type == COHORT_TYPE_Q4_1) {
+            const __m128 s = _mm_set_ps(a[3 * nb + b].s, a[2 * nb + b].s, a[nb + b].s, a[b].s);
+            for (int r = 0; r < R; r++) mins[r] = _mm_fmadd_ps(_mm256_castps256_ps128(m[r]), s, mins[r]);
+        }
+        for (int t = 0; t < TILE_TOKENS; t++) {
+            const cohort_q8_block *at = a + (size_t)t * nb + b;
+            const __m256i av = _mm256_loadu_si256((const __m256i *)at->qs);
+            const __m256 da = _mm256_broadcast_ss(&at->d);
+            for (int r = 0; r < R; r++) {
+                const __m256i p = type == COHORT_TYPE_Q4_1 ? _mm256_maddubs_epi16(q[r], av)
+                                                           : _mm256_maddubs_epi16(magnitude[r], _mm256_sign_epi8(av, q[r]));
+                const __m256 v = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                acc[r][t] = _mm256_fmadd_ps(v, _mm256_mul_ps(d[r], da), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float extra[4];
+        _mm_storeu_ps(extra, mins[r]);
+        for (int t = 0; t < TILE_TOKENS; t++) y[(size_t)t * ldy + r] = hsum_ps(acc[r][t]) + extra[t];
+    }
+}
+
+/// Rows [rowBegin, rowEnd) × tokens [0, tokens - tokens % 4) through tiles; returns the
+/// number of tokens done (the rest are left to the pair kernels).
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline int tiles_avx2(const int type, const char *w, size_t rowBytes, int rowBegin, int rowEnd, int nb,
+                             const cohort_q8_block *a, int tokens, float *y, int ldy) {
+    const int whole = tokens / TILE_TOKENS * TILE_TOKENS;
+    // Tokens per chunk: their activations (40 bytes a block) fit in 256 KB of L2.
+    int chunk = (256 * 1024) / (nb * (int)sizeof(cohort_q8_block));
+    chunk = chunk < TILE_TOKENS ? TILE_TOKENS : chunk / TILE_TOKENS * TILE_TOKENS;
+    for (int t0 = 0; t0 < whole; t0 += chunk) {
+        const int t1 = t0 + chunk < whole ? t0 + chunk : whole;
+        int r = rowBegin;
+        for (; r + 1 < rowEnd; r += 2) {
+            for (int t = t0; t < t1; t += TILE_TOKENS)
+                tile_avx2(type, 2, nb, w + (size_t)r * rowBytes, rowBytes, a + (size_t)t * nb, y + (size_t)t * ldy + r, ldy);
+        }
+        if (r < rowEnd) {
+            for (int t = t0; t < t1; t += TILE_TOKENS)
+                tile_avx2(type, 1, nb, w + (size_t)r * rowBytes, rowBytes, a + (size_t)t * nb, y + (size_t)t * ldy + r, ldy);
+        }
+    }
+    return whole;
+}
+
+#define TILES_FOR(name, type)                                                                                  \
+    __attribute__((target("avx2,fma,f16c")))                                                                  \
+    static int name(const char *w, size_t rowBytes, int rowBegin, int rowEnd, int nb, const cohort_q8_block *a, \
+                    int tokens, float *y, int ldy) {                                                           \
+        return tiles_avx2(type, w, rowBytes, rowBegin, rowEnd, nb, a, tokens, y, ldy);                         \
+    }
+TILES_FOR(tiles_q4_0_avx2, COHORT_TYPE_Q4_0)
+TILES_FOR(tiles_q4_1_avx2, COHORT_TYPE_Q4_1)
+TILES_FOR(tiles_q5_0_avx2, COHORT_TYPE_Q5_0)
+TILES_FOR(tiles_q8_0_avx2, COHORT_TYPE_Q8_0)
 #endif
 
 float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block *a) {
@@ -414,6 +535,7 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
                       int k, const cohort_q8_block *a, int tokens, float *y, int ldy) {
     const int nb = k / 32;
     const char *base = (const char *)w;
+    int first = 0;  // tokens [0, first) done by tiles
 #if COHORT_X86
     if (tokens == 1 && cohort_cpu_has_avx2()) {
         // Decode: one row after another, the type switch hoisted out of the loop.
@@ -432,11 +554,20 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
             return;
         }
     }
-    if ((type == COHORT_TYPE_Q4_1 || type == COHORT_TYPE_Q5_0 || type == COHORT_TYPE_Q8_0) && tokens > 1 && cohort_cpu_has_avx2()) {
+    if (tokens >= TILE_TOKENS && cohort_cpu_has_avx2()) {
+        switch (type) {
+        case COHORT_TYPE_Q4_0: first = tiles_q4_0_avx2(base, rowBytes, rowBegin, rowEnd, nb, a, tokens, y, ldy); break;
+        case COHORT_TYPE_Q4_1: first = tiles_q4_1_avx2(base, rowBytes, rowBegin, rowEnd, nb, a, tokens, y, ldy); break;
+        case COHORT_TYPE_Q5_0: first = tiles_q5_0_avx2(base, rowBytes, rowBegin, rowEnd, nb, a, tokens, y, ldy); break;
+        case COHORT_TYPE_Q8_0: first = tiles_q8_0_avx2(base, rowBytes, rowBegin, rowEnd, nb, a, tokens, y, ldy); break;
+        }
+        if (first == tokens) return;
+    }
+    if ((type == COHORT_TYPE_Q4_1 || type == COHORT_TYPE_Q5_0 || type == COHORT_TYPE_Q8_0) && tokens - first > 1 && cohort_cpu_has_avx2()) {
         // Batches: each row is decoded once per pair of tokens.
         for (int r = rowBegin; r < rowEnd; r++) {
             const void *row = base + (size_t)r * rowBytes;
-            int t = 0;
+            int t = first;
             for (; t + 1 < tokens; t += 2) {
                 if (type == COHORT_TYPE_Q4_1) {
                     dot2_q4_1_avx2(nb, row, a + (size_t)t * nb, a + (size_t)(t + 1) * nb,
@@ -456,7 +587,7 @@ void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, in
 #endif
     for (int r = rowBegin; r < rowEnd; r++) {
         const void *row = base + (size_t)r * rowBytes;
-        for (int t = 0; t < tokens; t++) {
+        for (int t = first; t < tokens; t++) {
             y[(size_t)t * ldy + r] = cohort_vec_dot_q8(type, k, row, a + (size_t)t * nb);
         }
     }

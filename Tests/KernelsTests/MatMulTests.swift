@@ -17,7 +17,9 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
 }
 
 @Suite struct MatMulTests {
-    static let shapes: [(rows: Int, columns: Int, tokens: Int)] = [(1, 32, 1), (7, 64, 1), (33, 96, 3), (64, 128, 5), (130, 256, 2)]
+    /// Tokens 5 and 11 take the AVX2 tiles (4 tokens × 2 rows) and leave pairs and singles
+    /// behind; odd row counts leave a one-row tile.
+    static let shapes: [(rows: Int, columns: Int, tokens: Int)] = [(1, 32, 1), (7, 64, 1), (33, 96, 3), (64, 128, 5), (130, 256, 2), (17, 64, 11)]
 
     /// Y[t][r] = Σ W[r][k]·X[t][k] in Double, from decoded weights.
     func reference(weights: [Float], rows: Int, columns: Int, input: [Float], tokens: Int) -> [Float] {
@@ -75,6 +77,14 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
             let exact = reference(weights: w, rows: s.rows, columns: s.columns, input: x, tokens: s.tokens)
             #expect(Tolerance.relativeL2(got, exact) < 0.02, "\(type) \(s)")
         }
+    }
+
+    @Test("a token's row-kernel product is the same bits in any batch and any row split", arguments: [TensorType.q4_0, .q4_1, .q5_0, .q8_0])
+    func rowKernelsAreBatchInvariant(type: TensorType) {
+        let rows = 33, columns = 96, tokens = 11
+        let batch = run(type, mode: .fast, threads: 2, rows: rows, columns: columns, tokens: tokens).got
+        let alone = run(type, mode: .fast, threads: 1, rows: rows, columns: columns, tokens: 1).got
+        #expect(Array(batch[0..<rows]) == alone)
     }
 
     @Test("packed panels equal the row kernels, whole panels and leftover rows alike",
