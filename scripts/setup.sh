@@ -44,4 +44,5 @@ fi
 
 scripts/fetch-model.sh
 scripts/fetch-qwen.sh
+scripts/fetch-vocabularies.sh
 swift build -c release --product cohort

@@ -20,7 +20,7 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
     /// Names under which GGUF files announce each pre-tokenizer (`tokenizer.ggml.pre`).
     static let aliases: [String: PreTokenizer] = [
         "smollm": .smollm, "starcoder": .smollm, "refact": .smollm, "codeshell": .smollm,
-        "gpt2": .gpt2, "default": .gpt2,
+        "gpt2": .gpt2, "gpt-2": .gpt2, "default": .gpt2,
         "llama-bpe": .llama3, "llama3": .llama3, "smaug-bpe": .llama3,
         "qwen2": .qwen2, "deepseek-r1-qwen": .qwen2,
     ]
