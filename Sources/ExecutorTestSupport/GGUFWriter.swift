@@ -34,6 +34,12 @@ public struct GGUFWriter {
 
     public mutating func addRaw(_ tensor: Tensor) { tensors.append(tensor) }
 
+    /// Edits the encoded bytes of tensor `name` (to corrupt a block, say).
+    public mutating func modifyTensor(_ name: String, _ body: (inout [UInt8]) -> Void) {
+        let i = tensors.firstIndex { $0.name == name }!
+        body(&tensors[i].bytes)
+    }
+
     /// The file's bytes.
     public func bytes() -> [UInt8] {
         var out: [UInt8] = []

@@ -44,10 +44,21 @@ public final class ConvertedWeights: @unchecked Sendable {
         return type == .q4_K ? .q4_1 : .q8_0
     }
 
+    /// A weight that decodes to NaN or infinity, at `row` and `column` of the whole matrix.
+    public struct NonFiniteWeight: Error {
+        public let row: Int
+        public let column: Int
+        public let value: Float
+    }
+
     /// `rows` × `columns` of `matrix`, as a view when `mode`'s kernels read its format and
     /// the columns fall on its blocks, else as a converted copy owned here.
     /// - Precondition: the ranges lie inside the matrix and `columns` falls on 32-value blocks.
-    public func prepare(_ matrix: WeightMatrix, rows: Range<Int>? = nil, columns: Range<Int>? = nil, mode: NumericMode) -> WeightMatrix {
+    /// - Throws: `NonFiniteWeight` for the first weight of a converted copy that is not a
+    ///   finite number (a view is not decoded here, so not checked).
+    public func prepare(
+        _ matrix: WeightMatrix, rows: Range<Int>? = nil, columns: Range<Int>? = nil, mode: NumericMode
+    ) throws(NonFiniteWeight) -> WeightMatrix {
         let rows = rows ?? 0..<matrix.rows, columns = columns ?? 0..<matrix.columns
         let aligned = columns.lowerBound % matrix.type.blockSize == 0 && columns.count % matrix.type.blockSize == 0
         let target: TensorType? = mode == .fast ? Self.fastFormat(for: matrix.type) : nil
@@ -64,18 +75,20 @@ public final class ConvertedWeights: @unchecked Sendable {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(1, rows.count * rowBytes), alignment: 64)
         buffers.append(buffer)
         byteCount += rows.count * rowBytes
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: matrix.columns) { scratch in
+        let failure: NonFiniteWeight? = withUnsafeTemporaryAllocation(of: Float.self, capacity: matrix.columns) { scratch in
             let decoded = scratch.baseAddress!
             for (i, r) in rows.enumerated() {
                 let out = buffer + i * rowBytes
                 if format == .q4_1 && matrix.type == .q4_K {
                     for b in 0..<(columns.count / 32) {
                         let group = columns.lowerBound / 32 + b
-                        Self.q4KGroupAsQ41(matrix.row(r) + group / 8 * 144, group: group % 8, into: out + b * 20)
+                        let value = Self.q4KGroupAsQ41(matrix.row(r) + group / 8 * 144, group: group % 8, into: out + b * 20)
+                        if !value.isFinite { return NonFiniteWeight(row: r, column: group * 32, value: value) }
                     }
                     continue
                 }
                 Dequantize.row(matrix.type, from: matrix.row(r), into: decoded, count: matrix.columns)
+                for c in columns where !decoded[c].isFinite { return NonFiniteWeight(row: r, column: c, value: decoded[c]) }
                 let values = UnsafePointer(decoded + columns.lowerBound)
                 switch format {
                 case .f32:
@@ -90,7 +103,9 @@ public final class ConvertedWeights: @unchecked Sendable {
                     preconditionFailure("no conversion of \(matrix.type) into \(format)")
                 }
             }
+            return nil
         }
+        if let failure { throw failure }
         if !rows.isEmpty {
             afterEach(matrix.row(rows.lowerBound), (rows.count - 1) * matrix.rowBytes + (matrix.type.byteCount(values: matrix.columns) ?? 0))
         }
@@ -118,13 +133,16 @@ public final class ConvertedWeights: @unchecked Sendable {
     }
 
     /// Group `group` (0…7, 32 values) of a Q4_K super-block as one Q4_1 block: the same
-    /// 4-bit codes, with d = d·sc and m = −dmin·m rounded to half precision.
-    static func q4KGroupAsQ41(_ block: UnsafeRawPointer, group: Int, into out: UnsafeMutableRawPointer) {
+    /// 4-bit codes, with d = d·sc and m = −dmin·m rounded to half precision. Returns the
+    /// sum of the two, finite exactly when every value of the converted group is.
+    @discardableResult
+    static func q4KGroupAsQ41(_ block: UnsafeRawPointer, group: Int, into out: UnsafeMutableRawPointer) -> Float {
         let d = HalfConversion.float(fromHalf: block.loadUnaligned(as: UInt16.self))
         let dmin = HalfConversion.float(fromHalf: block.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
         let (sc, m) = Dequantize.scaleAndMin(block + 4, group)
-        out.storeBytes(of: HalfConversion.half(from: d * Float(sc)), as: UInt16.self)
-        out.storeBytes(of: HalfConversion.half(from: -(dmin * Float(m))), toByteOffset: 2, as: UInt16.self)
+        let scale = HalfConversion.half(from: d * Float(sc)), minimum = HalfConversion.half(from: -(dmin * Float(m)))
+        out.storeBytes(of: scale, as: UInt16.self)
+        out.storeBytes(of: minimum, toByteOffset: 2, as: UInt16.self)
         // Codes of group 2p are the low nibbles of qs[32p ..< 32p + 32], of group 2p + 1 the
         // high ones; Q4_1 holds values 0…15 in low nibbles and 16…31 in high ones.
         let qs = block + 16 + group / 2 * 32, shift = UInt8(4 * (group % 2))
@@ -133,5 +151,6 @@ public final class ConvertedWeights: @unchecked Sendable {
             let high = (qs.load(fromByteOffset: j + 16, as: UInt8.self) >> shift) & 0x0F
             out.storeBytes(of: low | high << 4, toByteOffset: 4 + j, as: UInt8.self)
         }
+        return HalfConversion.float(fromHalf: scale) + HalfConversion.float(fromHalf: minimum)
     }
 }

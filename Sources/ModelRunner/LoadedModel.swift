@@ -101,7 +101,7 @@ public final class LoadedModel {
         self.configuration = configuration
         self.tokenizer = tokenizer
         self.options = options
-        self.model = LlamaModel(
+        self.model = try LlamaModel(
             weights: weights, configuration: configuration, cacheBlocks: blocks, blockSize: options.blockSize,
             maxBatchTokens: options.maxBatchTokens, mode: options.mode, threads: options.threads, shard: shard, group: group,
             stage: stage)

@@ -23,7 +23,7 @@ import Testing
         try bytes.withUnsafeBytes { raw in
             let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
             let storage = ConvertedWeights()
-            let fast = storage.prepare(original, mode: .fast)
+            let fast = try storage.prepare(original, mode: .fast)
             let target = try #require(ConvertedWeights.fastFormat(for: type))
             #expect(fast.type == target && fast.type.hasIntegerKernel && fast.rows == rows && fast.columns == columns)
             #expect(storage.byteCount == rows * target.byteCount(values: columns)!)
@@ -44,7 +44,7 @@ import Testing
             }
             // Precise mode reads the format as stored: a view, no copy.
             let precise = ConvertedWeights()
-            let view = precise.prepare(original, mode: .precise)
+            let view = try precise.prepare(original, mode: .precise)
             withExtendedLifetime(storage) {}
             #expect(view.type == type && view.base == original.base && precise.byteCount == 0)
         }
@@ -52,10 +52,10 @@ import Testing
 
     @Test("a shard that splits a super-block is converted: F32 in precise mode (exact), a kernel format in fast mode",
           arguments: [TensorType.q4_K, .q6_K, .q2_K])
-    func unalignedShards(type: TensorType) {
+    func unalignedShards(type: TensorType) throws {
         let rows = 3, columns = 768
         let bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: 7))
-        bytes.withUnsafeBytes { raw in
+        try bytes.withUnsafeBytes { raw in
             let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
             let whole = decoded(original)
             for range in [96..<352, 0..<128, 256..<512, 640..<768] {
@@ -63,11 +63,11 @@ import Testing
                 // Views of a storage are valid while it lives.
                 let storage = ConvertedWeights()
                 defer { withExtendedLifetime(storage) {} }
-                let precise = storage.prepare(original, rows: 1..<3, columns: range, mode: .precise)
+                let precise = try storage.prepare(original, rows: 1..<3, columns: range, mode: .precise)
                 let aligned = range.lowerBound % 256 == 0 && range.count % 256 == 0
                 #expect(precise.type == (aligned ? type : .f32), "\(range)")
                 #expect(decoded(precise) == Array(want[range.count...]), "\(type) \(range)")
-                let fast = storage.prepare(original, rows: 0..<3, columns: range, mode: .fast)
+                let fast = try storage.prepare(original, rows: 0..<3, columns: range, mode: .fast)
                 #expect(fast.type.hasIntegerKernel && fast.columns == range.count)
                 #expect(Tolerance.relativeL2(decoded(fast), want) < 0.01, "\(type) \(range)")
             }
@@ -75,14 +75,14 @@ import Testing
     }
 
     @Test("fast mode on converted weights equals their decoded values times 8-bit activations", arguments: converted)
-    func fastMatMul(type: TensorType) {
+    func fastMatMul(type: TensorType) throws {
         let rows = 24, columns = 256, tokens = 3
         let bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: 5))
         let input = randomFloats(tokens * columns, seed: 6)
-        bytes.withUnsafeBytes { raw in
+        try bytes.withUnsafeBytes { raw in
             let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
             let storage = ConvertedWeights(), packed = PackedWeights()
-            let converted = storage.prepare(original, mode: .fast)
+            let converted = try storage.prepare(original, mode: .fast)
             let fast = PackedWeights.isSupported ? packed.pack(converted) : converted
             defer { withExtendedLifetime((storage, packed)) {} }
             let weights = decoded(fast)
@@ -106,4 +106,31 @@ import Testing
             #expect(Tolerance.maxAbsoluteDifference(out, want) < 1e-3, "\(type)")
         }
     }
+
+    @Test("a weight that decodes to NaN or infinity fails the conversion with its row and column",
+          arguments: [(TensorType.q6_K, UInt16(0x7E00)), (.q4_K, 0x7C00), (.q5_1, 0xFC00)])
+    func nonFiniteWeights(type: TensorType, half: UInt16) throws {
+        let rows = 4, columns = 512
+        var bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: 3))
+        // The scale of the block holding row 2, column 256 (Q6_K keeps d last, Q4_K and Q5_1 first).
+        let blockBytes = type.byteCount(values: type.blockSize)!
+        let block = (2 * columns + 256) / type.blockSize * blockBytes
+        let at = block + (type == .q6_K ? blockBytes - 2 : 0)
+        bytes[at] = UInt8(half & 0xFF)
+        bytes[at + 1] = UInt8(half >> 8)
+        try bytes.withUnsafeBytes { raw in
+            let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let storage = ConvertedWeights()
+            #expect(throws: ConvertedWeights.NonFiniteWeight.self) { try storage.prepare(original, mode: .fast) }
+            do throws(ConvertedWeights.NonFiniteWeight) {
+                _ = try storage.prepare(original, rows: 1..<4, mode: .fast)
+                Issue.record("\(type): rows 1..<4 converted despite a non-finite scale")
+            } catch {
+                #expect(error.row == 2 && error.column == 256 && !error.value.isFinite)
+            }
+            // Rows without the bad block convert.
+            _ = try storage.prepare(original, rows: 0..<2, mode: .fast)
+        }
+    }
+
 }

@@ -95,3 +95,36 @@ import Testing
         #expect(a.freeBlocks == 2)
     }
 }
+
+@Suite struct CorruptWeightTests {
+    /// A tiny model in Q5_1 (converted to Q8_0 in fast mode) whose `blk.1.ffn_down` has a
+    /// NaN scale in row 5's third block (columns 64…95).
+    func corruptModel() throws -> String {
+        var tiny = TinyLlama()
+        tiny.matrixType = .q5_1
+        var writer = tiny.writer()
+        let blocksPerRow = tiny.feedForwardSize / 32, blockBytes = TensorType.q5_1.byteCount(values: 32)!
+        writer.modifyTensor("blk.1.ffn_down.weight") { bytes in
+            let at = (5 * blocksPerRow + 2) * blockBytes
+            bytes[at] = 0x00
+            bytes[at + 1] = 0x7E  // half-precision NaN
+        }
+        return try writer.write(named: "corrupt-weights")
+    }
+
+    @Test("a weight that decodes to NaN in a converted matrix fails the load naming tensor, row and column",
+          arguments: [(1, 0), (2, 1)])
+    func nanWeightIsALoadError(stages: Int, stage: Int) throws {
+        let path = try corruptModel()
+        defer { TemporaryFiles.remove(path) }
+        let options = ModelOptions(threads: 1, mode: .fast, kvCacheBytes: 1 << 20, pipelineStage: stage, pipelineStages: stages)
+        do {
+            _ = try LoadedModel(path: path, options: options)
+            Issue.record("a NaN weight loaded without an error")
+        } catch let error as GGUFError {
+            #expect("\(error)".contains("blk.1.ffn_down.weight") && "\(error)".contains("nan at row 5, column 64"), "\(error)")
+        }
+        // Precise mode reads the matrix as stored (no conversion): it loads, as llama.cpp does.
+        _ = try LoadedModel(path: path, options: ModelOptions(threads: 1, mode: .precise, kvCacheBytes: 1 << 20))
+    }
+}

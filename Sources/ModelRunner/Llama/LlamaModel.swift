@@ -43,7 +43,7 @@ public final class LlamaModel {
         weights: LlamaWeights, configuration: LlamaConfiguration, cacheBlocks: Int, blockSize: Int,
         maxBatchTokens: Int, mode: NumericMode, threads: Int, shard: TensorShard? = nil, group: (any TensorParallelGroup)? = nil,
         stage: PipelineStage? = nil
-    ) {
+    ) throws(GGUFError) {
         let shard = shard ?? .whole(configuration)
         let stage = stage ?? .whole(layers: configuration.layers)
         precondition(stage.layers.upperBound <= configuration.layers, "\(stage) is outside the model's \(configuration.layers) layers")
@@ -57,7 +57,7 @@ public final class LlamaModel {
         // A converted matrix is read from its copy: the mapping's pages of it can go.
         let mapping = weights.file.mappedFile
         let converted = ConvertedWeights { source, count in mapping.release(source, byteCount: count) }
-        let mine = weights.staged(stage).prepared(shard, configuration: configuration, mode: mode, storage: converted, output: stage.isLast)
+        let mine = try weights.staged(stage).prepared(shard, configuration: configuration, mode: mode, storage: converted, output: stage.isLast)
         self.convertedWeights = converted
         if PackedWeights.isUsed(for: mode) {
             // Fast mode reads the copies: the mapping's pages of each matrix go once it is copied.

@@ -35,6 +35,8 @@ public struct LlamaWeights: @unchecked Sendable {
     public var tiedOutput: Bool
     /// Llama 3.1's per-frequency rotary divisors (`rope_freqs.weight`), when the file has them.
     public var ropeFactors: [Float]?
+    /// The file's index of `layers[0]` (not 0 once `staged` kept a later pipeline stage).
+    public private(set) var firstLayer = 0
 
     /// GGUF tensor names, in one table.
     enum Name {
@@ -62,31 +64,45 @@ public struct LlamaWeights: @unchecked Sendable {
     /// `storage` where a format has no kernel of its own or a shard splits its blocks (see
     /// `ConvertedWeights`). The output head is prepared only when `output` is true (the
     /// last pipeline stage); the embedding is looked up row by row and stays as it is.
+    /// - Throws: `GGUFError.tensorMismatch` naming the tensor, row and column of a weight
+    ///   that decodes to NaN or infinity in a matrix being converted (a corrupt file: fast
+    ///   mode would otherwise round it to 0 and quietly disagree with precise mode).
     public func prepared(
         _ shard: TensorShard, configuration c: LlamaConfiguration, mode: NumericMode, storage: ConvertedWeights, output: Bool
-    ) -> LlamaWeights {
+    ) throws(GGUFError) -> LlamaWeights {
         var w = self
         let hd = c.headDimensions
         let q = (shard.queryHeads.lowerBound * hd)..<(shard.queryHeads.upperBound * hd)
         let kv = (shard.kvHeads.lowerBound * hd)..<(shard.kvHeads.upperBound * hd)
-        func rows(_ m: WeightMatrix, _ range: Range<Int>) -> WeightMatrix { storage.prepare(m, rows: range, mode: mode) }
-        func columns(_ m: WeightMatrix, _ range: Range<Int>) -> WeightMatrix { storage.prepare(m, columns: range, mode: mode) }
-        w.layers = layers.map { l in
+        func prepare(_ m: WeightMatrix, rows: Range<Int>? = nil, columns: Range<Int>? = nil, _ name: String) throws(GGUFError) -> WeightMatrix {
+            do {
+                return try storage.prepare(m, rows: rows, columns: columns, mode: mode)
+            } catch {
+                throw .tensorMismatch(tensor: name, expected: "finite weights",
+                                      found: "\(error.value) at row \(error.row), column \(error.column)")
+            }
+        }
+        var prepared: [Layer] = []
+        for (i, l) in layers.enumerated() {
             var l = l
-            l.query = rows(l.query, q)
-            l.key = rows(l.key, kv)
-            l.value = rows(l.value, kv)
+            func name(_ part: String) -> String { Name.layer(firstLayer + i, part) }
+            l.query = try prepare(l.query, rows: q, name(Name.query))
+            l.key = try prepare(l.key, rows: kv, name(Name.key))
+            l.value = try prepare(l.value, rows: kv, name(Name.value))
             l.queryBias = l.queryBias.map { Array($0[q]) }
             l.keyBias = l.keyBias.map { Array($0[kv]) }
             l.valueBias = l.valueBias.map { Array($0[kv]) }
-            l.attentionOutput = columns(l.attentionOutput, q)
-            l.gate = rows(l.gate, shard.feedForward)
-            l.up = rows(l.up, shard.feedForward)
-            l.down = columns(l.down, shard.feedForward)
-            return l
+            l.attentionOutput = try prepare(l.attentionOutput, columns: q, name(Name.attentionOutput))
+            l.gate = try prepare(l.gate, rows: shard.feedForward, name(Name.gate))
+            l.up = try prepare(l.up, rows: shard.feedForward, name(Name.up))
+            l.down = try prepare(l.down, columns: shard.feedForward, name(Name.down))
+            prepared.append(l)
         }
+        w.layers = prepared
         w.tokenEmbedding = tokenEmbedding.rows(shard.vocabulary)
-        w.output = output ? rows(self.output, shard.vocabulary) : self.output.rows(shard.vocabulary)
+        w.output = output
+            ? try prepare(self.output, rows: shard.vocabulary, tiedOutput ? Name.tokenEmbedding : Name.output)
+            : self.output.rows(shard.vocabulary)
         return w
     }
 
@@ -94,6 +110,7 @@ public struct LlamaWeights: @unchecked Sendable {
     public func staged(_ stage: PipelineStage) -> LlamaWeights {
         var w = self
         w.layers = Array(layers[stage.layers])
+        w.firstLayer = firstLayer + stage.layers.lowerBound
         return w
     }
 
