@@ -45,4 +45,5 @@ fi
 scripts/fetch-model.sh
 scripts/fetch-qwen.sh
 scripts/fetch-vocabularies.sh
+scripts/make-q4km.sh
 swift build -c release --product cohort

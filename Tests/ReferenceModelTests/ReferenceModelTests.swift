@@ -330,26 +330,36 @@ enum ReferenceFixtures {
 /// margins allow, and each logit must sit within the 8-bit-activation error measured below.
 @Suite(.serialized, .enabled(if: isOptimizedBuild, "runs the real models: use a release build (make test-release)"))
 struct FirstStepTopFiveTests {
-    @Test("first-step top-5 logits match llama.cpp's on every prompt, both models", arguments: [
-        (ReferenceModel.defaultPath, "llamacpp.json"), (ReferenceModel.qwenPath, "llamacpp_qwen.json"),
+    @Test("first-step top-5 logits match llama.cpp's on every prompt, every model", arguments: [
+        (ReferenceModel.defaultPath, "llamacpp.json", 0.6), (ReferenceModel.qwenPath, "llamacpp_qwen.json", 0.6),
+        (KQuantLlamaTests.modelPath, KQuantLlamaTests.fixture, 1.0),
     ])
-    func topFive(model: String, fixture: String) throws {
+    func topFive(model: String, fixture: String, tolerance: Double) throws {
         try #require(FileManager.default.fileExists(atPath: model), "missing \(model): run make setup")
         let loaded = try LoadedModel(path: model, options: ModelOptions(threads: 2, mode: .fast))
+        let precise = try LoadedModel(path: model, options: ModelOptions(threads: 2, mode: .precise))
         let cases = try ReferenceFixtures.greedyCases(fixture)
         #expect(cases.count >= 6 && cases.allSatisfy { $0.top5.count == 5 })
-        var worst = 0.0
+        var worst = 0.0, worstPrecise = 0.0
         for c in cases {
             let logits = try ReferenceFixtures.logits(loaded, c.promptTokens)
+            let exact = try ReferenceFixtures.logits(precise, c.promptTokens)
             let mine = logits.indices.sorted { logits[$0] > logits[$1] }.prefix(5)
             // Both llama.cpp and Cohort quantize activations to 8 bits, in blocks of different
-            // sizes (and Cohort runs Q6_K/Q4_K as Q8_0/Q4_1): their logits differ by up to a few
-            // tenths (measured on this machine: 0.40 on SmolLM2, 0.18 on Qwen2.5). The best
-            // token must agree where llama.cpp's top two are 0.5 apart.
-            for (id, want) in zip(c.top5, c.top5Logits) { worst = max(worst, abs(Double(logits[id]) - want)) }
+            // sizes (32 values here; 256 for llama.cpp's K-quant products), and Cohort runs
+            // Q6_K/Q4_K as Q8_0/Q4_1: their logits differ by up to a few tenths (measured on
+            // this machine: 0.40 on SmolLM2, 0.18 on Qwen2.5, 0.77 on SmolLM2 Q4_K_M, where
+            // Cohort's float32 activations are themselves 0.68 from llama.cpp: its error is the
+            // size of llama.cpp's own). The best token must agree where llama.cpp's top two are
+            // 0.5 apart.
+            for (id, want) in zip(c.top5, c.top5Logits) {
+                worst = max(worst, abs(Double(logits[id]) - want))
+                worstPrecise = max(worstPrecise, abs(Double(exact[id]) - want))
+            }
             if c.top5Logits[0] - c.top5Logits[1] > 0.5 { #expect(mine.first == c.top5[0], "\(c.promptTokens.count)-token prompt") }
             #expect(Set(mine).intersection(c.top5).count >= 3, "\(c.promptTokens.count)-token prompt: \(Array(mine)) vs \(c.top5)")
         }
-        #expect(worst < 0.6, "largest |Δlogit| on llama.cpp's top 5: \(worst)")
+        print("\(fixture): largest |Δlogit| on llama.cpp's top 5: \(worst) (float32 activations: \(worstPrecise))")
+        #expect(worst < tolerance, "largest |Δlogit| on llama.cpp's top 5: \(worst) (float32 activations: \(worstPrecise))")
     }
 }
