@@ -54,7 +54,8 @@ test-serve:
 	swift build -c release --product cohort
 	python3 Tests/OpenAIClient/test_serve.py .build/release/cohort
 
-## Cohort's prefill/decode speed next to llama.cpp's on the same file (needs llama-cpp-python).
+## Cohort's prefill, decode and 8-sequence decode next to llama.cpp's on both reference
+## models, side by side in one run (needs llama-cpp-python, which set-up installs).
 bench:
 	scripts/bench-vs-llamacpp.sh
 
