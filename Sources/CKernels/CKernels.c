@@ -240,9 +240,10 @@ static inline float hsum_ps(__m256 v) {
 }
 
 /// IEEE half to float, through a general register and a zero-extending move (vmovd).
-/// `_cvtsh_ss` (and any plain 16-bit load into a vector) is lowered by clang to `vpinsrw` into whatever register is free, often
-/// the accumulator of the loop calling it: that false dependency chained every block's
-/// scale to the previous block's FMA and halved the speed of every row kernel.
+/// `_cvtsh_ss` (and any plain 16-bit load into a vector) is lowered by clang to `vpinsrw`
+/// into whatever register is free, often the accumulator of the loop calling it: that false
+/// dependency chained every block's scale to the previous block's FMA and halved the speed
+/// of every row kernel.
 __attribute__((target("avx2,fma,f16c")))
 static inline float half(uint16_t h) {
     int bits = h;
