@@ -23,7 +23,7 @@ if ! python3 -c "import llama_cpp, gguf, numpy" 2>/dev/null; then
     # No multimodal library (not needed) and no AMX (its instructions die with SIGILL in these
     # virtual machines; see ../shared/NOTES.md).
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-        python3 -m pip install --quiet --disable-pip-version-check "llama-cpp-python==0.3.36" gguf numpy
+        python3 -m pip install --quiet --disable-pip-version-check "llama-cpp-python==0.3.36" "gguf==0.19.0" numpy
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
