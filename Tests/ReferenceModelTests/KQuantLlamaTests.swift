@@ -35,18 +35,7 @@ struct KQuantLlamaTests {
     @Test("the default mode agrees with llama.cpp up to its first step with a top-two margin below 1.0")
     func fastAgreesWithLlamaCpp() async throws {
         try requireModel()
-        let engine = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
-        let cases = try ReferenceFixtures.greedyCases(Self.fixture)
-        #expect(cases.count >= 6)
-        var compared = 0
-        for c in cases {
-            let firstLowMargin = c.margins.firstIndex { $0 < 1.0 } ?? c.margins.count
-            let got = try await ReferenceFixtures.greedy(engine, c.promptTokens, steps: c.tokens.count)
-            #expect(Array(got.prefix(firstLowMargin)) == Array(c.tokens.prefix(firstLowMargin)), "\(c.promptTokens.count)-token prompt")
-            compared += firstLowMargin
-        }
-        #expect(compared >= 30)
-        await engine.shutdown()
+        try await ReferenceFixtures.expectAgreesWithLlamaCpp(Self.modelPath, fixture: Self.fixture, prompts: 6, steps: 30)
     }
 
     @Test("token ids equal llama.cpp's on the same strings as the Q4_1 file")

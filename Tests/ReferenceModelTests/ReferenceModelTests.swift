@@ -85,19 +85,8 @@ struct ReferenceModelTests {
     @Test("the default mode agrees with llama.cpp up to its first step with a top-two margin below 1.0")
     func fastAgreesWithLlamaCpp() async throws {
         try requireModel()
-        let executor = try await Engine.load(modelPath: Self.modelPath, options: ExecutorOptions(threads: 2))
-        let cases = try ReferenceFixtures.greedyCases("llamacpp.json")
-        #expect(cases.count >= 4)
-        var comparedSteps = 0
-        for c in cases {
-            let firstLowMargin = c.margins.firstIndex { $0 < 1.0 } ?? c.margins.count
-            let got = try await ReferenceFixtures.greedy(executor, c.promptTokens, steps: c.tokens.count)
-            #expect(Array(got.prefix(firstLowMargin)) == Array(c.tokens.prefix(firstLowMargin)))
-            comparedSteps += firstLowMargin
-        }
         // The fixtures must leave something to compare (the counting prompt alone gives ~10 steps).
-        #expect(comparedSteps >= 8)
-        await executor.shutdown()
+        try await ReferenceFixtures.expectAgreesWithLlamaCpp(Self.modelPath, fixture: "llamacpp.json", prompts: 4, steps: 8)
     }
 
     /// Every TP × PP grid up to 3 × 3 except the single worker.
@@ -260,6 +249,24 @@ enum ReferenceFixtures {
             #expect(tokenizer.encode(text, parseSpecial: false).map(Int.init) == c["plain"] as? [Int], "\(text)")
             if roundTrip { #expect(tokenizer.decode(tokenizer.encode(text, parseSpecial: false)) == text) }
         }
+    }
+
+    /// The default mode's greedy tokens equal llama.cpp's (`fixture`) up to each prompt's
+    /// first step whose top-two margin is below 1.0, over at least `prompts` prompts and
+    /// `steps` compared steps in all.
+    static func expectAgreesWithLlamaCpp(_ model: String, fixture: String, prompts: Int, steps: Int) async throws {
+        let engine = try await Engine.load(modelPath: model, options: ExecutorOptions(threads: 2))
+        let cases = try greedyCases(fixture)
+        #expect(cases.count >= prompts)
+        var compared = 0
+        for c in cases {
+            let firstLowMargin = c.margins.firstIndex { $0 < 1.0 } ?? c.margins.count
+            let got = try await greedy(engine, c.promptTokens, steps: c.tokens.count)
+            #expect(Array(got.prefix(firstLowMargin)) == Array(c.tokens.prefix(firstLowMargin)), "\(c.promptTokens.count)-token prompt")
+            compared += firstLowMargin
+        }
+        #expect(compared >= steps)
+        await engine.shutdown()
     }
 
     static func greedy(_ engine: Engine, _ prompt: [Int32], steps: Int) async throws -> [Int32] {
