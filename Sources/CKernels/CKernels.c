@@ -1084,6 +1084,35 @@ int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int 
     return 0;
 }
 
+void cohort_unpack_row(int type, const void *packed, int row, int k, void *out) {
+    const int nb = k / 32, i = row % 8;
+    const size_t first = (size_t)(row / 8) * nb;
+    for (int b = 0; b < nb; b++) {
+        if (type == COHORT_TYPE_Q8_0) {
+            const panel_block8 *x = (const panel_block8 *)packed + first + b;
+            block_q8_0 *y = (block_q8_0 *)out + b;
+            y->d = x->d[i];
+            for (int g = 0; g < 8; g++)
+                for (int t = 0; t < 4; t++) y->qs[4 * g + t] = (int8_t)(x->qs[g * 32 + i * 4 + t] - 128);
+        } else {
+            const panel_block4 *x = (const panel_block4 *)packed + first + b;
+            uint8_t *qs;
+            if (type == COHORT_TYPE_Q4_1) {
+                block_q4_1 *y = (block_q4_1 *)out + b;
+                y->d = x->d[i];
+                y->m = x->m[i];
+                qs = y->qs;
+            } else {
+                block_q4_0 *y = (block_q4_0 *)out + b;
+                y->d = x->d[i];
+                qs = y->qs;
+            }
+            for (int c = 0; c < 4; c++)
+                for (int t = 0; t < 4; t++) qs[4 * c + t] = x->qs[c * 32 + i * 4 + t];
+        }
+    }
+}
+
 #if COHORT_X86
 #define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 

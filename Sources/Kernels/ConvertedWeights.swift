@@ -17,14 +17,17 @@
 /// Otherwise precise mode reads every format as stored and decodes rows as it goes.
 ///
 /// The cost is memory: converted copies are owned here, and Q8_0 takes 8.5 bits a value
-/// where Q6_K took 6.56. Kernels of the K-quants' own would keep their size.
+/// where Q6_K took 6.56. Kernels of the K-quants' own would keep their size. Where the
+/// panel kernels run, `packed(_:into:)` packs a copy and keeps only the rows past its
+/// last whole panel, so a converted matrix is held once, as panels, not twice.
 public final class ConvertedWeights: @unchecked Sendable {
     // @unchecked: buffers are written once in `prepare` and only read afterwards, by views
     // that never outlive this owner.
 
-    private var buffers: [UnsafeMutableRawPointer] = []
+    /// Each copy's buffer and its size, by address.
+    private var buffers: [UnsafeMutableRawPointer: Int] = [:]
     /// Bytes held by converted copies.
-    public private(set) var byteCount = 0
+    public var byteCount: Int { buffers.values.reduce(0, +) }
     /// Called after each conversion with where its rows were read from (start and length),
     /// so the owner of that memory (a file mapping) can let its pages go.
     private let afterEach: (UnsafeRawPointer, Int) -> Void
@@ -34,7 +37,23 @@ public final class ConvertedWeights: @unchecked Sendable {
     }
 
     deinit {
-        for buffer in buffers { buffer.deallocate() }
+        for buffer in buffers.keys { buffer.deallocate() }
+    }
+
+    /// `matrix` packed into `panels`; when its rows are a copy held here, the copy is
+    /// released but for the rows past the last whole panel (which the row kernels read),
+    /// and the result reads the others from its panels.
+    public func packed(_ matrix: WeightMatrix, into panels: PackedWeights) -> WeightMatrix {
+        let packed = panels.pack(matrix)
+        let copy = UnsafeMutableRawPointer(mutating: matrix.base)
+        guard packed.packed != nil, matrix.rowLayoutStart == 0, buffers[copy] != nil else { return packed }
+        let tailBytes = (matrix.rows - packed.packedRows) * matrix.rowBytes
+        let tail = UnsafeMutableRawPointer.allocate(byteCount: max(1, tailBytes), alignment: 64)
+        tail.copyMemory(from: matrix.base + packed.packedRows * matrix.rowBytes, byteCount: tailBytes)
+        buffers[tail] = tailBytes
+        buffers[copy] = nil
+        copy.deallocate()
+        return packed.withRowLayout(fromPackedRowsAt: UnsafeRawPointer(tail))
     }
 
     /// The format fast mode converts `type` into, or nil when the kernels read it as stored.
@@ -73,8 +92,7 @@ public final class ConvertedWeights: @unchecked Sendable {
                      "columns \(columns) of a \(matrix.type) matrix do not fall on 32-value blocks")
         let rowBytes = format.byteCount(values: columns.count)!
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(1, rows.count * rowBytes), alignment: 64)
-        buffers.append(buffer)
-        byteCount += rows.count * rowBytes
+        buffers[buffer] = rows.count * rowBytes
         let failure: NonFiniteWeight? = withUnsafeTemporaryAllocation(of: Float.self, capacity: matrix.columns) { scratch in
             let decoded = scratch.baseAddress!
             for (i, r) in rows.enumerated() {

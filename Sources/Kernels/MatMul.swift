@@ -102,12 +102,26 @@ public final class MatMul {
         rowwise(p, rows, quantized: quantized, tokens: tokens)
     }
 
+    /// Rows one at a time (the row kernels); rows held only in panels are copied out of
+    /// them first (the few rows of a thread's share that do not start a panel).
     @inline(__always)
     static func rowwise(_ p: Projection, _ rows: Range<Int>, quantized: UnsafePointer<cohort_q8_block>, tokens: Int) {
+        let w = p.weight, type = Int32(w.type.rawValue)
+        let inPanels = rows.lowerBound..<max(rows.lowerBound, min(rows.upperBound, w.rowLayoutStart))
+        if !inPanels.isEmpty {
+            withUnsafeTemporaryAllocation(byteCount: w.rowBytes, alignment: 64) { scratch in
+                for r in inPanels {
+                    cohort_matmul_q8(
+                        type, w.unpackedRow(r, scratch: scratch.baseAddress!), w.rowBytes, 0, 1, Int32(w.columns),
+                        quantized, Int32(tokens), p.output + r, Int32(p.outputStride))
+                }
+            }
+        }
+        let rest = inPanels.upperBound..<rows.upperBound
+        guard !rest.isEmpty else { return }
         cohort_matmul_q8(
-            Int32(p.weight.type.rawValue), p.weight.base, p.weight.rowBytes,
-            Int32(rows.lowerBound), Int32(rows.upperBound), Int32(p.weight.columns),
-            quantized, Int32(tokens), p.output, Int32(p.outputStride))
+            type, w.row(rest.lowerBound), w.rowBytes, 0, Int32(rest.count), Int32(w.columns),
+            quantized, Int32(tokens), p.output + rest.lowerBound, Int32(p.outputStride))
     }
 
     /// Rows of any weight against float activations: each row is decoded once to float32

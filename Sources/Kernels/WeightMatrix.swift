@@ -12,12 +12,18 @@ public struct WeightMatrix: @unchecked Sendable {
     public let type: TensorType
     public let rows: Int
     public let columns: Int
-    public let base: UnsafeRawPointer
+    /// Where row `rowLayoutStart` starts (row 0 unless the rows below live only in panels).
+    public private(set) var base: UnsafeRawPointer
     public let rowBytes: Int
     /// The same weights packed into panels of 8 rows for the panel kernels, covering rows
     /// `0..<packedRows` (see `PackedWeights`); nil when not packed.
     public private(set) var packed: UnsafeRawPointer?
     public private(set) var packedRows = 0
+    /// The first row that also exists in the row layout: 0, or `packedRows` for a matrix
+    /// whose row copy was dropped once packed (a converted matrix: a second full copy
+    /// would be memory for nothing, see `ConvertedWeights.packed`). Rows below it are read
+    /// from the panels (`unpackedRow`).
+    public private(set) var rowLayoutStart = 0
 
     /// - Precondition: `columns` is a whole number of `type` blocks.
     public init(type: TensorType, rows: Int, columns: Int, base: UnsafeRawPointer) {
@@ -42,23 +48,53 @@ public struct WeightMatrix: @unchecked Sendable {
         return copy
     }
 
+    /// This packed view with only the rows from `packedRows` on in the row layout, the
+    /// first of them at `tail`.
+    func withRowLayout(fromPackedRowsAt tail: UnsafeRawPointer) -> WeightMatrix {
+        precondition(packed != nil && rowLayoutStart == 0, "only a packed matrix can drop its row layout, once")
+        var copy = self
+        copy.base = tail
+        copy.rowLayoutStart = packedRows
+        return copy
+    }
+
+    /// Row `index` in the row layout. - Precondition: `index ≥ rowLayoutStart`.
     @inline(__always)
-    public func row(_ index: Int) -> UnsafeRawPointer { base + index * rowBytes }
+    public func row(_ index: Int) -> UnsafeRawPointer {
+        precondition(index >= rowLayoutStart, "row \(index) of this \(type) matrix lives only in its packed panels")
+        return base + (index - rowLayoutStart) * rowBytes
+    }
+
+    /// Row `index` in the row layout, copied out of the panels into `scratch` (`rowBytes`
+    /// bytes) when it lives only there.
+    public func unpackedRow(_ index: Int, scratch: UnsafeMutableRawPointer) -> UnsafeRawPointer {
+        guard index < rowLayoutStart, let packed else { return row(index) }
+        cohort_unpack_row(Int32(type.rawValue), packed, Int32(index), Int32(columns), scratch)
+        return UnsafeRawPointer(scratch)
+    }
 
     /// The rows `range` as their own matrix (a shard, no copy). A packed copy carries over
     /// when the range starts on a panel.
+    /// - Precondition: a range that starts below `rowLayoutStart` starts on a panel.
     public func rows(_ range: Range<Int>) -> WeightMatrix {
         precondition(range.lowerBound >= 0 && range.upperBound <= rows, "rows \(range) outside 0..<\(rows)")
-        let view = WeightMatrix(type: type, rows: range.count, columns: columns, base: row(range.lowerBound), rowBytes: rowBytes)
-        guard let packed, range.lowerBound % 8 == 0, range.lowerBound < packedRows else { return view }
+        let first = max(range.lowerBound, rowLayoutStart)
+        var view = WeightMatrix(type: type, rows: range.count, columns: columns, base: base + (first - rowLayoutStart) * rowBytes, rowBytes: rowBytes)
+        guard let packed, range.lowerBound % 8 == 0, range.lowerBound < packedRows else {
+            precondition(range.lowerBound >= rowLayoutStart, "rows \(range) of a matrix held in panels do not start on a panel")
+            return view
+        }
         let panelBytes = cohort_packed_bytes(Int32(type.rawValue), 8, Int32(columns))
-        return view.withPacked(packed + range.lowerBound / 8 * panelBytes, rows: (min(range.upperBound, packedRows) - range.lowerBound) / 8 * 8)
+        view = view.withPacked(packed + range.lowerBound / 8 * panelBytes, rows: (min(range.upperBound, packedRows) - range.lowerBound) / 8 * 8)
+        view.rowLayoutStart = first - range.lowerBound
+        return view
     }
 
     /// The columns `range` of every row as their own matrix (a shard, no copy): rows keep
     /// their stride. A packed copy does not carry over. - Precondition: the range starts and ends on block boundaries.
     public func columns(_ range: Range<Int>) -> WeightMatrix {
         precondition(range.lowerBound >= 0 && range.upperBound <= columns, "columns \(range) outside 0..<\(columns)")
+        precondition(rowLayoutStart == 0, "the columns of a matrix held in panels cannot be cut")
         precondition(range.lowerBound % type.blockSize == 0 && range.count % type.blockSize == 0,
                      "columns \(range) do not fall on \(type) block boundaries")
         return WeightMatrix(

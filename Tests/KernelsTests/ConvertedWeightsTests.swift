@@ -133,4 +133,51 @@ import Testing
         }
     }
 
+    @Test("a packed converted matrix is held once: its copy keeps only the rows past the last panel, and products are unchanged",
+          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q6_K, .q4_K, .q5_0])
+    func packedCopyIsDropped(type: TensorType) throws {
+        let rows = 45, columns = 256, tokens = 3
+        let bytes = Quantize.bytes(type, randomFloats(rows * columns, seed: 21))
+        let plainBytes = Quantize.bytes(.q4_1, randomFloats(21 * columns, seed: 22))
+        let input = randomFloats(tokens * columns, seed: 23)
+        try bytes.withUnsafeBytes { raw in
+            let original = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let kept = ConvertedWeights(), dropped = ConvertedWeights(), panels = PackedWeights()
+            defer { withExtendedLifetime((kept, dropped, panels)) {} }
+            let converted = try kept.prepare(original, mode: .fast)
+            let reference = panels.pack(converted)
+            let single = try dropped.packed(dropped.prepare(original, mode: .fast), into: panels)
+            let rowBytes = converted.rowBytes
+            #expect(dropped.byteCount == (rows - 40) * rowBytes && kept.byteCount == rows * rowBytes)
+            #expect(single.packedRows == 40 && single.rowLayoutStart == 40)
+            // Every row, from the panels or the copy, is the converted row byte for byte.
+            var scratch = [UInt8](repeating: 0, count: rowBytes)
+            for r in 0..<rows {
+                let got = scratch.withUnsafeMutableBytes { s in Array(UnsafeRawBufferPointer(start: single.unpackedRow(r, scratch: s.baseAddress!), count: rowBytes)) }
+                #expect(got == Array(UnsafeRawBufferPointer(start: converted.row(r), count: rowBytes)), "row \(r)")
+            }
+            // Fused behind a 21-row matrix, two threads' four chunks cut it at rows 11 and
+            // 27, inside panels: rows 8..<11, 11..<16, 24..<27 and 27..<32 go through the
+            // row kernels, copied out of the panels.
+            plainBytes.withUnsafeBytes { plainRaw in
+                let first = WeightMatrix(type: .q4_1, rows: 21, columns: columns, base: plainRaw.baseAddress!)
+                func product(_ second: WeightMatrix) -> [Float] {
+                    var a = [Float](repeating: .nan, count: 21 * tokens), b = [Float](repeating: .nan, count: rows * tokens)
+                    input.withUnsafeBufferPointer { x in
+                        a.withUnsafeMutableBufferPointer { oa in
+                            b.withUnsafeMutableBufferPointer { ob in
+                                MatMul(maxTokens: tokens, maxColumns: columns).run(
+                                    input: x.baseAddress!, inputStride: columns, tokens: tokens,
+                                    Projection(first, into: oa.baseAddress!), Projection(second, into: ob.baseAddress!),
+                                    mode: .fast, pool: ThreadPool(threads: 2))
+                            }
+                        }
+                    }
+                    return b
+                }
+                let got = product(single), want = product(reference)
+                #expect(!got.contains { $0.isNaN } && got == want, "\(type)")
+            }
+        }
+    }
 }

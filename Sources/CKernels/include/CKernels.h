@@ -58,6 +58,10 @@ size_t cohort_packed_bytes(int type, int rows, int k);
 /// `packed` (cohort_packed_bytes bytes). Returns 0, or -1 for a shape that cannot be packed.
 int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int k, void *packed);
 
+/// Row `row` of packed weights back in `type`'s own block layout at `out`, exactly as it
+/// was packed (the inverse of cohort_pack_weights for one row).
+void cohort_unpack_row(int type, const void *packed, int row, int k, void *out);
+
 /// Y[t * ldy + r] for r in [rowBegin, rowEnd) (multiples of 8), t in [0, tokens), from
 /// packed weights. - Precondition: cohort_cpu_has_vnni().
 void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd, int k,

@@ -115,21 +115,23 @@ public struct LlamaWeights: @unchecked Sendable {
     }
 
     /// Attaches packed copies of every matrix the integer kernels read (the layers and the
-    /// output head; the embedding is only looked up row by row and stays as it is).
-    public func packed(into storage: PackedWeights) -> LlamaWeights {
+    /// output head; the embedding is only looked up row by row and stays as it is). A
+    /// matrix `converted` holds as a copy keeps only its panels (and rows past them).
+    public func packed(into storage: PackedWeights, converted: ConvertedWeights) -> LlamaWeights {
+        func pack(_ m: WeightMatrix) -> WeightMatrix { converted.packed(m, into: storage) }
         var w = self
         w.layers = layers.map { l in
             var l = l
-            l.query = storage.pack(l.query)
-            l.key = storage.pack(l.key)
-            l.value = storage.pack(l.value)
-            l.attentionOutput = storage.pack(l.attentionOutput)
-            l.gate = storage.pack(l.gate)
-            l.up = storage.pack(l.up)
-            l.down = storage.pack(l.down)
+            l.query = pack(l.query)
+            l.key = pack(l.key)
+            l.value = pack(l.value)
+            l.attentionOutput = pack(l.attentionOutput)
+            l.gate = pack(l.gate)
+            l.up = pack(l.up)
+            l.down = pack(l.down)
             return l
         }
-        w.output = storage.pack(output)
+        w.output = pack(output)
         return w
     }
 
