@@ -96,6 +96,23 @@ import Testing
     }
 }
 
+@Suite struct PipelineStageWeightTests {
+    @Test("only the last pipeline stage packs the output head (an earlier stage only looks up embeddings)",
+          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [true, false])
+    func outputPackedOnLastStage(tied: Bool) throws {
+        var tiny = TinyLlama()
+        tiny.tiedOutput = tied
+        let path = try tiny.writer().write(named: "stages")
+        defer { TemporaryFiles.remove(path) }
+        for stage in 0..<2 {
+            let options = ModelOptions(threads: 1, mode: .fast, kvCacheBytes: 1 << 20, pipelineStage: stage, pipelineStages: 2)
+            let weights = try LoadedModel(path: path, options: options).model.weights
+            #expect((weights.output.packed != nil) == (stage == 1), "stage \(stage), tied \(tied)")
+            #expect(weights.layers.allSatisfy { $0.gate.packed != nil }, "stage \(stage)")
+        }
+    }
+}
+
 @Suite struct CorruptWeightTests {
     /// A tiny model in Q5_1 (converted to Q8_0 in fast mode) whose `blk.1.ffn_down` has a
     /// NaN scale in row 5's third block (columns 64…95).

@@ -62,7 +62,7 @@ public final class LlamaModel {
         if PackedWeights.isUsed(for: mode) {
             // Fast mode reads the copies: the mapping's pages of each matrix go once it is copied.
             let storage = PackedWeights { source, count in mapping.release(source, byteCount: count) }
-            self.weights = mine.packed(into: storage, converted: converted)
+            self.weights = mine.packed(into: storage, converted: converted, output: stage.isLast)
             self.packedWeights = storage
         } else {
             self.weights = mine

@@ -114,10 +114,11 @@ public struct LlamaWeights: @unchecked Sendable {
         return w
     }
 
-    /// Attaches packed copies of every matrix the integer kernels read (the layers and the
-    /// output head; the embedding is only looked up row by row and stays as it is). A
-    /// matrix `converted` holds as a copy keeps only its panels (and rows past them).
-    public func packed(into storage: PackedWeights, converted: ConvertedWeights) -> LlamaWeights {
+    /// Attaches packed copies of every matrix the integer kernels read (the layers, and the
+    /// output head when `output` is true: the last pipeline stage; the embedding is only
+    /// looked up row by row and stays as it is). A matrix `converted` holds as a copy keeps
+    /// only its panels (and rows past them).
+    public func packed(into storage: PackedWeights, converted: ConvertedWeights, output: Bool) -> LlamaWeights {
         func pack(_ m: WeightMatrix) -> WeightMatrix { converted.packed(m, into: storage) }
         var w = self
         w.layers = layers.map { l in
@@ -131,7 +132,7 @@ public struct LlamaWeights: @unchecked Sendable {
             l.down = pack(l.down)
             return l
         }
-        w.output = pack(output)
+        if output { w.output = pack(self.output) }
         return w
     }
 
