@@ -42,7 +42,8 @@ public final class ConvertedWeights: @unchecked Sendable {
 
     /// `matrix` packed into `panels`; when its rows are a copy held here, the copy is
     /// released but for the rows past the last whole panel (which the row kernels read),
-    /// and the result reads the others from its panels.
+    /// and the result reads the others from its panels. Use the result from then on:
+    /// `matrix` (and any other view of that copy) no longer has rows to read.
     public func packed(_ matrix: WeightMatrix, into panels: PackedWeights) -> WeightMatrix {
         let packed = panels.pack(matrix)
         let copy = UnsafeMutableRawPointer(mutating: matrix.base)
