@@ -68,7 +68,13 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Row `index` in the row layout, copied out of the panels into `scratch` (`rowBytes`
     /// bytes) when it lives only there.
     public func unpackedRow(_ index: Int, scratch: UnsafeMutableRawPointer) -> UnsafeRawPointer {
-        guard index < rowLayoutStart, let packed else { return row(index) }
+        index < rowLayoutStart ? rowFromPanels(index, into: scratch)! : row(index)
+    }
+
+    /// Row `index` copied out of the panels into `scratch` (`rowBytes` bytes), in the row
+    /// layout; nil when the row is in no panel.
+    public func rowFromPanels(_ index: Int, into scratch: UnsafeMutableRawPointer) -> UnsafeRawPointer? {
+        guard let packed, index >= 0, index < max(packedRows, rowLayoutStart) else { return nil }
         cohort_unpack_row(Int32(type.rawValue), packed, Int32(index), Int32(columns), scratch)
         return UnsafeRawPointer(scratch)
     }

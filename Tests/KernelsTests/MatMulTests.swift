@@ -110,6 +110,27 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         #expect(Array(batch[0..<rows]) == alone)
     }
 
+    @Test("a packed row unpacks to the row as stored, byte for byte",
+          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+    func packedRowsUnpack(type: TensorType) {
+        let rows = 16, columns = 96
+        let encoded = Quantize.bytes(type, randomFloats(rows * columns, seed: 31))
+        let storage = PackedWeights()
+        encoded.withUnsafeBytes { raw in
+            let plain = WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!)
+            let packed = storage.pack(plain)
+            let rowBytes = plain.rowBytes
+            let scratch = UnsafeMutableRawPointer.allocate(byteCount: rowBytes, alignment: 64)
+            defer { scratch.deallocate() }
+            #expect(packed.rowFromPanels(rows, into: scratch) == nil)
+            for r in 0..<rows {
+                let row = packed.rowFromPanels(r, into: scratch)
+                #expect(row.map { Array(UnsafeRawBufferPointer(start: $0, count: rowBytes)) } == Array(UnsafeRawBufferPointer(start: plain.row(r), count: rowBytes)),
+                        "\(type) row \(r)")
+            }
+        }
+    }
+
     @Test("a row shard of a packed matrix keeps its panels only when it starts on one",
           .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"))
     func packedRowShards() {
