@@ -112,7 +112,7 @@ public final class MatMul {
             withUnsafeTemporaryAllocation(byteCount: w.rowBytes, alignment: 64) { scratch in
                 for r in inPanels {
                     cohort_matmul_q8(
-                        type, w.unpackedRow(r, scratch: scratch.baseAddress!), w.rowBytes, 0, 1, Int32(w.columns),
+                        type, w.rowFromPanels(r, into: scratch.baseAddress!)!, w.rowBytes, 0, 1, Int32(w.columns),
                         quantized, Int32(tokens), p.output + r, Int32(p.outputStride))
                 }
             }

@@ -22,7 +22,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// The first row that also exists in the row layout: 0, or `packedRows` for a matrix
     /// whose row copy was dropped once packed (a converted matrix: a second full copy
     /// would be memory for nothing, see `ConvertedWeights.packed`). Rows below it are read
-    /// from the panels (`unpackedRow`).
+    /// from the panels (`rowFromPanels`).
     public private(set) var rowLayoutStart = 0
 
     /// - Precondition: `columns` is a whole number of `type` blocks.
@@ -63,12 +63,6 @@ public struct WeightMatrix: @unchecked Sendable {
     public func row(_ index: Int) -> UnsafeRawPointer {
         precondition(index >= rowLayoutStart, "row \(index) of this \(type) matrix lives only in its packed panels")
         return base + (index - rowLayoutStart) * rowBytes
-    }
-
-    /// Row `index` in the row layout, copied out of the panels into `scratch` (`rowBytes`
-    /// bytes) when it lives only there.
-    public func unpackedRow(_ index: Int, scratch: UnsafeMutableRawPointer) -> UnsafeRawPointer {
-        index < rowLayoutStart ? rowFromPanels(index, into: scratch)! : row(index)
     }
 
     /// Row `index` copied out of the panels into `scratch` (`rowBytes` bytes), in the row

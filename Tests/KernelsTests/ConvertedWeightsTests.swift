@@ -153,7 +153,7 @@ import Testing
             // Every row, from the panels or the copy, is the converted row byte for byte.
             var scratch = [UInt8](repeating: 0, count: rowBytes)
             for r in 0..<rows {
-                let got = scratch.withUnsafeMutableBytes { s in Array(UnsafeRawBufferPointer(start: single.unpackedRow(r, scratch: s.baseAddress!), count: rowBytes)) }
+                let got = scratch.withUnsafeMutableBytes { s in Array(UnsafeRawBufferPointer(start: single.rowFromPanels(r, into: s.baseAddress!) ?? single.row(r), count: rowBytes)) }
                 #expect(got == Array(UnsafeRawBufferPointer(start: converted.row(r), count: rowBytes)), "row \(r)")
             }
             // Fused behind a 21-row matrix, two threads' four chunks cut it at rows 11 and
