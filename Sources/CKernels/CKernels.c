@@ -1198,7 +1198,91 @@ PANEL_KERNEL(panel8x5, 8, 5)
 PANEL_KERNEL(panel8x6, 8, 6)
 PANEL_KERNEL(panel8x7, 8, 7)
 PANEL_KERNEL(panel8x8, 8, 8)
+
+// MARK: - Panels on AVX2 (no VNNI)
+//
+// The same panels through `vpmaddubsw` + `vpmaddwd` instead of `vpdpbusd`. 4-bit codes
+// (0…15) times activations (−127…127) never saturate `vpmaddubsw`'s 16-bit pairs, even
+// summed over a block's eight groups (8 × 2 × 15 × 127 < 2¹⁵): one `vpmaddwd` per block and
+// token. The 8-bit panels hold q + 128, whose products would saturate: the codes are
+// turned back into signed q (xor 0x80), and the sign trick multiplies |q| by ±a, exactly,
+// with no minimum to add. AVX2 has 16 vector registers: up to 4 tokens a tile.
+
+#define PANEL_TOKENS_AVX2 4
+
+/// T tokens (1…PANEL_TOKENS_AVX2) against one panel of 8 rows on AVX2; as `panel_tile`.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void panel_tile_avx2(int bits, int T, int nb, const void *panel, const cohort_q8_block *const *a,
+                                   float *y, int ldy, const char *ahead) {
+    const int blockBytes = bits == 4 ? (int)sizeof(panel_block4) : (int)sizeof(panel_block8);
+    __m256 acc[PANEL_TOKENS_AVX2];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        if (ahead)
+            for (int o = 0; o < blockBytes; o += 64) __builtin_prefetch(ahead + (size_t)b * blockBytes + o, 0, 3);
+        __m256i sum[PANEL_TOKENS_AVX2];
+        __m256 d;
+        if (bits == 4) {
+            const panel_block4 *x = (const panel_block4 *)panel + b;
+            const __m256i low = _mm256_set1_epi8(0x0F);
+            for (int t = 0; t < T; t++) sum[t] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+                const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                for (int t = 0; t < T; t++) {
+                    const cohort_q8_block *ab = a[t] + b;
+                    sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(lo, ACT4(ab->qs, c)));
+                    sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(hi, ACT4(ab->qs, c + 4)));
+                }
+            }
+            for (int t = 0; t < T; t++) sum[t] = _mm256_madd_epi16(sum[t], ones);
+            d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+            const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->m));
+            for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a[t][b].s), acc[t]);
+        } else {
+            const panel_block8 *x = (const panel_block8 *)panel + b;
+            const __m256i bias = _mm256_set1_epi8((char)0x80);
+            for (int t = 0; t < T; t++) sum[t] = _mm256_setzero_si256();
+            for (int g = 0; g < 8; g++) {
+                const __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x->qs + 32 * g)), bias);
+                const __m256i magnitude = _mm256_sign_epi8(q, q);
+                for (int t = 0; t < T; t++) {
+                    const __m256i p = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(ACT4(a[t][b].qs, g), q));
+                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p, ones));
+                }
+            }
+            d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+        }
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_mul_ps(d, _mm256_set1_ps(a[t][b].d)), acc[t]);
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
+}
+
+#define PANEL_KERNEL_AVX2(name, bits, T)                                                                    \
+    __attribute__((target("avx2,fma,f16c"))) static void name(int nb, const void *panel,                    \
+                                                              const cohort_q8_block *const *a, float *y,     \
+                                                              int ldy, const char *ahead) {                 \
+        panel_tile_avx2(bits, T, nb, panel, a, y, ldy, ahead);                                              \
+    }
+PANEL_KERNEL_AVX2(panel4x1_avx2, 4, 1)
+PANEL_KERNEL_AVX2(panel4x2_avx2, 4, 2)
+PANEL_KERNEL_AVX2(panel4x3_avx2, 4, 3)
+PANEL_KERNEL_AVX2(panel4x4_avx2, 4, 4)
+PANEL_KERNEL_AVX2(panel8x1_avx2, 8, 1)
+PANEL_KERNEL_AVX2(panel8x2_avx2, 8, 2)
+PANEL_KERNEL_AVX2(panel8x3_avx2, 8, 3)
+PANEL_KERNEL_AVX2(panel8x4_avx2, 8, 4)
 #endif
+
+int cohort_cpu_has_panels(void) {
+#if COHORT_X86
+    return cohort_cpu_has_vnni() || cohort_cpu_has_avx2();
+#else
+    return 0;
+#endif
+}
 
 void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd, int k,
                           const cohort_q8_block *a, int tokens, float *y, int ldy) {
@@ -1206,12 +1290,16 @@ void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd
     typedef void (*tile_fn)(int, const void *, const cohort_q8_block *const *, float *, int, const char *);
     static const tile_fn four[8] = {panel4x1, panel4x2, panel4x3, panel4x4, panel4x5, panel4x6, panel4x7, panel4x8};
     static const tile_fn eight[8] = {panel8x1, panel8x2, panel8x3, panel8x4, panel8x5, panel8x6, panel8x7, panel8x8};
+    static const tile_fn fourAVX2[4] = {panel4x1_avx2, panel4x2_avx2, panel4x3_avx2, panel4x4_avx2};
+    static const tile_fn eightAVX2[4] = {panel8x1_avx2, panel8x2_avx2, panel8x3_avx2, panel8x4_avx2};
     const int nb = k / 32;
     const size_t panelBytes = (size_t)nb * (size_t)packed_block_bytes(type);
-    const tile_fn *tiles = type == COHORT_TYPE_Q8_0 ? eight : four;
+    const int vnni = cohort_cpu_has_vnni();
+    const int tileTokens = vnni ? PANEL_TOKENS : PANEL_TOKENS_AVX2;
+    const tile_fn *tiles = type == COHORT_TYPE_Q8_0 ? (vnni ? eight : eightAVX2) : (vnni ? four : fourAVX2);
     // Tiles as even as possible (17 tokens: 6 + 6 + 5, not 8 + 8 + 1): a small tile
     // unpacks the weights for few tokens.
-    const int tileCount = (tokens + PANEL_TOKENS - 1) / PANEL_TOKENS;
+    const int tileCount = (tokens + tileTokens - 1) / tileTokens;
     // With more than one tile, each tile walks a run of panels that stays in L2, so the
     // weights come from memory once per run, not once per panel while the tiles take
     // turns (that left the hardware prefetcher behind: 1536 × 576 Q4_1 streamed from

@@ -1,7 +1,7 @@
 /// Owner of weight matrices converted, at load, into a format the kernels run.
 ///
-/// The integer kernels read Q4_0, Q4_1 and Q8_0 on every path (AVX-512 VNNI panels, AVX2
-/// rows, scalar rows) and Q5_0 in rows. In fast mode every other block format is
+/// The integer kernels read Q4_0, Q4_1 and Q8_0 on every path (panels on AVX-512 VNNI or
+/// AVX2, rows on AVX2 or scalar) and Q5_0 in rows. In fast mode every other block format is
 /// converted once into one of those:
 /// - Q5_0 → Q8_0, exactly (the 5-bit codes minus 16 are the 8-bit codes; same scale), only
 ///   where the panel kernels run: 8.5 bits read a weight, but 8 rows per instruction, which

@@ -88,7 +88,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
     }
 
     @Test("packed panels equal the row kernels, whole panels and leftover rows alike",
-          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
     func packedMatchesRowKernels(type: TensorType) {
         // 4096 columns: a batch's tiles take turns over runs of 4-7 panels, several runs a thread.
         for (rows, columns) in [(8, 32), (21, 64), (64, 128), (130, 256), (130, 4096)] {
@@ -102,7 +102,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
     }
 
     @Test("a token's packed product is the same bits in any batch and any row split",
-          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_1, .q8_0])
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_1, .q8_0])
     func packedIsBatchInvariant(type: TensorType) {
         let rows = 72, columns = 96, tokens = 11
         let batch = run(type, mode: .fast, threads: 2, rows: rows, columns: columns, tokens: tokens, packed: true).got
@@ -111,7 +111,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
     }
 
     @Test("a packed row unpacks to the row as stored, byte for byte",
-          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
     func packedRowsUnpack(type: TensorType) {
         let rows = 16, columns = 96
         let encoded = Quantize.bytes(type, randomFloats(rows * columns, seed: 31))
@@ -131,8 +131,57 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         }
     }
 
+    /// Codes at the ends of their ranges against full-scale activations: the AVX2 panels add
+    /// `vpmaddubsw`'s 16-bit pairs, which must not saturate (8-bit codes −128 and 127 times
+    /// ±127; all eight 4-bit groups of a block summed in 16 bits).
+    @Test("panels do not saturate at extreme codes",
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+    func packedExtremeCodes(type: TensorType) {
+        let rows = 8, columns = 64, tokens = 5
+        let one: [UInt8] = [0x00, 0x3C]  // 1.0 in half precision
+        var block: [UInt8]
+        var decoded: [Float]  // the block's 32 values
+        switch type {
+        case .q8_0:  // alternating −128 and 127
+            block = one + (0..<32).map { $0 % 2 == 0 ? 0x80 : 0x7F }
+            decoded = (0..<32).map { $0 % 2 == 0 ? -128 : 127 }
+        case .q4_1:  // every code 15, no minimum
+            block = one + [0, 0] + [UInt8](repeating: 0xFF, count: 16)
+            decoded = [Float](repeating: 15, count: 32)
+        default:  // Q4_0: every code 15 (value 7), or 0 (value −8) in the last eight
+            block = one + [UInt8](repeating: 0xFF, count: 12) + [UInt8](repeating: 0, count: 4)
+            decoded = (0..<32).map { $0 % 16 < 12 ? 7 : -8 }
+        }
+        let encoded = [UInt8]((0..<(rows * columns / 32)).flatMap { _ in block })
+        // Activations ±1: quantized to ±127 with scale 1/127, signs matching the weights' so
+        // that every pair of products adds up.
+        let signs: [Float] = (0..<columns).map { decoded[$0 % 32] < 0 ? -1 : 1 }
+        let input = (0..<tokens).flatMap { t in signs.map { t % 2 == 0 ? $0 : -$0 } }
+        let expected = decoded.map(abs).reduce(0, +) * Float(columns / 32)
+        let storage = PackedWeights()
+        let pool = ThreadPool(threads: 1)
+        let matmul = MatMul(maxTokens: tokens, maxColumns: columns)
+        var out = [Float](repeating: .nan, count: rows * tokens)
+        encoded.withUnsafeBytes { raw in
+            let packed = storage.pack(WeightMatrix(type: type, rows: rows, columns: columns, base: raw.baseAddress!))
+            #expect(packed.packedRows == rows)
+            input.withUnsafeBufferPointer { x in
+                out.withUnsafeMutableBufferPointer { o in
+                    matmul.run(input: x.baseAddress!, inputStride: columns, tokens: tokens, Projection(packed, into: o.baseAddress!),
+                               mode: .fast, pool: pool)
+                }
+            }
+        }
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                let want = t % 2 == 0 ? expected : -expected
+                #expect(abs(out[t * rows + r] - want) <= abs(want) * 1e-5, "\(type) token \(t) row \(r): \(out[t * rows + r]), expected \(want)")
+            }
+        }
+    }
+
     @Test("a row shard of a packed matrix keeps its panels only when it starts on one",
-          .enabled(if: PackedWeights.isSupported, "this CPU lacks AVX-512 VNNI"))
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"))
     func packedRowShards() {
         let rows = 40, columns = 64, tokens = 3
         let encoded = Quantize.bytes(.q4_1, randomFloats(rows * columns, seed: 12))

@@ -47,8 +47,12 @@ float cohort_vec_dot_q8(int type, int n, const void *row, const cohort_q8_block 
 void cohort_matmul_q8(int type, const void *w, size_t rowBytes, int rowBegin, int rowEnd,
                       int k, const cohort_q8_block *a, int tokens, float *y, int ldy);
 
-/// 1 when the running CPU has AVX-512 VNNI (with VL and BW): the packed-panel kernels.
+/// 1 when the running CPU has AVX-512 VNNI (with VL and BW): the widest panel kernels.
 int cohort_cpu_has_vnni(void);
+
+/// 1 when the running CPU runs the packed-panel kernels: AVX-512 VNNI, or AVX2 (within
+/// `COHORT_ISA`'s limit).
+int cohort_cpu_has_panels(void);
 
 /// Bytes of the packed form of `rows` × `k` weights of `type`, or 0 when the shape or
 /// type cannot be packed (rows must be a multiple of 8, k of 32; Q4_0, Q4_1 or Q8_0).
@@ -63,7 +67,7 @@ int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int 
 void cohort_unpack_row(int type, const void *packed, int row, int k, void *out);
 
 /// Y[t * ldy + r] for r in [rowBegin, rowEnd) (multiples of 8), t in [0, tokens), from
-/// packed weights. - Precondition: cohort_cpu_has_vnni().
+/// packed weights. - Precondition: cohort_cpu_has_panels().
 void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd, int k,
                           const cohort_q8_block *a, int tokens, float *y, int ldy);
 
