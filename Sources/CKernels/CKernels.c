@@ -90,11 +90,19 @@ int cohort_cpu_has_avx2(void) {
 
 // MARK: - Activation quantization
 
+/// 127 / amax, or 0 for a block of zeros, and also for one so small (below about 3.7e-37)
+/// that the quotient overflows: its codes would otherwise convert to INT_MIN and pack to
+/// −128, which the kernels' sign trick cannot negate.
+static inline float quantize_scale(float amax) {
+    const float id = 127.0f / amax;
+    return isfinite(id) ? id : 0.0f;
+}
+
 static void quantize_block_scalar(const float *x, cohort_q8_block *y) {
     float amax = 0;
     for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
     const float d = amax / 127.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const float id = quantize_scale(amax);
     int sum = 0;
     for (int i = 0; i < 32; i++) {
         int q = (int)roundf(x[i] * id);
@@ -126,7 +134,7 @@ static void quantize_block_avx2(const float *x, cohort_q8_block *y) {
     m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v3));
     const float amax = hmax_ps(m);
     const float d = amax / 127.0f;
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const float id = quantize_scale(amax);
     const __m256 mul = _mm256_set1_ps(id);
     v0 = _mm256_round_ps(_mm256_mul_ps(v0, mul), _MM_ROUND_NEAREST | _MM_FROUND_NO_EXC);
     v1 = _mm256_round_ps(_mm256_mul_ps(v1, mul), _MM_ROUND_NEAREST | _MM_FROUND_NO_EXC);

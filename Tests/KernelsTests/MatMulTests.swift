@@ -1,3 +1,4 @@
+import CKernels
 import ExecutorTestSupport
 import Kernels
 import ModelRunner
@@ -142,9 +143,9 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         var block: [UInt8]
         var decoded: [Float]  // the block's 32 values
         switch type {
-        case .q8_0:  // alternating −128 and 127
-            block = one + (0..<32).map { $0 % 2 == 0 ? 0x80 : 0x7F }
-            decoded = (0..<32).map { $0 % 2 == 0 ? -128 : 127 }
+        case .q8_0:  // pairs of 127 and pairs of −128: each pair of products at its largest
+            block = one + (0..<32).map { $0 % 4 < 2 ? 0x7F : 0x80 }
+            decoded = (0..<32).map { $0 % 4 < 2 ? 127 : -128 }
         case .q4_1:  // every code 15, no minimum
             block = one + [0, 0] + [UInt8](repeating: 0xFF, count: 16)
             decoded = [Float](repeating: 15, count: 32)
@@ -178,6 +179,19 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
                 #expect(abs(out[t * rows + r] - want) <= abs(want) * 1e-5, "\(type) token \(t) row \(r): \(out[t * rows + r]), expected \(want)")
             }
         }
+    }
+
+    /// 127 / amax overflows for a block below about 3.7e-37: its codes must be zeros, not
+    /// −128 (which the sign trick cannot negate).
+    @Test("activations too small to scale quantize to zeros")
+    func tinyActivations() {
+        var x = [Float](repeating: 1e-38, count: 32)
+        x[3] = -2e-38
+        var block = cohort_q8_block()
+        cohort_quantize_row_q8(x, &block, 32)
+        let codes = withUnsafeBytes(of: block.qs) { Array($0) }
+        #expect(codes == [UInt8](repeating: 0, count: 32), "codes \(codes)")
+        #expect(block.s == 0)
     }
 
     @Test("a row shard of a packed matrix keeps its panels only when it starts on one",
