@@ -1018,7 +1018,13 @@ void cohort_f32_to_f16_row(const float *x, uint16_t *y, int n) {
 
 typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[128]; } panel_block4;  // 160 bytes
 typedef struct { uint16_t d[8]; uint16_t m[8]; uint8_t qs[256]; } panel_block8;  // 288 bytes
+/// Q5_0 in panels: the nibbles as in `panel_block4`; `qh` holds one 32-bit word per group g
+/// of four values (4g…4g+3) whose bit 4i + t is the fifth bit of row i's value 4g + t, so a
+/// group's fifth bits spread over its 32 bytes the way `unpack_q5_0` spreads a block's.
+/// Codes are unsigned (0…31) with the minimum −16d applied through the activations' sums.
+typedef struct { uint16_t d[8]; uint8_t qh[32]; uint8_t qs[128]; } panel_block5;  // 176 bytes
 _Static_assert(sizeof(panel_block4) == 160, "4-bit panel block");
+_Static_assert(sizeof(panel_block5) == 176, "5-bit panel block");
 _Static_assert(sizeof(panel_block8) == 288, "8-bit panel block");
 
 int cohort_cpu_has_vnni(void) {
@@ -1039,6 +1045,7 @@ static int packed_block_bytes(int type) {
     switch (type) {
     case COHORT_TYPE_Q4_0:
     case COHORT_TYPE_Q4_1: return (int)sizeof(panel_block4);
+    case COHORT_TYPE_Q5_0: return (int)sizeof(panel_block5);
     case COHORT_TYPE_Q8_0: return (int)sizeof(panel_block8);
     default: return 0;
     }
@@ -1067,6 +1074,20 @@ int cohort_pack_weights(int type, const void *w, size_t rowBytes, int rows, int 
                     y->m[i] = cohort_f32_to_f16(-128.0f * d);
                     for (int g = 0; g < 8; g++)
                         for (int t = 0; t < 4; t++) y->qs[g * 32 + i * 4 + t] = (uint8_t)(x->qs[4 * g + t] + 128);
+                } else if (type == COHORT_TYPE_Q5_0) {
+                    const block_q5_0 *x = (const block_q5_0 *)row + b;
+                    panel_block5 *y = (panel_block5 *)packed + index;
+                    uint32_t qh;
+                    memcpy(&qh, x->qh, 4);
+                    y->d[i] = x->d;
+                    for (int c = 0; c < 4; c++)
+                        for (int t = 0; t < 4; t++) y->qs[c * 32 + i * 4 + t] = x->qs[4 * c + t];
+                    for (int g = 0; g < 8; g++) {
+                        uint32_t word;
+                        memcpy(&word, y->qh + 4 * g, 4);
+                        word = (word & ~(0xFu << (4 * i))) | (((qh >> (4 * g)) & 0xFu) << (4 * i));
+                        memcpy(y->qh + 4 * g, &word, 4);
+                    }
                 } else {
                     panel_block4 *y = (panel_block4 *)packed + index;
                     const uint8_t *qs;
@@ -1102,6 +1123,19 @@ void cohort_unpack_row(int type, const void *packed, int row, int k, void *out) 
             y->d = x->d[i];
             for (int g = 0; g < 8; g++)
                 for (int t = 0; t < 4; t++) y->qs[4 * g + t] = (int8_t)(x->qs[g * 32 + i * 4 + t] - 128);
+        } else if (type == COHORT_TYPE_Q5_0) {
+            const panel_block5 *x = (const panel_block5 *)packed + first + b;
+            block_q5_0 *y = (block_q5_0 *)out + b;
+            y->d = x->d[i];
+            uint32_t qh = 0;
+            for (int g = 0; g < 8; g++) {
+                uint32_t word;
+                memcpy(&word, x->qh + 4 * g, 4);
+                qh |= ((word >> (4 * i)) & 0xFu) << (4 * g);
+            }
+            memcpy(y->qh, &qh, 4);
+            for (int c = 0; c < 4; c++)
+                for (int t = 0; t < 4; t++) y->qs[4 * c + t] = x->qs[c * 32 + i * 4 + t];
         } else {
             const panel_block4 *x = (const panel_block4 *)packed + first + b;
             uint8_t *qs;
@@ -1124,6 +1158,15 @@ void cohort_unpack_row(int type, const void *packed, int row, int k, void *out) 
 #if COHORT_X86
 #define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
+/// Group g's fifth bits of a 5-bit panel block as 0x10 in each of its 32 bytes.
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline __m256i panel_fifth_bits(const panel_block5 *x, int g) {
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(((const int32_t *)x->qh)[g]),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
 /// Broadcast of activation bytes 4g…4g+3.
 #define ACT4(a, g) _mm256_set1_epi32(((const int32_t *)(a))[g])
 
@@ -1142,7 +1185,7 @@ void cohort_unpack_row(int type, const void *packed, int row, int k, void *out) 
 VNNI_TARGET __attribute__((always_inline))
 static inline void panel_tile(int bits, int T, int nb, const void *panel, const cohort_q8_block *const *a,
                               float *y, int ldy, const char *ahead) {
-    const int blockBytes = bits == 4 ? (int)sizeof(panel_block4) : (int)sizeof(panel_block8);
+    const int blockBytes = bits == 4 ? (int)sizeof(panel_block4) : bits == 5 ? (int)sizeof(panel_block5) : (int)sizeof(panel_block8);
     __m256 acc[PANEL_TOKENS];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     const __m256i low = _mm256_set1_epi8(0x0F);
@@ -1159,6 +1202,15 @@ static inline void panel_tile(int bits, int T, int nb, const void *panel, const 
                 const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
                 w[c] = _mm256_and_si256(raw, low);
                 w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            }
+        } else if (bits == 5) {
+            const panel_block5 *x = (const panel_block5 *)panel + b;
+            d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+            m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+            for (int c = 0; c < 4; c++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+                w[c] = _mm256_or_si256(_mm256_and_si256(raw, low), panel_fifth_bits(x, c));
+                w[c + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), panel_fifth_bits(x, c + 4));
             }
         } else {
             const panel_block8 *x = (const panel_block8 *)panel + b;
@@ -1206,6 +1258,14 @@ PANEL_KERNEL(panel8x5, 8, 5)
 PANEL_KERNEL(panel8x6, 8, 6)
 PANEL_KERNEL(panel8x7, 8, 7)
 PANEL_KERNEL(panel8x8, 8, 8)
+PANEL_KERNEL(panel5x1, 5, 1)
+PANEL_KERNEL(panel5x2, 5, 2)
+PANEL_KERNEL(panel5x3, 5, 3)
+PANEL_KERNEL(panel5x4, 5, 4)
+PANEL_KERNEL(panel5x5, 5, 5)
+PANEL_KERNEL(panel5x6, 5, 6)
+PANEL_KERNEL(panel5x7, 5, 7)
+PANEL_KERNEL(panel5x8, 5, 8)
 
 // MARK: - Panels on AVX2 (no VNNI)
 //
@@ -1222,7 +1282,7 @@ PANEL_KERNEL(panel8x8, 8, 8)
 __attribute__((target("avx2,fma,f16c"), always_inline))
 static inline void panel_tile_avx2(int bits, int T, int nb, const void *panel, const cohort_q8_block *const *a,
                                    float *y, int ldy, const char *ahead) {
-    const int blockBytes = bits == 4 ? (int)sizeof(panel_block4) : (int)sizeof(panel_block8);
+    const int blockBytes = bits == 4 ? (int)sizeof(panel_block4) : bits == 5 ? (int)sizeof(panel_block5) : (int)sizeof(panel_block8);
     __m256 acc[PANEL_TOKENS_AVX2];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
@@ -1247,6 +1307,30 @@ static inline void panel_tile_avx2(int bits, int T, int nb, const void *panel, c
             for (int t = 0; t < T; t++) sum[t] = _mm256_madd_epi16(sum[t], ones);
             d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
             const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->m));
+            for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a[t][b].s), acc[t]);
+        } else if (bits == 5) {
+            // Codes up to 31: four groups' pairs fit in 16 bits (4 × 2 × 31 × 127 < 2¹⁵), so
+            // each half of the block gets its own vpmaddwd.
+            const panel_block5 *x = (const panel_block5 *)panel + b;
+            const __m256i low = _mm256_set1_epi8(0x0F);
+            for (int t = 0; t < T; t++) sum[t] = _mm256_setzero_si256();
+            for (int half = 0; half < 2; half++) {
+                __m256i pairs[PANEL_TOKENS_AVX2];
+                for (int t = 0; t < T; t++) pairs[t] = _mm256_setzero_si256();
+                for (int c = 2 * half; c < 2 * half + 2; c++) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+                    const __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, low), panel_fifth_bits(x, c));
+                    const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), panel_fifth_bits(x, c + 4));
+                    for (int t = 0; t < T; t++) {
+                        const cohort_q8_block *ab = a[t] + b;
+                        pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(lo, ACT4(ab->qs, c)));
+                        pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(hi, ACT4(ab->qs, c + 4)));
+                    }
+                }
+                for (int t = 0; t < T; t++) sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(pairs[t], ones));
+            }
+            d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)x->d));
+            const __m256 m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
             for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a[t][b].s), acc[t]);
         } else {
             const panel_block8 *x = (const panel_block8 *)panel + b;
@@ -1282,6 +1366,10 @@ PANEL_KERNEL_AVX2(panel8x1_avx2, 8, 1)
 PANEL_KERNEL_AVX2(panel8x2_avx2, 8, 2)
 PANEL_KERNEL_AVX2(panel8x3_avx2, 8, 3)
 PANEL_KERNEL_AVX2(panel8x4_avx2, 8, 4)
+PANEL_KERNEL_AVX2(panel5x1_avx2, 5, 1)
+PANEL_KERNEL_AVX2(panel5x2_avx2, 5, 2)
+PANEL_KERNEL_AVX2(panel5x3_avx2, 5, 3)
+PANEL_KERNEL_AVX2(panel5x4_avx2, 5, 4)
 #endif
 
 int cohort_cpu_has_panels(void) {
@@ -1300,11 +1388,15 @@ void cohort_matmul_packed(int type, const void *packed, int rowBegin, int rowEnd
     static const tile_fn eight[8] = {panel8x1, panel8x2, panel8x3, panel8x4, panel8x5, panel8x6, panel8x7, panel8x8};
     static const tile_fn fourAVX2[4] = {panel4x1_avx2, panel4x2_avx2, panel4x3_avx2, panel4x4_avx2};
     static const tile_fn eightAVX2[4] = {panel8x1_avx2, panel8x2_avx2, panel8x3_avx2, panel8x4_avx2};
+    static const tile_fn five[8] = {panel5x1, panel5x2, panel5x3, panel5x4, panel5x5, panel5x6, panel5x7, panel5x8};
+    static const tile_fn fiveAVX2[4] = {panel5x1_avx2, panel5x2_avx2, panel5x3_avx2, panel5x4_avx2};
     const int nb = k / 32;
     const size_t panelBytes = (size_t)nb * (size_t)packed_block_bytes(type);
     const int vnni = cohort_cpu_has_vnni();
     const int tileTokens = vnni ? PANEL_TOKENS : PANEL_TOKENS_AVX2;
-    const tile_fn *tiles = type == COHORT_TYPE_Q8_0 ? (vnni ? eight : eightAVX2) : (vnni ? four : fourAVX2);
+    const tile_fn *tiles = type == COHORT_TYPE_Q8_0   ? (vnni ? eight : eightAVX2)
+                           : type == COHORT_TYPE_Q5_0 ? (vnni ? five : fiveAVX2)
+                                                      : (vnni ? four : fourAVX2);
     // Tiles as even as possible (17 tokens: 6 + 6 + 5, not 8 + 8 + 1): a small tile
     // unpacks the weights for few tokens.
     const int tileCount = (tokens + tileTokens - 1) / tileTokens;

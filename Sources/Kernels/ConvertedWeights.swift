@@ -1,11 +1,8 @@
 /// Owner of weight matrices converted, at load, into a format the kernels run.
 ///
-/// The integer kernels read Q4_0, Q4_1 and Q8_0 on every path (panels on AVX-512 VNNI or
-/// AVX2, rows on AVX2 or scalar) and Q5_0 in rows. In fast mode every other block format is
+/// The integer kernels read Q4_0, Q4_1, Q5_0 and Q8_0 on every path (panels on AVX-512
+/// VNNI or AVX2, rows on AVX2 or scalar). In fast mode every other block format is
 /// converted once into one of those:
-/// - Q5_0 → Q8_0, exactly (the 5-bit codes minus 16 are the 8-bit codes; same scale), only
-///   where the panel kernels run: 8.5 bits read a weight, but 8 rows per instruction, which
-///   beats Q5_0's 5.5 bits in rows (elsewhere Q5_0 runs as stored);
 /// - Q4_K → Q4_1 at the same 4 bits: each 32-value group's scale d·sc and offset −dmin·m
 ///   become Q4_1's half-precision d and m (a relative rounding of 2⁻¹¹ on each, far below
 ///   the format's own step);
@@ -60,7 +57,7 @@ public final class ConvertedWeights: @unchecked Sendable {
     /// The format fast mode converts `type` into, or nil when the kernels read it as stored.
     public static func fastFormat(for type: TensorType) -> TensorType? {
         guard type.isQuantized else { return nil }  // floats: the float path
-        if type.hasIntegerKernel && !(type == .q5_0 && PackedWeights.isSupported) { return nil }
+        if type.hasIntegerKernel { return nil }
         return type == .q4_K ? .q4_1 : .q8_0
     }
 

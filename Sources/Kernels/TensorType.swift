@@ -63,7 +63,7 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
     public var isQuantized: Bool { blockSize > 1 }
 
     /// True for the formats the 8-bit-activation integer kernels read directly: AVX2 and
-    /// scalar rows for all four, panels (AVX-512 VNNI or AVX2) for all but Q5_0. Other block formats
+    /// scalar rows and panels (AVX-512 VNNI or AVX2) for all four. Other block formats
     /// reach those kernels through `ConvertedWeights`.
     public var hasIntegerKernel: Bool { self == .q4_0 || self == .q4_1 || self == .q5_0 || self == .q8_0 }
 

@@ -89,7 +89,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
     }
 
     @Test("packed panels equal the row kernels, whole panels and leftover rows alike",
-          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q5_0, .q8_0])
     func packedMatchesRowKernels(type: TensorType) {
         // 4096 columns: a batch's tiles take turns over runs of 4-7 panels, several runs a thread.
         for (rows, columns) in [(8, 32), (21, 64), (64, 128), (130, 256), (130, 4096)] {
@@ -112,7 +112,7 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
     }
 
     @Test("a packed row unpacks to the row as stored, byte for byte",
-          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q5_0, .q8_0])
     func packedRowsUnpack(type: TensorType) {
         let rows = 16, columns = 96
         let encoded = Quantize.bytes(type, randomFloats(rows * columns, seed: 31))
@@ -134,9 +134,9 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
 
     /// Codes at the ends of their ranges against full-scale activations: the AVX2 panels add
     /// `vpmaddubsw`'s 16-bit pairs, which must not saturate (8-bit codes −128 and 127 times
-    /// ±127; all eight 4-bit groups of a block summed in 16 bits).
+    /// ±127; all eight 4-bit groups of a block summed in 16 bits, four 5-bit groups).
     @Test("panels do not saturate at extreme codes",
-          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q8_0])
+          .enabled(if: PackedWeights.isSupported, "this CPU runs no panel kernels"), arguments: [TensorType.q4_0, .q4_1, .q5_0, .q8_0])
     func packedExtremeCodes(type: TensorType) {
         let rows = 8, columns = 64, tokens = 5
         let one: [UInt8] = [0x00, 0x3C]  // 1.0 in half precision
@@ -146,6 +146,9 @@ func quantizeActivations(_ x: [Float]) -> [Float] {
         case .q8_0:  // pairs of 127 and pairs of −128: each pair of products at its largest
             block = one + (0..<32).map { $0 % 4 < 2 ? 0x7F : 0x80 }
             decoded = (0..<32).map { $0 % 4 < 2 ? 127 : -128 }
+        case .q5_0:  // pairs of code 31 (value 15) and pairs of code 0 (value −16)
+            block = one + [0x33, 0x33, 0x33, 0x33] + (0..<16).map { $0 % 4 < 2 ? 0xFF : 0x00 }
+            decoded = (0..<32).map { $0 % 4 < 2 ? 15 : -16 }
         case .q4_1:  // every code 15, no minimum
             block = one + [0, 0] + [UInt8](repeating: 0xFF, count: 16)
             decoded = [Float](repeating: 15, count: 32)

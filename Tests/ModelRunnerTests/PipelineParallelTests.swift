@@ -116,7 +116,7 @@ import Testing
     }
 
     /// Fast mode runs converted copies of these formats (8-bit activations, Q8_0 or Q4_1
-    /// weights); precise mode decodes them exactly. The two must agree as closely as they
+    /// weights; Q5_0 as stored, in panels where they run); precise mode decodes them exactly. The two must agree as closely as they
     /// do on a format the kernels read as stored.
     @Test("fast mode on converted K-quant and 5-bit weights stays as close to precise mode as Q4_1 does",
           arguments: [TensorType.q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q5_0, .q5_1])

@@ -55,7 +55,7 @@ int cohort_cpu_has_vnni(void);
 int cohort_cpu_has_panels(void);
 
 /// Bytes of the packed form of `rows` × `k` weights of `type`, or 0 when the shape or
-/// type cannot be packed (rows must be a multiple of 8, k of 32; Q4_0, Q4_1 or Q8_0).
+/// type cannot be packed (rows must be a multiple of 8, k of 32; Q4_0, Q4_1, Q5_0 or Q8_0).
 size_t cohort_packed_bytes(int type, int rows, int k);
 
 /// Repacks `rows` weight rows (`rowBytes` apart) into panels of 8 interleaved rows at
