@@ -12,7 +12,7 @@ internal import Foundation
 /// (1536 × 576 Q4_1, in cache): 16 → 83 GMAC/s for one token, 25 → 137 for 8 to 16.
 /// Without VNNI the same panels run on AVX2 (`vpmaddubsw` + `vpmaddwd`, up to 4 tokens a
 /// tile): Qwen2.5-0.5B with `COHORT_ISA=avx2` on a Zen 4, 1 thread, against the row
-/// kernels: decode 31 → 46 tok/s, prefill 88 → 172.
+/// kernels: decode 31 → 50-54 tok/s, prefill 88 → 163-175 (Q5_0 in its own panels).
 ///
 /// The copy costs the matrices' size once per process; the mapping's pages it was read
 /// from can be released as each copy is made (`afterEach`), so the resident set grows
